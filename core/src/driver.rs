@@ -1,0 +1,215 @@
+//! The `Driver` trait: the one contract every backend keeps.
+//!
+//! A driver takes [`Op`]s with a caller token, performs them (natively or by
+//! emulation), and hands back exactly one [`Completion`] per accepted
+//! submission, carrying the same `Op` (and so the same buffers). It holds each
+//! op in its in-flight table until the kernel or worker is done with it, so no
+//! buffer is freed or reused while something may still touch it.
+
+use crate::op::{Op, OpId, OpKind};
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The end of one operation: its token, its result and the op itself, with
+/// its buffers and outputs.
+#[derive(Debug)]
+pub struct Completion {
+    /// The id `submit` returned.
+    pub id: OpId,
+    /// The token the caller gave at submit.
+    pub token: u64,
+    /// The count of bytes (or the new fd, or the events), or the OS error.
+    pub result: io::Result<usize>,
+    /// The operation, given back.
+    pub op: Op,
+}
+
+/// An op refused at submit, handed back with the reason.
+pub struct SubmitError {
+    /// Why it was refused (`Unsupported`, `InvalidInput`, `WouldBlock` for a
+    /// full queue, ...).
+    pub error: io::Error,
+    /// The op, with its buffers.
+    pub op: Op,
+}
+
+impl fmt::Debug for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("error", &self.error)
+            .field("op", &self.op.kind())
+            .finish()
+    }
+}
+
+impl SubmitError {
+    /// The op is not something `backend` can do.
+    pub fn unsupported(op: Op, backend: &str) -> SubmitError {
+        let error = unsupported_error(op.kind(), backend);
+        SubmitError { error, op }
+    }
+}
+
+/// The error for an op a backend cannot do, naming both.
+pub fn unsupported_error(kind: OpKind, backend: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "the {backend} backend does not support the `{}` operation",
+            kind.name()
+        ),
+    )
+}
+
+/// How a backend performs one kind of op.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Support {
+    /// The kernel delivers its completion.
+    Native,
+    /// The backend produces the completion itself (readiness + syscall, or a
+    /// worker thread).
+    Emulated,
+    /// Refused at submit with `Unsupported`.
+    Unsupported,
+}
+
+/// What a backend can do.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    support: [Support; OpKind::ALL.len()],
+    /// Whether fds used with this backend must be in non-blocking mode
+    /// (readiness backends). The runtime creates its fds accordingly.
+    pub needs_nonblocking: bool,
+    /// Whether a per-op deadline is enforced by the backend.
+    pub per_op_deadline: bool,
+    /// The highest fd number the backend can watch, if it has one
+    /// (`select`: `FD_SETSIZE - 1`).
+    pub max_fd: Option<RawFd>,
+}
+
+impl Capabilities {
+    /// Every op with the same support.
+    pub fn all(support: Support) -> Capabilities {
+        Capabilities {
+            support: [support; OpKind::ALL.len()],
+            needs_nonblocking: false,
+            per_op_deadline: true,
+            max_fd: None,
+        }
+    }
+    /// Sets the support of one kind.
+    pub fn set(&mut self, kind: OpKind, support: Support) -> &mut Self {
+        self.support[kind as usize] = support;
+        self
+    }
+    /// The support of one kind.
+    pub fn get(&self, kind: OpKind) -> Support {
+        self.support[kind as usize]
+    }
+    /// Whether every op is supported (natively or emulated).
+    pub fn supports_all(&self) -> bool {
+        self.support.iter().all(|s| *s != Support::Unsupported)
+    }
+}
+
+/// Something that interrupts a driver's blocking wait from another thread.
+pub trait Wake: Send + Sync {
+    /// Ends the driver's current (or next) wait soon.
+    fn wake(&self);
+}
+
+/// A thread-safe handle that ends a driver's blocking wait.
+#[derive(Clone)]
+pub struct DriverWaker(Arc<dyn Wake>);
+
+impl DriverWaker {
+    /// Wraps a waking mechanism.
+    pub fn new(w: Arc<dyn Wake>) -> DriverWaker {
+        DriverWaker(w)
+    }
+    /// Ends the driver's current (or next) wait soon.
+    pub fn wake(&self) {
+        self.0.wake()
+    }
+}
+
+impl fmt::Debug for DriverWaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DriverWaker")
+    }
+}
+
+/// A completion backend.
+///
+/// Contract (every backend, checked by the conformance suite):
+/// - every accepted `submit` yields exactly one `Completion`, cancelled ops
+///   included (`ECANCELED`, or their real result if they had finished);
+/// - an op refused at submit comes back in `SubmitError` and yields nothing;
+/// - the op's buffers stay owned by the driver until its completion;
+/// - stream ops on one fd are performed in submission order per direction,
+///   one send in flight, and a stream send completes only when all bytes are
+///   sent or on error;
+/// - dropping the driver with ops in flight does not hang; buffers of ops that
+///   could not be finished are leaked, never freed while in use.
+pub trait Driver: Send {
+    /// The backend's name (`uring`, `epoll`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Which ops it performs natively, emulates, or refuses.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Queues `op`; it starts no later than the next `wait`. `token` comes
+    /// back in the completion. With a `deadline`, the op ends with `TimedOut`
+    /// if it has not completed by then (its buffer still comes back).
+    fn submit(
+        &mut self,
+        op: Op,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<OpId, SubmitError>;
+
+    /// Starts queued ops and appends completions to `out`, waiting until at
+    /// least `min` have arrived, `timeout` passes, or a wake comes. Returns how
+    /// many it appended. `min = 0` never blocks.
+    fn wait(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize>;
+
+    /// Asks for one op to end early. The op still completes on its own (with
+    /// `ECANCELED` or its real result). `NotFound` if it already completed.
+    fn cancel(&mut self, id: OpId) -> io::Result<()>;
+
+    /// Asks for every op on `fd` to end early; returns how many were in flight.
+    fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize>;
+
+    /// A handle that ends a blocking `wait` from any thread.
+    fn waker(&self) -> DriverWaker;
+
+    /// How many submitted ops have not yet been handed back.
+    fn in_flight(&self) -> usize;
+}
+
+/// Maps a kernel-style result (negative errno or a count) to `io::Result`.
+pub fn result_from_raw(res: i32) -> io::Result<usize> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as usize)
+    }
+}
+
+/// The `ECANCELED` error every backend reports for a cancelled op.
+pub fn cancelled() -> io::Error {
+    io::Error::from_raw_os_error(libc::ECANCELED)
+}
+
+/// The error an op gets when its per-op deadline passes.
+pub fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the operation's deadline passed")
+}

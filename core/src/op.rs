@@ -1,0 +1,682 @@
+//! The operation vocabulary, defined once for every backend.
+//!
+//! Each [`Op`] variant owns what it needs: its buffers, its address, its path.
+//! Submitting moves the `Op` into the driver; its completion moves it back, so
+//! a read's buffer returns inside `Op::Read`. Output fields (a peer address, a
+//! file's metadata) are filled in by the driver before the completion is
+//! delivered. Anything the kernel reads or writes after submission lives on the
+//! heap (a buffer, a `Box`), never inline, so the `Op` itself may move.
+
+use crate::buf::{AnyBuf, AnyBufMut};
+use std::ffi::CString;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+/// `offset` value meaning "the fd's current position": a stream read or write
+/// (pipes, sockets, terminals). Such ops are performed in submission order per
+/// fd and direction.
+pub const CURRENT_POSITION: u64 = u64::MAX;
+
+/// Identifies one submitted operation within one driver. It carries a
+/// generation, so an id whose op has completed never matches a later op.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+pub struct OpId(u64);
+
+impl OpId {
+    /// Builds an id from a table slot and a generation number.
+    pub fn new(slot: u32, generation: u32) -> OpId {
+        OpId(((generation as u64) << 32) | slot as u64)
+    }
+    /// The table slot.
+    pub fn slot(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+    /// The generation number.
+    pub fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    /// The id as one number (what io_uring echoes as `user_data`).
+    pub fn to_u64(self) -> u64 {
+        self.0
+    }
+    /// The id from one number made by [`OpId::to_u64`].
+    pub fn from_u64(v: u64) -> OpId {
+        OpId(v)
+    }
+}
+
+/// Which side(s) of a socket `shutdown` closes.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum ShutdownHow {
+    /// No more receives.
+    Read,
+    /// No more sends; the peer reads end-of-stream.
+    Write,
+    /// Both.
+    Both,
+}
+
+impl ShutdownHow {
+    /// The `how` argument of `shutdown(2)`.
+    pub fn to_raw(self) -> i32 {
+        match self {
+            ShutdownHow::Read => libc::SHUT_RD,
+            ShutdownHow::Write => libc::SHUT_WR,
+            ShutdownHow::Both => libc::SHUT_RDWR,
+        }
+    }
+}
+
+/// What a cancel operation aims at.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum CancelTarget {
+    /// One operation.
+    Op(OpId),
+    /// Every operation on this fd (CancelIoEx with no OVERLAPPED).
+    Fd(RawFd),
+}
+
+/// A socket address in the kernel's layout, with room for any family.
+#[derive(Clone)]
+pub struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl SockAddr {
+    /// An empty address with room for any family (an output of accept or
+    /// recvfrom).
+    pub fn empty() -> SockAddr {
+        SockAddr {
+            // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+            storage: unsafe { mem::zeroed() },
+            len: mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    /// The address of a Unix-domain socket at `path`.
+    pub fn unix(path: &std::path::Path) -> io::Result<SockAddr> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        let mut a = SockAddr::empty();
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+        let un = unsafe { &mut *(&mut a.storage as *mut _ as *mut libc::sockaddr_un) };
+        if bytes.len() >= un.sun_path.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "unix socket path is {} bytes; the limit is {}",
+                    bytes.len(),
+                    un.sun_path.len() - 1
+                ),
+            ));
+        }
+        un.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in un.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        a.len = (mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+        Ok(a)
+    }
+
+    /// Builds an address from raw parts, as a caller porting C code might.
+    /// It is checked when an operation using it is submitted.
+    pub fn from_raw(storage: libc::sockaddr_storage, len: libc::socklen_t) -> SockAddr {
+        SockAddr { storage, len }
+    }
+
+    /// The address family (`AF_INET`, `AF_INET6`, `AF_UNIX`, ...).
+    pub fn family(&self) -> i32 {
+        self.storage.ss_family as i32
+    }
+    /// Pointer to the address, for syscalls.
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        &self.storage as *const _ as *const libc::sockaddr
+    }
+    /// Mutable pointer to the address, for syscalls that fill it.
+    pub fn as_mut_ptr(&mut self) -> *mut libc::sockaddr {
+        &mut self.storage as *mut _ as *mut libc::sockaddr
+    }
+    /// The address length in bytes.
+    pub fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+    /// Whether the length is zero (no address).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Mutable length, for syscalls that fill the address.
+    pub fn len_mut(&mut self) -> &mut libc::socklen_t {
+        &mut self.len
+    }
+    /// Resets the length to the whole storage, before a syscall fills it.
+    pub fn reset_len(&mut self) {
+        self.len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
+
+    /// Checks that the family is one ringport knows and that the length fits
+    /// it; otherwise `InvalidInput` naming what is wrong.
+    pub fn validate(&self) -> io::Result<()> {
+        let need = match self.family() {
+            libc::AF_INET => mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => mem::size_of::<libc::sockaddr_in6>(),
+            libc::AF_UNIX => mem::size_of::<libc::sa_family_t>(),
+            f => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "socket address family {f} is not supported (AF_INET, AF_INET6 or AF_UNIX)"
+                    ),
+                ))
+            }
+        };
+        let len = self.len as usize;
+        if len < need || len > mem::size_of::<libc::sockaddr_storage>() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "socket address length {len} is wrong for family {} (needs {need}..={})",
+                    self.family(),
+                    mem::size_of::<libc::sockaddr_storage>()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address as an IP socket address, if it is one.
+    pub fn as_socket(&self) -> Option<SocketAddr> {
+        match self.family() {
+            libc::AF_INET if self.len as usize >= mem::size_of::<libc::sockaddr_in>() => {
+                // SAFETY: family and length say this is a sockaddr_in.
+                let a = unsafe { &*(self.as_ptr() as *const libc::sockaddr_in) };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 if self.len as usize >= mem::size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: family and length say this is a sockaddr_in6.
+                let a = unsafe { &*(self.as_ptr() as *const libc::sockaddr_in6) };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<SocketAddr> for SockAddr {
+    fn from(addr: SocketAddr) -> SockAddr {
+        let mut a = SockAddr::empty();
+        match addr {
+            SocketAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                let s = unsafe { &mut *(a.as_mut_ptr() as *mut libc::sockaddr_in) };
+                s.sin_family = libc::AF_INET as libc::sa_family_t;
+                s.sin_port = v4.port().to_be();
+                s.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                a.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            SocketAddr::V6(v6) => {
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                let s = unsafe { &mut *(a.as_mut_ptr() as *mut libc::sockaddr_in6) };
+                s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                s.sin6_port = v6.port().to_be();
+                s.sin6_addr.s6_addr = v6.ip().octets();
+                s.sin6_flowinfo = v6.flowinfo();
+                s.sin6_scope_id = v6.scope_id();
+                a.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        a
+    }
+}
+
+impl std::fmt::Debug for SockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.as_socket() {
+            Some(s) => write!(f, "{s}"),
+            None => write!(f, "SockAddr(family {}, len {})", self.family(), self.len),
+        }
+    }
+}
+
+/// File metadata, as `statx`/`fstat` report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Type and permission bits (`st_mode`).
+    pub mode: u32,
+    /// Hard links.
+    pub nlink: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Inode number.
+    pub ino: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Last modification, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Last modification, nanoseconds part.
+    pub mtime_nsec: u32,
+}
+
+// The casts differ in need between platforms (mode_t is u16 on macOS).
+#[allow(clippy::unnecessary_cast)]
+impl FileStat {
+    /// Fills a `FileStat` from `fstat(2)`'s result.
+    pub fn from_stat(st: &libc::stat) -> FileStat {
+        FileStat {
+            size: st.st_size as u64,
+            mode: st.st_mode as u32,
+            nlink: st.st_nlink as u64,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            ino: st.st_ino as u64,
+            blocks: st.st_blocks as u64,
+            mtime_sec: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as u32,
+        }
+    }
+    /// Whether this is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT as u32 == libc::S_IFREG as u32
+    }
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT as u32 == libc::S_IFDIR as u32
+    }
+}
+
+/// One operation and everything it owns.
+#[derive(Debug)]
+pub enum Op {
+    /// Does nothing; completes with 0.
+    Nop,
+    /// `pread` (or `read` at [`CURRENT_POSITION`]) into `buf`.
+    Read {
+        /// The fd.
+        fd: RawFd,
+        /// File offset, or [`CURRENT_POSITION`].
+        offset: u64,
+        /// Filled from its start; its initialised length becomes the count read.
+        buf: AnyBufMut,
+    },
+    /// `pwrite` (or `write` at [`CURRENT_POSITION`]) of `buf`'s initialised bytes.
+    /// A stream write completes only when every byte is written, or on error.
+    Write {
+        /// The fd.
+        fd: RawFd,
+        /// File offset, or [`CURRENT_POSITION`].
+        offset: u64,
+        /// The bytes to write.
+        buf: AnyBuf,
+    },
+    /// `preadv` into several buffers, filled in order.
+    Readv {
+        /// The fd.
+        fd: RawFd,
+        /// File offset, or [`CURRENT_POSITION`].
+        offset: u64,
+        /// The buffers.
+        bufs: Vec<AnyBufMut>,
+    },
+    /// `pwritev` of several buffers, in order.
+    Writev {
+        /// The fd.
+        fd: RawFd,
+        /// File offset, or [`CURRENT_POSITION`].
+        offset: u64,
+        /// The buffers.
+        bufs: Vec<AnyBuf>,
+    },
+    /// `recv` on a socket.
+    Recv {
+        /// The socket.
+        fd: RawFd,
+        /// Filled from its start.
+        buf: AnyBufMut,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
+    /// `send` on a socket (always with `MSG_NOSIGNAL`). On a stream socket it
+    /// completes only when every byte is sent, or on error.
+    Send {
+        /// The socket.
+        fd: RawFd,
+        /// The bytes to send.
+        buf: AnyBuf,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
+    /// `recvfrom`: a datagram and the address it came from.
+    RecvFrom {
+        /// The socket.
+        fd: RawFd,
+        /// Filled from its start.
+        buf: AnyBufMut,
+        /// Output: the sender's address.
+        addr: Box<SockAddr>,
+    },
+    /// `sendto` a given address.
+    SendTo {
+        /// The socket.
+        fd: RawFd,
+        /// The bytes to send.
+        buf: AnyBuf,
+        /// The destination.
+        addr: Box<SockAddr>,
+    },
+    /// `accept`: the result is the new socket's fd (close-on-exec; non-blocking
+    /// where the backend needs it).
+    Accept {
+        /// The listening socket.
+        fd: RawFd,
+        /// Output: the peer's address.
+        addr: Box<SockAddr>,
+    },
+    /// `connect` a socket to `addr`.
+    Connect {
+        /// The socket.
+        fd: RawFd,
+        /// Where to.
+        addr: Box<SockAddr>,
+    },
+    /// `shutdown` one or both directions of a socket.
+    Shutdown {
+        /// The socket.
+        fd: RawFd,
+        /// Which direction(s).
+        how: ShutdownHow,
+    },
+    /// Cancels every op on `fd`, waits for their completions, then closes it.
+    Close {
+        /// The fd.
+        fd: RawFd,
+    },
+    /// `fsync` or `fdatasync`.
+    Fsync {
+        /// The fd.
+        fd: RawFd,
+        /// `fdatasync` instead of `fsync`.
+        data_only: bool,
+    },
+    /// `openat`: the result is the new fd (close-on-exec is always added).
+    OpenAt {
+        /// Directory fd, or `libc::AT_FDCWD`.
+        dir: RawFd,
+        /// The path.
+        path: CString,
+        /// `O_*` flags.
+        flags: i32,
+        /// Permission bits for a created file.
+        mode: u32,
+    },
+    /// `statx`/`fstat` of an open fd.
+    Stat {
+        /// The fd.
+        fd: RawFd,
+        /// Output: the metadata.
+        stat: Box<FileStat>,
+    },
+    /// Completes with `TimedOut` (ETIME) at `deadline`.
+    Timeout {
+        /// When.
+        deadline: Instant,
+    },
+    /// Asks for other ops to end early. Result: how many ops it reached
+    /// (1 for [`CancelTarget::Op`]); `NotFound` when none was in flight.
+    /// The cancelled ops still complete, each on its own.
+    Cancel {
+        /// What to cancel.
+        target: CancelTarget,
+    },
+    /// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`, ...);
+    /// the result is the ready events.
+    Poll {
+        /// The fd.
+        fd: RawFd,
+        /// `POLL*` bits.
+        events: i16,
+    },
+}
+
+/// The kind of an [`Op`], for capability tables and error messages.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+#[allow(missing_docs)]
+pub enum OpKind {
+    Nop,
+    Read,
+    Write,
+    Readv,
+    Writev,
+    Recv,
+    Send,
+    RecvFrom,
+    SendTo,
+    Accept,
+    Connect,
+    Shutdown,
+    Close,
+    Fsync,
+    OpenAt,
+    Stat,
+    Timeout,
+    Cancel,
+    Poll,
+}
+
+impl OpKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [OpKind; 19] = [
+        OpKind::Nop,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Readv,
+        OpKind::Writev,
+        OpKind::Recv,
+        OpKind::Send,
+        OpKind::RecvFrom,
+        OpKind::SendTo,
+        OpKind::Accept,
+        OpKind::Connect,
+        OpKind::Shutdown,
+        OpKind::Close,
+        OpKind::Fsync,
+        OpKind::OpenAt,
+        OpKind::Stat,
+        OpKind::Timeout,
+        OpKind::Cancel,
+        OpKind::Poll,
+    ];
+
+    /// The name used in messages (`read`, `sendto`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Nop => "nop",
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Readv => "readv",
+            OpKind::Writev => "writev",
+            OpKind::Recv => "recv",
+            OpKind::Send => "send",
+            OpKind::RecvFrom => "recvfrom",
+            OpKind::SendTo => "sendto",
+            OpKind::Accept => "accept",
+            OpKind::Connect => "connect",
+            OpKind::Shutdown => "shutdown",
+            OpKind::Close => "close",
+            OpKind::Fsync => "fsync",
+            OpKind::OpenAt => "openat",
+            OpKind::Stat => "stat",
+            OpKind::Timeout => "timeout",
+            OpKind::Cancel => "cancel",
+            OpKind::Poll => "poll",
+        }
+    }
+}
+
+impl Op {
+    /// The kind of this op.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Nop => OpKind::Nop,
+            Op::Read { .. } => OpKind::Read,
+            Op::Write { .. } => OpKind::Write,
+            Op::Readv { .. } => OpKind::Readv,
+            Op::Writev { .. } => OpKind::Writev,
+            Op::Recv { .. } => OpKind::Recv,
+            Op::Send { .. } => OpKind::Send,
+            Op::RecvFrom { .. } => OpKind::RecvFrom,
+            Op::SendTo { .. } => OpKind::SendTo,
+            Op::Accept { .. } => OpKind::Accept,
+            Op::Connect { .. } => OpKind::Connect,
+            Op::Shutdown { .. } => OpKind::Shutdown,
+            Op::Close { .. } => OpKind::Close,
+            Op::Fsync { .. } => OpKind::Fsync,
+            Op::OpenAt { .. } => OpKind::OpenAt,
+            Op::Stat { .. } => OpKind::Stat,
+            Op::Timeout { .. } => OpKind::Timeout,
+            Op::Cancel { .. } => OpKind::Cancel,
+            Op::Poll { .. } => OpKind::Poll,
+        }
+    }
+
+    /// The fd the op works on, if any.
+    pub fn fd(&self) -> Option<RawFd> {
+        match *self {
+            Op::Read { fd, .. }
+            | Op::Write { fd, .. }
+            | Op::Readv { fd, .. }
+            | Op::Writev { fd, .. }
+            | Op::Recv { fd, .. }
+            | Op::Send { fd, .. }
+            | Op::RecvFrom { fd, .. }
+            | Op::SendTo { fd, .. }
+            | Op::Accept { fd, .. }
+            | Op::Connect { fd, .. }
+            | Op::Shutdown { fd, .. }
+            | Op::Close { fd }
+            | Op::Fsync { fd, .. }
+            | Op::Stat { fd, .. }
+            | Op::Poll { fd, .. } => Some(fd),
+            Op::Nop | Op::OpenAt { .. } | Op::Timeout { .. } | Op::Cancel { .. } => None,
+        }
+    }
+
+    /// Which per-fd queue the op must wait in to keep submission order, if any:
+    /// reads and writes at [`CURRENT_POSITION`], and recv/send, are ordered per
+    /// fd and direction.
+    pub fn direction(&self) -> Option<Direction> {
+        match self {
+            Op::Read { offset, .. } | Op::Readv { offset, .. } if *offset == CURRENT_POSITION => {
+                Some(Direction::Read)
+            }
+            Op::Write { offset, .. } | Op::Writev { offset, .. } if *offset == CURRENT_POSITION => {
+                Some(Direction::Write)
+            }
+            Op::Recv { .. } | Op::RecvFrom { .. } => Some(Direction::Read),
+            Op::Send { .. } | Op::SendTo { .. } => Some(Direction::Write),
+            _ => None,
+        }
+    }
+
+    /// The read buffer the op carries (read, recv, recvfrom), given back.
+    pub fn into_buf_mut(self) -> Option<AnyBufMut> {
+        match self {
+            Op::Read { buf, .. } | Op::Recv { buf, .. } | Op::RecvFrom { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+
+    /// The write buffer the op carries (write, send, sendto), given back.
+    pub fn into_buf(self) -> Option<AnyBuf> {
+        match self {
+            Op::Write { buf, .. } | Op::Send { buf, .. } | Op::SendTo { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+
+    /// Checks what can be checked before any syscall: socket addresses, the
+    /// fd not being negative, the iovec count. Every backend calls this at
+    /// submit, so bad input gets the same error everywhere.
+    pub fn validate(&self) -> io::Result<()> {
+        if let Some(fd) = self.fd() {
+            if fd < 0 {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
+        }
+        match self {
+            Op::SendTo { addr, .. } | Op::Connect { addr, .. } => addr.validate(),
+            Op::Readv { bufs, .. } if bufs.len() > 1024 => Err(too_many_iovecs(bufs.len())),
+            Op::Writev { bufs, .. } if bufs.len() > 1024 => Err(too_many_iovecs(bufs.len())),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn too_many_iovecs(n: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{n} buffers in one vectored op; the limit is 1024 (IOV_MAX)"),
+    )
+}
+
+/// The two per-fd queues of a stream: reads and writes.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// recv, and read at the current position.
+    Read,
+    /// send, and write at the current position.
+    Write,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_id_round_trips() {
+        let id = OpId::new(7, 3);
+        assert_eq!((id.slot(), id.generation()), (7, 3));
+        assert_eq!(OpId::from_u64(id.to_u64()), id);
+    }
+
+    #[test]
+    fn sockaddr_round_trips_ip() {
+        for s in ["127.0.0.1:80", "[::1]:8080"] {
+            let a: SocketAddr = s.parse().unwrap();
+            let sa = SockAddr::from(a);
+            sa.validate().unwrap();
+            assert_eq!(sa.as_socket(), Some(a));
+        }
+    }
+
+    #[test]
+    fn bad_sockaddr_is_invalid_input() {
+        let mut sa = SockAddr::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        *sa.len_mut() = 3;
+        assert_eq!(
+            sa.validate().unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let mut sa = SockAddr::empty();
+        // SAFETY: writing the family field of plain data.
+        unsafe { (*sa.as_mut_ptr()).sa_family = 12345 };
+        assert_eq!(
+            sa.validate().unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! ringport: completion-based I/O — the Windows IOCP model — on every Unix.
+//!
+//! Hand over an operation together with the buffer it owns; get back one
+//! completion with the result and the same buffer. io_uring delivers
+//! completions natively; other backends emulate them (see the README's
+//! backends table).
+//!
+//! ```no_run
+//! use ringport::{Runtime, TcpListener};
+//!
+//! let rt = Runtime::new()?;
+//! rt.block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:7000".parse().unwrap())?;
+//!     let (stream, _peer) = listener.accept().await?;
+//!     let (res, buf) = stream.read(Vec::with_capacity(4096)).await;
+//!     let n = res?;
+//!     let (res, _buf) = stream.write_all(buf).await;
+//!     res?;
+//!     println!("echoed {n} bytes");
+//!     Ok::<_, std::io::Error>(())
+//! })?;
+//! # Ok::<_, std::io::Error>(())
+//! ```
+//!
+//! The facade chooses the backend: [`Runtime::new`] honours
+//! `RINGPORT_BACKEND` and otherwise probes io_uring and falls back;
+//! [`Runtime::with_backend`] takes an explicit choice, which wins over the
+//! environment.
+#![warn(missing_docs)]
+
+mod backend;
+
+pub use backend::{driver, Backend, BACKEND_ENV};
+pub use ringport_core::buf::{self, AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
+pub use ringport_core::driver::{
+    self as drv, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
+};
+pub use ringport_core::op::{
+    self, CancelTarget, FileStat, Op, OpId, OpKind, ShutdownHow, SockAddr, CURRENT_POSITION,
+};
+pub use ringport_core::runtime::{
+    pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinHandle,
+    OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener,
+    UnixStream,
+};
+
+#[cfg(target_os = "linux")]
+pub use ringport_uring::{UringBuilder, UringDriver};
+
+use std::future::Future;
+use std::io;
+
+/// A single-threaded runtime on the chosen backend (see
+/// [`ringport_core::Runtime`] for what it does).
+pub struct Runtime {
+    inner: ringport_core::Runtime,
+    backend: Backend,
+    fallback_reason: Option<String>,
+}
+
+impl Runtime {
+    /// A runtime on the backend named by `RINGPORT_BACKEND`, or, when it is
+    /// unset, on the best one this machine has (`Backend::Auto`).
+    pub fn new() -> io::Result<Runtime> {
+        let b = Backend::from_env()?.unwrap_or(Backend::Auto);
+        Self::with_backend(b)
+    }
+
+    /// A runtime on `backend`, whatever `RINGPORT_BACKEND` says. A backend
+    /// that cannot start is an error naming it and why.
+    pub fn with_backend(backend: Backend) -> io::Result<Runtime> {
+        let (driver, chosen, fallback_reason) = backend::open(backend)?;
+        Ok(Runtime {
+            inner: ringport_core::Runtime::from_driver(driver),
+            backend: chosen,
+            fallback_reason,
+        })
+    }
+
+    /// The backend actually running (never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Why `Auto` did not get io_uring, if it fell back.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// Runs `future` to completion (see [`ringport_core::Runtime::block_on`]).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.inner.block_on(future)
+    }
+
+    /// Starts a local task.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn(future)
+    }
+
+    /// The backend's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+}

@@ -1,0 +1,897 @@
+//! ringport-uring: the [`Driver`] over Linux io_uring.
+//!
+//! One ring per driver, driven by one thread. Ops wait in a `slab` keyed by
+//! the `user_data` the kernel echoes (slot and generation), so an op and its
+//! buffers stay put until its CQE arrives. Stream ops (recv/send, reads and
+//! writes at the current position) go through per-fd FIFO queues, one in
+//! flight per direction, because io_uring does not order two outstanding
+//! sends or recvs on one socket; a stream write is resubmitted until every
+//! byte is out.
+//!
+//! Set-up prefers `SINGLE_ISSUER | DEFER_TASKRUN` (created disabled, enabled by
+//! the first thread that uses it), then `COOP_TASKRUN`, then a plain ring.
+//! This module must never free or move an op's memory while its SQE may still
+//! be read or its CQE is outstanding.
+#![warn(missing_docs)]
+
+mod ops;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use ops::Scratch;
+use ringport_core::driver::{
+    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
+    Support, Wake,
+};
+use ringport_core::op::{CancelTarget, Direction, Op, OpId, OpKind};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `user_data` of CQEs nobody waits for (link timeouts, internal cancels).
+const UD_IGNORE: u64 = u32::MAX as u64;
+/// `user_data` of the waker's eventfd read.
+const UD_WAKER: u64 = (1 << 32) | u32::MAX as u64;
+/// Set-up name of a ring made with `SINGLE_ISSUER | DEFER_TASKRUN` (created disabled).
+const DEFER: &str = "single_issuer+defer_taskrun";
+/// How long `Drop` waits for cancelled ops before leaking their buffers.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// How to build a [`UringDriver`].
+#[derive(Clone, Debug)]
+pub struct UringBuilder {
+    entries: u32,
+    cq_entries: Option<u32>,
+    defer_taskrun: bool,
+}
+
+impl Default for UringBuilder {
+    fn default() -> Self {
+        UringBuilder {
+            entries: 256,
+            cq_entries: None,
+            defer_taskrun: true,
+        }
+    }
+}
+
+impl UringBuilder {
+    /// Submission queue size (rounded up to a power of two by the kernel).
+    pub fn entries(mut self, n: u32) -> Self {
+        self.entries = n.max(2);
+        self
+    }
+    /// Completion queue size (default: twice the submission queue).
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cq_entries = Some(n);
+        self
+    }
+    /// Whether to try `SINGLE_ISSUER | DEFER_TASKRUN` (default: yes).
+    pub fn defer_taskrun(mut self, on: bool) -> Self {
+        self.defer_taskrun = on;
+        self
+    }
+    /// Sets up the ring and probes it.
+    pub fn build(self) -> io::Result<UringDriver> {
+        UringDriver::with_builder(self)
+    }
+}
+
+/// Where an op is.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum State {
+    /// In its fd's queue, not yet given to the kernel.
+    Queued,
+    /// Its SQE is in the ring (or its CQE not yet reaped).
+    InKernel,
+    /// Waiting for readiness after the kernel said `EAGAIN` (a non-blocking fd).
+    Polling,
+    /// A `close` waiting for the fd's other ops to finish.
+    Closing,
+}
+
+struct Slot {
+    generation: u32,
+    token: u64,
+    op: Op,
+    scratch: Scratch,
+    state: State,
+    /// Bytes of a stream write already done (resubmitted until all are).
+    progress: usize,
+    deadline: Option<Box<types::Timespec>>,
+    /// The caller asked to cancel it (so `ECANCELED` is not a deadline).
+    cancel_requested: bool,
+}
+
+#[derive(Default)]
+struct FdState {
+    /// Ops on this fd not yet completed (a pending close not counted).
+    ops: u32,
+    busy: [bool; 2],
+    queue: [VecDeque<usize>; 2],
+    closing: Option<usize>,
+}
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Read => 0,
+        Direction::Write => 1,
+    }
+}
+
+struct EventfdWaker {
+    fd: OwnedFd,
+}
+
+impl Wake for EventfdWaker {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+}
+
+/// The io_uring [`Driver`].
+pub struct UringDriver {
+    ring: IoUring,
+    slots: Slab<Slot>,
+    next_generation: u32,
+    fds: Vec<FdState>,
+    /// Completions made without the kernel or reaped early, delivered by `wait`.
+    ready: Vec<Completion>,
+    caps: Capabilities,
+    waker: Arc<EventfdWaker>,
+    /// The eventfd read's 8-byte target; leaked if the read is still in flight at drop.
+    waker_buf: *mut u64,
+    waker_armed: bool,
+    enabled: bool,
+    flags_used: &'static str,
+}
+
+// SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
+// by the driver alone. With SINGLE_ISSUER the ring is enabled on the first
+// thread that uses it, so moving an unused driver to another thread is fine.
+unsafe impl Send for UringDriver {}
+
+impl UringDriver {
+    /// A driver with the default set-up (256 entries).
+    pub fn new() -> io::Result<UringDriver> {
+        UringBuilder::default().build()
+    }
+
+    /// A builder for the ring's sizes and flags.
+    pub fn builder() -> UringBuilder {
+        UringBuilder::default()
+    }
+
+    fn with_builder(b: UringBuilder) -> io::Result<UringDriver> {
+        let (ring, flags_used) = setup(&b)
+            .map_err(|e| io::Error::new(e.kind(), format!("io_uring_setup: {}", errno_name(&e))))?;
+        let params = ring.params();
+        if !params.is_feature_ext_arg() || !params.is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring: the kernel lacks IORING_FEAT_EXT_ARG or IORING_FEAT_NODROP (needs Linux 5.11+)",
+            ));
+        }
+        let mut probe = io_uring::Probe::new();
+        let caps = match ring.submitter().register_probe(&mut probe) {
+            Ok(()) => {
+                let mut caps = Capabilities::all(Support::Native);
+                for k in OpKind::ALL {
+                    if !probe.is_supported(ops::opcode_of(k)) {
+                        caps.set(k, Support::Unsupported);
+                    }
+                }
+                caps
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("io_uring_register(PROBE): {}", errno_name(&e)),
+                ))
+            }
+        };
+        // SAFETY: plain syscall; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: efd is a fresh fd we own.
+        let waker = Arc::new(EventfdWaker {
+            fd: unsafe { OwnedFd::from_raw_fd(efd) },
+        });
+        Ok(UringDriver {
+            ring,
+            slots: Slab::with_capacity(256),
+            next_generation: 0,
+            fds: Vec::new(),
+            ready: Vec::with_capacity(64),
+            caps,
+            waker,
+            waker_buf: Box::into_raw(Box::new(0u64)),
+            waker_armed: false,
+            enabled: false,
+            flags_used,
+        })
+    }
+
+    /// Which set-up flags the ring got (`defer_taskrun`, `coop_taskrun`, `plain`).
+    pub fn setup_flags(&self) -> &'static str {
+        self.flags_used
+    }
+
+    /// Enables a ring created disabled, on the thread that first uses it.
+    fn ensure_enabled(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            if self.flags_used == DEFER {
+                self.ring.submitter().register_enable_rings()?;
+            }
+            self.enabled = true;
+        }
+        if !self.waker_armed {
+            let e = opcode::Read::new(
+                types::Fd(self.waker.fd.as_raw_fd()),
+                self.waker_buf.cast(),
+                8,
+            )
+            .build()
+            .user_data(UD_WAKER);
+            self.push(e, None)?;
+            self.waker_armed = true;
+        }
+        Ok(())
+    }
+
+    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
+        let i = fd as usize;
+        if i >= self.fds.len() {
+            self.fds.resize_with(i + 1, FdState::default);
+        }
+        &mut self.fds[i]
+    }
+
+    /// Pushes one SQE (and its link timeout), flushing the ring when full.
+    fn push(
+        &mut self,
+        e: squeue::Entry,
+        deadline: Option<*const types::Timespec>,
+    ) -> io::Result<()> {
+        let need = if deadline.is_some() { 2 } else { 1 };
+        loop {
+            {
+                let mut sq = self.ring.submission();
+                if sq.capacity() - sq.len() >= need {
+                    match deadline {
+                        None => {
+                            // SAFETY: the SQE points only at heap memory owned by
+                            // the op's slot (or the driver), which stays put until
+                            // its CQE is reaped.
+                            unsafe { sq.push(&e) }.map_err(|_| sq_full())?;
+                        }
+                        Some(ts) => {
+                            let lt = opcode::LinkTimeout::new(ts)
+                                .flags(types::TimeoutFlags::ABS)
+                                .build()
+                                .user_data(UD_IGNORE);
+                            let e = e.flags(squeue::Flags::IO_LINK);
+                            // SAFETY: as above; the timespec is boxed in the slot.
+                            unsafe { sq.push_multiple(&[e, lt]) }.map_err(|_| sq_full())?;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            // Full: hand what is queued to the kernel and try again.
+            match self.ring.submitter().submit() {
+                Ok(_) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EAGAIN) =>
+                {
+                    self.reap();
+                    self.ring
+                        .submitter()
+                        .submit_and_wait(1)
+                        .or_else(ignore_intr)?;
+                    self.reap();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives slot `key`'s op to the kernel.
+    fn issue(&mut self, key: usize) -> io::Result<()> {
+        let ud = self.user_data(key);
+        let slot = &mut self.slots[key];
+        slot.state = State::InKernel;
+        let e = ops::prepare(&mut slot.op, &mut slot.scratch, slot.progress).user_data(ud);
+        let ts = slot
+            .deadline
+            .as_deref()
+            .map(|t| t as *const types::Timespec);
+        self.push(e, ts)
+    }
+
+    /// Waits for readiness of slot `key`'s fd (after `EAGAIN`), then reissues.
+    fn issue_poll(&mut self, key: usize, dir: Direction) -> io::Result<()> {
+        let ud = self.user_data(key);
+        let slot = &mut self.slots[key];
+        slot.state = State::Polling;
+        let fd = slot.op.fd().unwrap_or(-1);
+        let ev = match dir {
+            Direction::Read => libc::POLLIN,
+            Direction::Write => libc::POLLOUT,
+        };
+        let e = opcode::PollAdd::new(types::Fd(fd), ev as u32)
+            .build()
+            .user_data(ud);
+        let ts = slot
+            .deadline
+            .as_deref()
+            .map(|t| t as *const types::Timespec);
+        self.push(e, ts)
+    }
+
+    fn user_data(&self, key: usize) -> u64 {
+        OpId::new(key as u32, self.slots[key].generation).to_u64()
+    }
+
+    fn lookup(&self, id: OpId) -> Option<usize> {
+        let key = id.slot();
+        match self.slots.get(key) {
+            Some(s) if s.generation == id.generation() => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Ends slot `key` with `result`, frees its place in the fd's queue, and
+    /// starts what waited behind it.
+    fn finish(&mut self, key: usize, result: io::Result<usize>) {
+        let slot = self.slots.remove(key);
+        let id = OpId::new(key as u32, slot.generation);
+        let fd = slot.op.fd();
+        let dir = slot.op.direction();
+        let is_close = matches!(slot.op, Op::Close { .. });
+        self.ready.push(Completion {
+            id,
+            token: slot.token,
+            result,
+            op: slot.op,
+        });
+        let Some(fd) = fd else { return };
+        if is_close {
+            *self.fd_state(fd) = FdState::default();
+            return;
+        }
+        let st = self.fd_state(fd);
+        st.ops = st.ops.saturating_sub(1);
+        let mut next = None;
+        if let Some(d) = dir {
+            let i = dir_index(d);
+            next = st.queue[i].pop_front();
+            st.busy[i] = next.is_some();
+        }
+        let close = if st.ops == 0 { st.closing.take() } else { None };
+        if let Some(n) = next {
+            if let Err(e) = self.issue(n) {
+                self.finish(n, Err(e));
+            }
+        }
+        if let Some(c) = close {
+            if let Err(e) = self.issue(c) {
+                self.finish(c, Err(e));
+            }
+        }
+    }
+
+    /// Reaps every CQE in the ring into `ready`.
+    fn reap(&mut self) {
+        loop {
+            let cqe = {
+                let mut cq = self.ring.completion();
+                match cq.next() {
+                    Some(c) => c,
+                    None => return,
+                }
+            };
+            let (ud, res) = (cqe.user_data(), cqe.result());
+            if ud == UD_IGNORE {
+                continue;
+            }
+            if ud == UD_WAKER {
+                self.waker_armed = false;
+                continue;
+            }
+            let id = OpId::from_u64(ud);
+            if let Some(key) = self.lookup(id) {
+                self.on_cqe(key, res);
+            }
+        }
+    }
+
+    fn on_cqe(&mut self, key: usize, res: i32) {
+        let slot = &mut self.slots[key];
+        match slot.state {
+            State::Polling => {
+                if res < 0 {
+                    let err = self.error_for(key, res);
+                    return self.finish(key, Err(err));
+                }
+                if let Err(e) = self.issue(key) {
+                    self.finish(key, Err(e));
+                }
+                return;
+            }
+            State::Queued | State::Closing => return,
+            State::InKernel => {}
+        }
+        if let Op::Cancel { target } = slot.op {
+            // Ops cancelled from our own queues (counted in `progress`) count too.
+            let queued = slot.progress;
+            let result = match (target, res) {
+                (CancelTarget::Op(_), r) if r >= 0 || r == -libc::EALREADY => Ok(1),
+                (CancelTarget::Fd(_), r) if r >= 0 => Ok(r as usize + queued),
+                (_, r) if r == -libc::ENOENT && queued > 0 => Ok(queued),
+                (_, r) if r == -libc::ENOENT => Err(not_found()),
+                (_, r) => Err(ops::os_error(r)),
+            };
+            return self.finish(key, result);
+        }
+        if res == -libc::EAGAIN {
+            if let Some(d) = slot.op.direction() {
+                if let Err(e) = self.issue_poll(key, d) {
+                    self.finish(key, Err(e));
+                }
+                return;
+            }
+        }
+        if res < 0 {
+            let err = self.error_for(key, res);
+            return self.finish(key, Err(err));
+        }
+        let n = res as usize;
+        // A stream write completes only when every byte is out.
+        if slot.op.direction() == Some(Direction::Write) {
+            if let Op::Write { buf, .. } | Op::Send { buf, .. } = &slot.op {
+                let total = buf.len();
+                slot.progress += n;
+                if n > 0 && slot.progress < total {
+                    if let Err(e) = self.issue(key) {
+                        self.finish(key, Err(e));
+                    }
+                    return;
+                }
+                let done = slot.progress;
+                return self.finish(key, Ok(done));
+            }
+        }
+        ops::complete(&mut slot.op, &slot.scratch, n);
+        self.finish(key, Ok(n))
+    }
+
+    /// The error for a failed CQE: `ECANCELED` caused by the op's own deadline
+    /// (and not by a cancel request) is reported as `TimedOut`.
+    fn error_for(&self, key: usize, res: i32) -> io::Error {
+        let slot = &self.slots[key];
+        if res == -libc::ECANCELED && slot.deadline.is_some() && !slot.cancel_requested {
+            deadline_passed()
+        } else {
+            ops::os_error(res)
+        }
+    }
+
+    /// Cancels slot `key`: a queued op completes now with `ECANCELED`; one in
+    /// the kernel gets an async cancel (its CQE follows).
+    fn cancel_slot(&mut self, key: usize) -> io::Result<()> {
+        let slot = &mut self.slots[key];
+        slot.cancel_requested = true;
+        match slot.state {
+            State::Queued => {
+                let fd = slot.op.fd().unwrap_or(-1);
+                if let Some(d) = slot.op.direction() {
+                    let q = &mut self.fd_state(fd).queue[dir_index(d)];
+                    q.retain(|&k| k != key);
+                }
+                self.finish(key, Err(cancelled()));
+                Ok(())
+            }
+            State::Closing => Ok(()),
+            State::InKernel | State::Polling => {
+                let ud = self.user_data(key);
+                let e = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ud))
+                    .build()
+                    .user_data(UD_IGNORE);
+                self.push(e, None)
+            }
+        }
+    }
+
+    /// Cancels every op on `fd` (not a pending close); returns how many.
+    fn cancel_all_on(&mut self, fd: RawFd) -> io::Result<usize> {
+        let keys: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.op.fd() == Some(fd) && s.state != State::Closing)
+            .map(|(k, _)| k)
+            .collect();
+        for &k in &keys {
+            self.cancel_slot(k)?;
+        }
+        Ok(keys.len())
+    }
+
+    fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.reap();
+            let woken = !self.waker_armed;
+            if woken {
+                // A wake ends the wait; re-arm for the next one.
+                self.ensure_enabled()?;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if self.ready.len() >= min || woken || left == Some(Duration::ZERO) {
+                if !self.ring.submission().is_empty() || self.pending_kernel_work() {
+                    self.ring
+                        .submitter()
+                        .submit_and_wait(0)
+                        .or_else(ignore_intr)?;
+                    self.reap();
+                }
+                return Ok(());
+            }
+            // Wait for one completion at a time: a wake (eventfd) only ends a
+            // wait for one (see PITFALLS.md).
+            let res = match left {
+                None => self.ring.submitter().submit_and_wait(1),
+                Some(left) => {
+                    let ts = types::Timespec::from(left);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+            };
+            res.or_else(ignore_intr)?;
+        }
+    }
+
+    /// Whether the kernel holds completions or task work we have not seen.
+    fn pending_kernel_work(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.taskrun() || sq.cq_overflow()
+    }
+}
+
+impl Driver for UringDriver {
+    fn name(&self) -> &'static str {
+        "uring"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn submit(
+        &mut self,
+        op: Op,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<OpId, SubmitError> {
+        if let Err(error) = op.validate() {
+            return Err(SubmitError { error, op });
+        }
+        let kind = op.kind();
+        if self.caps.get(kind) == Support::Unsupported {
+            return Err(SubmitError::unsupported(op, "uring"));
+        }
+        if let Err(error) = self.ensure_enabled() {
+            return Err(SubmitError { error, op });
+        }
+        let fd = op.fd();
+        if let Some(fd) = fd {
+            if self
+                .fds
+                .get(fd as usize)
+                .is_some_and(|s| s.closing.is_some())
+            {
+                let error = io::Error::other(format!(
+                    "fd {fd} is being closed; no new operation may start on it"
+                ));
+                return Err(SubmitError { error, op });
+            }
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let dir = op.direction();
+        let is_close = kind == OpKind::Close;
+        let cancel_target = match &op {
+            Op::Cancel { target } => Some(*target),
+            _ => None,
+        };
+        let key = self.slots.insert(Slot {
+            generation,
+            token,
+            op,
+            scratch: Scratch::None,
+            state: State::Queued,
+            progress: 0,
+            deadline: deadline.map(|d| Box::new(abs_timespec(d))),
+            cancel_requested: false,
+        });
+        let id = OpId::new(key as u32, generation);
+
+        let started = if let Some(target) = cancel_target {
+            self.start_cancel(key, target)
+        } else if let Some(fd) = fd {
+            if is_close {
+                let st = self.fd_state(fd);
+                if st.ops > 0 {
+                    st.closing = Some(key);
+                    self.slots[key].state = State::Closing;
+                    self.cancel_all_on(fd).map(|_| ())
+                } else {
+                    self.issue(key)
+                }
+            } else {
+                let st = self.fd_state(fd);
+                st.ops += 1;
+                match dir {
+                    Some(d) if st.busy[dir_index(d)] => {
+                        st.queue[dir_index(d)].push_back(key);
+                        Ok(())
+                    }
+                    Some(d) => {
+                        st.busy[dir_index(d)] = true;
+                        self.issue(key)
+                    }
+                    None => self.issue(key),
+                }
+            }
+        } else {
+            self.issue(key)
+        };
+        match started {
+            Ok(()) => Ok(id),
+            Err(error) => {
+                // Could not reach the kernel: the op completes with the error.
+                if self.slots.contains(key) {
+                    self.finish(key, Err(error));
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    fn wait(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.ensure_enabled()?;
+        let before = out.len();
+        let r = self.wait_inner(min, timeout);
+        out.append(&mut self.ready);
+        r.map(|_| out.len() - before)
+    }
+
+    fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        match self.lookup(id) {
+            Some(key) => self.cancel_slot(key),
+            None => Err(not_found()),
+        }
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.cancel_all_on(fd)
+    }
+
+    fn waker(&self) -> DriverWaker {
+        DriverWaker::new(self.waker.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() + self.ready.len()
+    }
+}
+
+impl UringDriver {
+    /// Starts `Op::Cancel` in slot `key`.
+    fn start_cancel(&mut self, key: usize, target: CancelTarget) -> io::Result<()> {
+        match target {
+            CancelTarget::Op(id) => match self.lookup(id) {
+                Some(t) if self.slots[t].state == State::Queued => {
+                    self.cancel_slot(t)?;
+                    self.finish(key, Ok(1));
+                    Ok(())
+                }
+                Some(t) => {
+                    self.slots[t].cancel_requested = true;
+                    self.issue(key)
+                }
+                None => {
+                    self.finish(key, Err(not_found()));
+                    Ok(())
+                }
+            },
+            CancelTarget::Fd(fd) => {
+                // Queued ops end here; the kernel's count for the rest comes in
+                // the cancel's CQE, added to this one.
+                let queued: Vec<usize> = self
+                    .slots
+                    .iter()
+                    .filter(|(k, s)| *k != key && s.op.fd() == Some(fd) && s.state == State::Queued)
+                    .map(|(k, _)| k)
+                    .collect();
+                let in_kernel: usize = self
+                    .slots
+                    .iter()
+                    .filter(|(k, s)| {
+                        *k != key
+                            && s.op.fd() == Some(fd)
+                            && matches!(s.state, State::InKernel | State::Polling)
+                    })
+                    .count();
+                for &k in &queued {
+                    self.cancel_slot(k)?;
+                }
+                for (k, s) in self.slots.iter_mut() {
+                    if k != key && s.op.fd() == Some(fd) {
+                        s.cancel_requested = true;
+                    }
+                }
+                if in_kernel == 0 {
+                    let r = if queued.is_empty() {
+                        Err(not_found())
+                    } else {
+                        Ok(queued.len())
+                    };
+                    self.finish(key, r);
+                    return Ok(());
+                }
+                self.slots[key].progress = queued.len();
+                self.issue(key)
+            }
+        }
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        // Ops still queued never reached the kernel: they can go now.
+        let queued: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.state == State::Queued || s.state == State::Closing)
+            .map(|(k, _)| k)
+            .collect();
+        for k in queued {
+            drop(self.slots.remove(k));
+        }
+        self.ready.clear();
+        let mut cleanly = true;
+        if self.enabled && (!self.slots.is_empty() || self.waker_armed) {
+            // Cancel everything in the kernel and give it a moment.
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(UD_IGNORE);
+            let start = Instant::now();
+            if self.push(e, None).is_ok() {
+                while (!self.slots.is_empty() || self.waker_armed) && start.elapsed() < DROP_GRACE {
+                    let ts = types::Timespec::from(Duration::from_millis(50));
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    match self.ring.submitter().submit_with_args(1, &args) {
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                            ) => {}
+                        Err(_) => break, // e.g. EEXIST: another thread owns the ring
+                    }
+                    self.reap();
+                    for k in self
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| s.state == State::Queued)
+                        .map(|(k, _)| k)
+                        .collect::<Vec<_>>()
+                    {
+                        drop(self.slots.remove(k));
+                    }
+                    self.ready.clear(); // kernel is done with these: buffers drop now
+                }
+            }
+            cleanly = self.slots.is_empty() && !self.waker_armed;
+        }
+        if !cleanly {
+            // The kernel may still write into these: leak them, never free early.
+            for s in self.slots.drain() {
+                std::mem::forget(s);
+            }
+        } else if !self.waker_buf.is_null() {
+            // SAFETY: made by Box::into_raw in with_builder; no read is in flight.
+            drop(unsafe { Box::from_raw(self.waker_buf) });
+        }
+    }
+}
+
+fn setup(b: &UringBuilder) -> io::Result<(IoUring, &'static str)> {
+    let cq = b.cq_entries.unwrap_or(b.entries * 2).max(b.entries);
+    if b.defer_taskrun {
+        let r = IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_submit_all()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .setup_r_disabled()
+            .build(b.entries);
+        if let Ok(ring) = r {
+            return Ok((ring, DEFER));
+        }
+    }
+    let r = IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_submit_all()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(b.entries);
+    if let Ok(ring) = r {
+        return Ok((ring, "coop_taskrun"));
+    }
+    let ring = IoUring::builder().setup_cqsize(cq).build(b.entries)?;
+    Ok((ring, "plain"))
+}
+
+/// `deadline` as an absolute `CLOCK_MONOTONIC` time (the clock `Instant` uses
+/// on Linux and io_uring timeouts use by default).
+pub(crate) fn abs_timespec(deadline: Instant) -> types::Timespec {
+    let now = Instant::now();
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let base = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let at = base + deadline.saturating_duration_since(now);
+    types::Timespec::new()
+        .sec(at.as_secs())
+        .nsec(at.subsec_nanos())
+}
+
+fn sq_full() -> io::Error {
+    io::Error::new(io::ErrorKind::WouldBlock, "io_uring submission queue full")
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "no such operation in flight (it has completed)",
+    )
+}
+
+fn ignore_intr(e: io::Error) -> io::Result<usize> {
+    match e.raw_os_error() {
+        Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(0),
+        _ => Err(e),
+    }
+}
+
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM (io_uring is disabled or forbidden here)".into(),
+        Some(libc::ENOSYS) => "ENOSYS (the kernel has no io_uring)".into(),
+        Some(libc::ENOMEM) => "ENOMEM (locked-memory limit too low?)".into(),
+        Some(libc::EINVAL) => "EINVAL".into(),
+        _ => e.to_string(),
+    }
+}
