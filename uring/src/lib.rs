@@ -98,8 +98,11 @@ struct Slot {
     op: Op,
     scratch: Scratch,
     state: State,
-    /// Bytes of a stream write already done (resubmitted until all are).
+    /// Bytes of a stream write already done (resubmitted until all are);
+    /// for a cancel by fd, how many queued ops it ended itself.
     progress: usize,
+    /// For a cancel by fd: how many ops it reached in all.
+    reached: usize,
     deadline: Option<Box<types::Timespec>>,
     /// The caller asked to cancel it (so `ECANCELED` is not a deadline).
     cancel_requested: bool,
@@ -441,7 +444,7 @@ impl UringDriver {
             let queued = slot.progress;
             let result = match (target, res) {
                 (CancelTarget::Op(_), r) if r >= 0 || r == -libc::EALREADY => Ok(1),
-                (CancelTarget::Fd(_), r) if r >= 0 => Ok(r as usize + queued),
+                (CancelTarget::Fd(_), r) if r >= 0 => Ok(slot.reached),
                 (_, r) if r == -libc::ENOENT && queued > 0 => Ok(queued),
                 (_, r) if r == -libc::ENOENT => Err(not_found()),
                 (_, r) => Err(ops::os_error(r)),
@@ -627,6 +630,7 @@ impl Driver for UringDriver {
             progress: 0,
             deadline: deadline.map(|d| Box::new(abs_timespec(d))),
             cancel_requested: false,
+            reached: 0,
         });
         let id = OpId::new(key as u32, generation);
 
@@ -760,6 +764,7 @@ impl UringDriver {
                     return Ok(());
                 }
                 self.slots[key].progress = queued.len();
+                self.slots[key].reached = queued.len() + in_kernel;
                 self.issue(key)
             }
         }
@@ -778,6 +783,8 @@ impl Drop for UringDriver {
         for k in queued {
             drop(self.slots.remove(k));
         }
+        // Nothing may start any more: forget the per-fd queues.
+        self.fds.clear();
         self.ready.clear();
         let mut cleanly = true;
         if self.enabled && (!self.slots.is_empty() || self.waker_armed) {
