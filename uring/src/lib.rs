@@ -157,6 +157,12 @@ pub struct UringDriver {
     waker_armed: bool,
     enabled: bool,
     flags_used: &'static str,
+    /// Set up with DEFER_TASKRUN: completions appear only when we enter
+    /// with GETEVENTS.
+    defer: bool,
+    /// What `io_uring_enter` is called on: the ring fd, or its registered index.
+    enter_fd: i32,
+    enter_flags: u32,
 }
 
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
@@ -212,6 +218,7 @@ impl UringDriver {
         let waker = Arc::new(EventfdWaker {
             fd: unsafe { OwnedFd::from_raw_fd(efd) },
         });
+        let ring_fd = ring.as_raw_fd();
         Ok(UringDriver {
             ring,
             slots: Slab::with_capacity(256),
@@ -223,6 +230,9 @@ impl UringDriver {
             waker_buf: Box::into_raw(Box::new(0u64)),
             waker_armed: false,
             enabled: false,
+            defer: flags_used == DEFER,
+            enter_fd: ring_fd,
+            enter_flags: 0,
             flags_used,
         })
     }
@@ -238,6 +248,7 @@ impl UringDriver {
             if self.flags_used == DEFER {
                 self.ring.submitter().register_enable_rings()?;
             }
+            self.register_ring_fd();
             self.enabled = true;
         }
         if !self.waker_armed {
@@ -294,17 +305,14 @@ impl UringDriver {
                 }
             }
             // Full: hand what is queued to the kernel and try again.
-            match self.ring.submitter().submit() {
+            match self.enter(0, false, None) {
                 Ok(_) => {}
                 Err(e)
                     if e.raw_os_error() == Some(libc::EBUSY)
                         || e.raw_os_error() == Some(libc::EAGAIN) =>
                 {
                     self.reap();
-                    self.ring
-                        .submitter()
-                        .submit_and_wait(1)
-                        .or_else(ignore_intr)?;
+                    self.enter(1, true, None).or_else(ignore_intr)?;
                     self.reap();
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
@@ -401,24 +409,34 @@ impl UringDriver {
     /// Reaps every CQE in the ring into `ready`.
     fn reap(&mut self) {
         loop {
-            let cqe = {
+            // Copy a batch of CQEs out first (one head update per batch), then
+            // handle them, since handling may push SQEs or reap recursively.
+            let mut batch = [(0u64, 0i32); 64];
+            let mut n = 0;
+            {
                 let mut cq = self.ring.completion();
-                match cq.next() {
-                    Some(c) => c,
-                    None => return,
+                for cqe in &mut cq {
+                    batch[n] = (cqe.user_data(), cqe.result());
+                    n += 1;
+                    if n == batch.len() {
+                        break;
+                    }
                 }
-            };
-            let (ud, res) = (cqe.user_data(), cqe.result());
-            if ud == UD_IGNORE {
-                continue;
             }
-            if ud == UD_WAKER {
-                self.waker_armed = false;
-                continue;
+            if n == 0 {
+                return;
             }
-            let id = OpId::from_u64(ud);
-            if let Some(key) = self.lookup(id) {
-                self.on_cqe(key, res);
+            for &(ud, res) in &batch[..n] {
+                if ud == UD_IGNORE {
+                    continue;
+                }
+                if ud == UD_WAKER {
+                    self.waker_armed = false;
+                    continue;
+                }
+                if let Some(key) = self.lookup(OpId::from_u64(ud)) {
+                    self.on_cqe(key, res);
+                }
             }
         }
     }
@@ -545,11 +563,8 @@ impl UringDriver {
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if self.ready.len() >= min || woken || left == Some(Duration::ZERO) {
-                if !self.ring.submission().is_empty() || self.pending_kernel_work() {
-                    self.ring
-                        .submitter()
-                        .submit_and_wait(0)
-                        .or_else(ignore_intr)?;
+                if !self.ring.submission().is_empty() || self.kernel_has_work() {
+                    self.enter(0, self.defer, None).or_else(ignore_intr)?;
                     self.reap();
                 }
                 return Ok(());
@@ -557,21 +572,11 @@ impl UringDriver {
             // Wait for one completion at a time: a wake (eventfd) only ends a
             // wait for one (see PITFALLS.md).
             let res = match left {
-                None => self.ring.submitter().submit_and_wait(1),
-                Some(left) => {
-                    let ts = types::Timespec::from(left);
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    self.ring.submitter().submit_with_args(1, &args)
-                }
+                None => self.enter(1, true, None),
+                Some(left) => self.enter(1, true, Some(left)),
             };
             res.or_else(ignore_intr)?;
         }
-    }
-
-    /// Whether the kernel holds completions or task work we have not seen.
-    fn pending_kernel_work(&mut self) -> bool {
-        let sq = self.ring.submission();
-        sq.taskrun() || sq.cq_overflow()
     }
 }
 
@@ -685,7 +690,11 @@ impl Driver for UringDriver {
         self.ensure_enabled()?;
         let before = out.len();
         let r = self.wait_inner(min, timeout);
-        out.append(&mut self.ready);
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.ready);
+        } else {
+            out.append(&mut self.ready);
+        }
         r.map(|_| out.len() - before)
     }
 
@@ -795,9 +804,7 @@ impl Drop for UringDriver {
             let start = Instant::now();
             if self.push(e, None).is_ok() {
                 while (!self.slots.is_empty() || self.waker_armed) && start.elapsed() < DROP_GRACE {
-                    let ts = types::Timespec::from(Duration::from_millis(50));
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    match self.ring.submitter().submit_with_args(1, &args) {
+                    match self.enter(1, true, Some(Duration::from_millis(50))) {
                         Ok(_) => {}
                         Err(e)
                             if matches!(
@@ -830,6 +837,113 @@ impl Drop for UringDriver {
             // SAFETY: made by Box::into_raw in with_builder; no read is in flight.
             drop(unsafe { Box::from_raw(self.waker_buf) });
         }
+    }
+}
+
+/// `io_uring_enter` flags and the `IORING_REGISTER_RING_FDS` opcode, from
+/// the kernel's uapi header (the crate keeps its own copies private).
+const ENTER_GETEVENTS: u32 = 1;
+const ENTER_EXT_ARG: u32 = 8;
+const ENTER_REGISTERED_RING: u32 = 16;
+const REGISTER_RING_FDS: u32 = 20;
+
+/// `struct io_uring_getevents_arg`.
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// `struct io_uring_rsrc_update`.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+impl UringDriver {
+    /// Registers the ring's own fd with the ring, so each `io_uring_enter`
+    /// skips the kernel's fd lookup (Linux 5.18+; without it, the plain fd).
+    fn register_ring_fd(&mut self) {
+        let mut up = RsrcUpdate {
+            offset: u32::MAX,
+            resv: 0,
+            data: self.ring.as_raw_fd() as u64,
+        };
+        // SAFETY: passes one valid io_uring_rsrc_update the kernel fills in.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring.as_raw_fd(),
+                REGISTER_RING_FDS,
+                &mut up as *mut RsrcUpdate,
+                1,
+            )
+        };
+        if r == 1 {
+            self.enter_fd = up.offset as i32;
+            self.enter_flags = ENTER_REGISTERED_RING;
+        }
+    }
+
+    /// Submits what is queued and waits for `min` completions (at most
+    /// `timeout`); runs deferred task work whenever it waits or is asked to.
+    fn enter(&mut self, min: u32, getevents: bool, timeout: Option<Duration>) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        let mut flags = self.enter_flags;
+        if min > 0 || getevents {
+            flags |= ENTER_GETEVENTS;
+        }
+        let ts;
+        let arg;
+        let (argp, argsz) = match timeout {
+            Some(t) => {
+                ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as libc::c_long,
+                };
+                arg = GeteventsArg {
+                    sigmask: 0,
+                    sigmask_sz: 8,
+                    min_wait_usec: 0,
+                    ts: &ts as *const libc::timespec as u64,
+                };
+                flags |= ENTER_EXT_ARG;
+                (
+                    &arg as *const GeteventsArg as *const libc::c_void,
+                    std::mem::size_of::<GeteventsArg>(),
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: the ring fd (or its registered index) is ours; `arg` and
+        // `ts` outlive the call; the SQEs submitted point at memory held by
+        // their slots.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.enter_fd,
+                to_submit,
+                min,
+                flags,
+                argp,
+                argsz,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// Whether deferred task work or overflowed completions wait in the kernel.
+    fn kernel_has_work(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.taskrun() || sq.cq_overflow()
     }
 }
 
