@@ -106,3 +106,8 @@ impl Runtime {
         self.inner.capabilities()
     }
 }
+
+/// The README's example, compiled as a doctest so the README stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
