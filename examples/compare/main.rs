@@ -12,7 +12,11 @@ fn main() -> std::io::Result<()> {
             "raw" => nop::raw_uring(32, dur)?,
             _ => nop::driver(Backend::Uring, 32, dur)?,
         };
-        println!("{which}: {:.2} Mops/s", r / 1e6);
+        println!(
+            "{which}: {:.2} Mops/s ({:.0} ops)",
+            r / 1e6,
+            r * dur.as_secs_f64()
+        );
         return Ok(());
     }
     for batch in [1usize, 32] {

@@ -17,7 +17,7 @@
 mod ops;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use ops::Scratch;
+use ops::Extra;
 use ringport_core::driver::{
     cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
     Support, Wake,
@@ -96,16 +96,21 @@ struct Slot {
     generation: u32,
     token: u64,
     op: Op,
-    scratch: Scratch,
+    /// Scratch memory, the deadline and counters that only some ops need.
+    extra: Option<Box<Extra>>,
     state: State,
     /// Bytes of a stream write already done (resubmitted until all are);
     /// for a cancel by fd, how many queued ops it ended itself.
     progress: usize,
-    /// For a cancel by fd: how many ops it reached in all.
-    reached: usize,
-    deadline: Option<Box<types::Timespec>>,
     /// The caller asked to cancel it (so `ECANCELED` is not a deadline).
     cancel_requested: bool,
+}
+
+impl Slot {
+    fn deadline_ptr(&self) -> Option<*const types::Timespec> {
+        let e = self.extra.as_deref()?;
+        e.deadline.as_ref().map(|t| t as *const types::Timespec)
+    }
 }
 
 #[derive(Default)]
@@ -163,6 +168,8 @@ pub struct UringDriver {
     /// What `io_uring_enter` is called on: the ring fd, or its registered index.
     enter_fd: i32,
     enter_flags: u32,
+    /// Reused buffer of (user_data, result) pairs copied out of the CQ.
+    cqe_batch: Vec<(u64, i32)>,
 }
 
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
@@ -233,6 +240,7 @@ impl UringDriver {
             defer: flags_used == DEFER,
             enter_fd: ring_fd,
             enter_flags: 0,
+            cqe_batch: Vec::with_capacity(256),
             flags_used,
         })
     }
@@ -242,8 +250,17 @@ impl UringDriver {
         self.flags_used
     }
 
-    /// Enables a ring created disabled, on the thread that first uses it.
+    /// Enables a ring created disabled, on the thread that first uses it,
+    /// and keeps the waker's read armed.
+    #[inline]
     fn ensure_enabled(&mut self) -> io::Result<()> {
+        if self.enabled && self.waker_armed {
+            return Ok(());
+        }
+        self.enable_slow()
+    }
+
+    fn enable_slow(&mut self) -> io::Result<()> {
         if !self.enabled {
             if self.flags_used == DEFER {
                 self.ring.submitter().register_enable_rings()?;
@@ -326,11 +343,8 @@ impl UringDriver {
         let ud = self.user_data(key);
         let slot = &mut self.slots[key];
         slot.state = State::InKernel;
-        let e = ops::prepare(&mut slot.op, &mut slot.scratch, slot.progress).user_data(ud);
-        let ts = slot
-            .deadline
-            .as_deref()
-            .map(|t| t as *const types::Timespec);
+        let e = ops::prepare(&mut slot.op, &mut slot.extra, slot.progress).user_data(ud);
+        let ts = slot.deadline_ptr();
         self.push(e, ts)
     }
 
@@ -347,10 +361,7 @@ impl UringDriver {
         let e = opcode::PollAdd::new(types::Fd(fd), ev as u32)
             .build()
             .user_data(ud);
-        let ts = slot
-            .deadline
-            .as_deref()
-            .map(|t| t as *const types::Timespec);
+        let ts = slot.deadline_ptr();
         self.push(e, ts)
     }
 
@@ -372,8 +383,10 @@ impl UringDriver {
         let slot = self.slots.remove(key);
         let id = OpId::new(key as u32, slot.generation);
         let fd = slot.op.fd();
-        let dir = slot.op.direction();
-        let is_close = matches!(slot.op, Op::Close { .. });
+        let (dir, is_close) = match fd {
+            Some(_) => (slot.op.direction(), matches!(slot.op, Op::Close { .. })),
+            None => (None, false),
+        };
         self.ready.push(Completion {
             id,
             token: slot.token,
@@ -409,24 +422,16 @@ impl UringDriver {
     /// Reaps every CQE in the ring into `ready`.
     fn reap(&mut self) {
         loop {
-            // Copy a batch of CQEs out first (one head update per batch), then
-            // handle them, since handling may push SQEs or reap recursively.
-            let mut batch = [(0u64, 0i32); 64];
-            let mut n = 0;
-            {
-                let mut cq = self.ring.completion();
-                for cqe in &mut cq {
-                    batch[n] = (cqe.user_data(), cqe.result());
-                    n += 1;
-                    if n == batch.len() {
-                        break;
-                    }
-                }
-            }
-            if n == 0 {
+            // Copy the CQEs out first (one head update per batch), then handle
+            // them, since handling may push SQEs or even reap recursively.
+            let mut batch = std::mem::take(&mut self.cqe_batch);
+            batch.clear();
+            batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            if batch.is_empty() {
+                self.cqe_batch = batch;
                 return;
             }
-            for &(ud, res) in &batch[..n] {
+            for &(ud, res) in &batch {
                 if ud == UD_IGNORE {
                     continue;
                 }
@@ -438,6 +443,7 @@ impl UringDriver {
                     self.on_cqe(key, res);
                 }
             }
+            self.cqe_batch = batch;
         }
     }
 
@@ -462,7 +468,9 @@ impl UringDriver {
             let queued = slot.progress;
             let result = match (target, res) {
                 (CancelTarget::Op(_), r) if r >= 0 || r == -libc::EALREADY => Ok(1),
-                (CancelTarget::Fd(_), r) if r >= 0 => Ok(slot.reached),
+                (CancelTarget::Fd(_), r) if r >= 0 => {
+                    Ok(slot.extra.as_ref().map_or(0, |e| e.reached))
+                }
                 (_, r) if r == -libc::ENOENT && queued > 0 => Ok(queued),
                 (_, r) if r == -libc::ENOENT => Err(not_found()),
                 (_, r) => Err(ops::os_error(r)),
@@ -497,7 +505,7 @@ impl UringDriver {
                 return self.finish(key, Ok(done));
             }
         }
-        ops::complete(&mut slot.op, &slot.scratch, n);
+        ops::complete(&mut slot.op, slot.extra.as_deref(), n);
         self.finish(key, Ok(n))
     }
 
@@ -505,7 +513,7 @@ impl UringDriver {
     /// (and not by a cancel request) is reported as `TimedOut`.
     fn error_for(&self, key: usize, res: i32) -> io::Error {
         let slot = &self.slots[key];
-        if res == -libc::ECANCELED && slot.deadline.is_some() && !slot.cancel_requested {
+        if res == -libc::ECANCELED && slot.deadline_ptr().is_some() && !slot.cancel_requested {
             deadline_passed()
         } else {
             ops::os_error(res)
@@ -626,18 +634,44 @@ impl Driver for UringDriver {
             Op::Cancel { target } => Some(*target),
             _ => None,
         };
-        let key = self.slots.insert(Slot {
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        let id = OpId::new(key as u32, generation);
+        if fd.is_none() && deadline.is_none() && cancel_target.is_none() {
+            // Fast path (nop, timeout, openat): straight to the ring. The SQE
+            // points only at heap memory the op owns, so the op may move into
+            // the slab after it is prepared.
+            let mut op = op;
+            let mut extra = None;
+            let e = ops::prepare(&mut op, &mut extra, 0).user_data(id.to_u64());
+            entry.insert(Slot {
+                generation,
+                token,
+                op,
+                extra,
+                state: State::InKernel,
+                progress: 0,
+                cancel_requested: false,
+            });
+            if let Err(error) = self.push(e, None) {
+                self.finish(key, Err(error));
+            }
+            return Ok(id);
+        }
+        entry.insert(Slot {
             generation,
             token,
             op,
-            scratch: Scratch::None,
+            extra: deadline.map(|d| {
+                Box::new(Extra {
+                    deadline: Some(abs_timespec(d)),
+                    ..Extra::default()
+                })
+            }),
             state: State::Queued,
             progress: 0,
-            deadline: deadline.map(|d| Box::new(abs_timespec(d))),
             cancel_requested: false,
-            reached: 0,
         });
-        let id = OpId::new(key as u32, generation);
 
         let started = if let Some(target) = cancel_target {
             self.start_cancel(key, target)
@@ -773,7 +807,10 @@ impl UringDriver {
                     return Ok(());
                 }
                 self.slots[key].progress = queued.len();
-                self.slots[key].reached = queued.len() + in_kernel;
+                self.slots[key]
+                    .extra
+                    .get_or_insert_with(Box::default)
+                    .reached = queued.len() + in_kernel;
                 self.issue(key)
             }
         }

@@ -7,23 +7,44 @@ use ringport_core::op::{CancelTarget, FileStat, Op, OpKind, CURRENT_POSITION};
 use std::io;
 
 /// Memory the kernel reads or writes after submission that the `Op` does not
-/// hold itself. Boxed in the slot, so it never moves while the op is in flight.
+/// hold itself. It lives in the slot's boxed [`Extra`], so it never moves while
+/// the op is in flight.
+#[derive(Default)]
 pub(crate) enum Scratch {
+    #[default]
     None,
     Iovecs(Vec<libc::iovec>),
-    Msg(Box<(libc::msghdr, libc::iovec)>),
-    Statx(Box<libc::statx>),
-    Time(Box<types::Timespec>),
+    Msg(libc::msghdr, libc::iovec),
+    Statx(libc::statx),
+    Time(types::Timespec),
+}
+
+/// What only some ops need, boxed so the common slot stays small.
+#[derive(Default)]
+pub(crate) struct Extra {
+    pub(crate) scratch: Scratch,
+    /// The per-op deadline (an absolute CLOCK_MONOTONIC time) for a linked timeout.
+    pub(crate) deadline: Option<types::Timespec>,
+    /// For a cancel by fd: how many ops it reached in all.
+    pub(crate) reached: usize,
 }
 
 // SAFETY: the raw pointers inside point into the op's own heap memory (its
-// buffers and boxes), which travels with it.
-unsafe impl Send for Scratch {}
+// buffers and boxes) or into this box, which travel with the op.
+unsafe impl Send for Extra {}
+
+fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {
+    &mut extra.get_or_insert_with(Box::default).scratch
+}
 
 /// The SQE for `op`, with `progress` bytes of a stream write already done.
 ///
 /// Unknown-to-uring ops never get here: `submit` refuses them first.
-pub(crate) fn prepare(op: &mut Op, scratch: &mut Scratch, progress: usize) -> squeue::Entry {
+pub(crate) fn prepare(
+    op: &mut Op,
+    extra: &mut Option<Box<Extra>>,
+    progress: usize,
+) -> squeue::Entry {
     let fd = |fd| types::Fd(fd);
     match op {
         Op::Nop => opcode::Nop::new().build(),
@@ -57,8 +78,9 @@ pub(crate) fn prepare(op: &mut Op, scratch: &mut Scratch, progress: usize) -> sq
                     iov_len: b.capacity(),
                 })
                 .collect();
-            *scratch = Scratch::Iovecs(iov);
-            let Scratch::Iovecs(iov) = scratch else {
+            let s = scratch(extra);
+            *s = Scratch::Iovecs(iov);
+            let Scratch::Iovecs(iov) = s else {
                 unreachable!()
             };
             opcode::Readv::new(fd(*f), iov.as_ptr(), iov.len() as u32)
@@ -77,8 +99,9 @@ pub(crate) fn prepare(op: &mut Op, scratch: &mut Scratch, progress: usize) -> sq
                     iov_len: b.len(),
                 })
                 .collect();
-            *scratch = Scratch::Iovecs(iov);
-            let Scratch::Iovecs(iov) = scratch else {
+            let s = scratch(extra);
+            *s = Scratch::Iovecs(iov);
+            let Scratch::Iovecs(iov) = s else {
                 unreachable!()
             };
             opcode::Writev::new(fd(*f), iov.as_ptr(), iov.len() as u32)
@@ -100,38 +123,38 @@ pub(crate) fn prepare(op: &mut Op, scratch: &mut Scratch, progress: usize) -> sq
         }
         Op::RecvFrom { fd: f, buf, addr } => {
             addr.reset_len();
+            let s = scratch(extra);
             // SAFETY: msghdr and iovec are plain data; zero is a valid start.
-            let mut m: Box<(libc::msghdr, libc::iovec)> = Box::new(unsafe { std::mem::zeroed() });
-            m.1 = libc::iovec {
+            *s = Scratch::Msg(unsafe { std::mem::zeroed() }, unsafe { std::mem::zeroed() });
+            let Scratch::Msg(hdr, iov) = s else {
+                unreachable!()
+            };
+            *iov = libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
                 iov_len: buf.capacity(),
             };
-            m.0.msg_name = addr.as_mut_ptr().cast();
-            m.0.msg_namelen = addr.len();
-            m.0.msg_iov = &mut m.1;
-            m.0.msg_iovlen = 1;
-            *scratch = Scratch::Msg(m);
-            let Scratch::Msg(m) = scratch else {
-                unreachable!()
-            };
-            opcode::RecvMsg::new(fd(*f), &mut m.0).build()
+            hdr.msg_name = addr.as_mut_ptr().cast();
+            hdr.msg_namelen = addr.len();
+            hdr.msg_iov = iov;
+            hdr.msg_iovlen = 1;
+            opcode::RecvMsg::new(fd(*f), hdr).build()
         }
         Op::SendTo { fd: f, buf, addr } => {
+            let s = scratch(extra);
             // SAFETY: msghdr and iovec are plain data; zero is a valid start.
-            let mut m: Box<(libc::msghdr, libc::iovec)> = Box::new(unsafe { std::mem::zeroed() });
-            m.1 = libc::iovec {
+            *s = Scratch::Msg(unsafe { std::mem::zeroed() }, unsafe { std::mem::zeroed() });
+            let Scratch::Msg(hdr, iov) = s else {
+                unreachable!()
+            };
+            *iov = libc::iovec {
                 iov_base: buf.as_ptr() as *mut libc::c_void,
                 iov_len: buf.len(),
             };
-            m.0.msg_name = addr.as_ptr() as *mut libc::c_void;
-            m.0.msg_namelen = addr.len();
-            m.0.msg_iov = &mut m.1;
-            m.0.msg_iovlen = 1;
-            *scratch = Scratch::Msg(m);
-            let Scratch::Msg(m) = scratch else {
-                unreachable!()
-            };
-            opcode::SendMsg::new(fd(*f), &m.0)
+            hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            hdr.msg_namelen = addr.len();
+            hdr.msg_iov = iov;
+            hdr.msg_iovlen = 1;
+            opcode::SendMsg::new(fd(*f), hdr)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
         }
@@ -164,22 +187,22 @@ pub(crate) fn prepare(op: &mut Op, scratch: &mut Scratch, progress: usize) -> sq
             .mode(*mode)
             .build(),
         Op::Stat { fd: f, .. } => {
+            let s = scratch(extra);
             // SAFETY: statx is plain data; zero is a valid start.
-            *scratch = Scratch::Statx(Box::new(unsafe { std::mem::zeroed() }));
-            let Scratch::Statx(st) = scratch else {
+            *s = Scratch::Statx(unsafe { std::mem::zeroed() });
+            let Scratch::Statx(st) = s else {
                 unreachable!()
             };
-            opcode::Statx::new(fd(*f), c"".as_ptr(), (&mut **st as *mut libc::statx).cast())
+            opcode::Statx::new(fd(*f), c"".as_ptr(), (st as *mut libc::statx).cast())
                 .flags(libc::AT_EMPTY_PATH)
                 .mask(libc::STATX_BASIC_STATS)
                 .build()
         }
         Op::Timeout { deadline } => {
-            *scratch = Scratch::Time(Box::new(crate::abs_timespec(*deadline)));
-            let Scratch::Time(ts) = scratch else {
-                unreachable!()
-            };
-            opcode::Timeout::new(&**ts)
+            let s = scratch(extra);
+            *s = Scratch::Time(crate::abs_timespec(*deadline));
+            let Scratch::Time(ts) = s else { unreachable!() };
+            opcode::Timeout::new(ts)
                 .flags(types::TimeoutFlags::ABS)
                 .build()
         }
@@ -196,7 +219,8 @@ pub(crate) fn prepare(op: &mut Op, scratch: &mut Scratch, progress: usize) -> sq
 
 /// Applies a successful result to the op's outputs (a read's initialised
 /// length, a peer address's length, metadata).
-pub(crate) fn complete(op: &mut Op, scratch: &Scratch, n: usize) {
+pub(crate) fn complete(op: &mut Op, extra: Option<&Extra>, n: usize) {
+    let scratch = extra.map(|e| &e.scratch).unwrap_or(&Scratch::None);
     match op {
         Op::Read { buf, .. } | Op::Recv { buf, .. } => {
             // SAFETY: the kernel reported n bytes written at the buffer's start.
@@ -205,8 +229,8 @@ pub(crate) fn complete(op: &mut Op, scratch: &Scratch, n: usize) {
         Op::RecvFrom { buf, addr, .. } => {
             // SAFETY: as above.
             unsafe { buf.set_init(n) };
-            if let Scratch::Msg(m) = scratch {
-                *addr.len_mut() = m.0.msg_namelen;
+            if let Scratch::Msg(hdr, _) = scratch {
+                *addr.len_mut() = hdr.msg_namelen;
             }
         }
         Op::Readv { bufs, .. } => {
