@@ -1,6 +1,904 @@
-//! ringport-aio: a `Driver` over POSIX aio (`aio_read`, `aio_write`,
-//! `aio_fsync`, `lio_listio`), handing what aio cannot do to the readiness
-//! shim.
+//! ringport-aio: a [`Driver`] over POSIX aio for files, with everything else
+//! handed to a readiness driver inside the same `wait`.
 //!
-//! Not implemented yet: this crate is an empty shell until its issue lands.
+//! - Regular files and block devices (found by `fstat`, once per fd) get
+//!   `aio_read` / `aio_write` / `aio_fsync`; several at once go through one
+//!   `lio_listio(LIO_NOWAIT)`. Each `aiocb` is boxed in the in-flight table and
+//!   stays there until `aio_return` has been called for it, exactly once.
+//! - Everything else — sockets, pipes, FIFOs, terminals, accept, connect,
+//!   timers, poll, open, stat, vectored I/O — goes to the delegate driver (the
+//!   epoll shim): glibc would park a worker thread on an idle pipe and could
+//!   not cancel it.
+//! - Completion notification: see [`notify`]. A signal per request queues its
+//!   id and wakes the delegate's wait through an eventfd the delegate polls; a
+//!   sweep with `aio_error` (after `aio_cancel` takes glibc's lock) is the
+//!   safety net for queue overflow and for notifications glibc could not send.
+//!
+//! This module must never free or reuse an `aiocb` (or its buffer) before
+//! glibc is done with it: not before its signal arrived or a sweep saw it
+//! finished under glibc's lock. `Drop` leaks what it cannot prove finished.
 #![warn(missing_docs)]
+
+mod notify;
+
+use notify::Notifier;
+use ringport_core::driver::{
+    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
+};
+use ringport_core::op::{CancelTarget, Op, OpId, OpKind, CURRENT_POSITION};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// Token of the delegate's poll on our eventfd.
+const POLL_TOKEN: u64 = u64::MAX;
+/// How often in-flight requests are swept while any is outstanding.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long `Drop` waits for outstanding requests before leaking them.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// glibc's `struct aioinit` (see `aio_init(3)`).
+#[repr(C)]
+struct AioInit {
+    aio_threads: libc::c_int,
+    aio_num: libc::c_int,
+    aio_locks: libc::c_int,
+    aio_usedba: libc::c_int,
+    aio_debug: libc::c_int,
+    aio_numusers: libc::c_int,
+    aio_idle_time: libc::c_int,
+    aio_reserved: libc::c_int,
+}
+
+extern "C" {
+    fn aio_init(init: *const AioInit);
+}
+
+/// How to build an [`AioDriver`].
+#[derive(Debug, Clone)]
+pub struct AioBuilder {
+    threads: Option<usize>,
+    max_in_flight: usize,
+}
+
+impl Default for AioBuilder {
+    fn default() -> Self {
+        AioBuilder {
+            threads: None,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+impl AioBuilder {
+    /// glibc's aio worker threads (`aio_init`'s `aio_threads`). This is
+    /// process-wide and takes effect before glibc's pool first starts.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n.max(1));
+        self
+    }
+    /// How many aio requests may be with glibc at once; more wait in the
+    /// driver's own queue (back-pressure, not loss). Keep it well below
+    /// `RLIMIT_SIGPENDING`. Default 1024.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.clamp(1, 0xff_ffff);
+        self
+    }
+    /// Builds the driver; `delegate` performs what aio cannot (the epoll shim).
+    pub fn build(self, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
+        if let Some(t) = self.threads {
+            let init = AioInit {
+                aio_threads: t as libc::c_int,
+                aio_num: (self.max_in_flight as libc::c_int).max(32),
+                aio_locks: 0,
+                aio_usedba: 0,
+                aio_debug: 0,
+                aio_numusers: 0,
+                aio_idle_time: 1,
+                aio_reserved: 0,
+            };
+            // SAFETY: passes a fully initialised aioinit; glibc copies it.
+            unsafe { aio_init(&init) };
+        }
+        AioDriver::with(self, delegate)
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum AioState {
+    /// Accepted; goes to glibc at the next flush.
+    Batched,
+    /// Waiting for room under `max_in_flight`.
+    Waiting,
+    /// With glibc; finishes with a signal (or a sweep).
+    InFlight,
+}
+
+/// One aio request. Boxed, so the `aiocb` glibc holds never moves.
+struct AioReq {
+    cb: libc::aiocb,
+    op: Op,
+    state: AioState,
+    cancel_requested: bool,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+enum Route {
+    /// Performed here through aio.
+    Aio(Box<AioReq>),
+    /// Handed to the delegate under this id.
+    Delegate(OpId),
+    /// A cancel-by-fd handed to the delegate, plus the aio ops it reached here.
+    CancelFd(OpId, usize),
+    /// A close waiting for the fd's aio requests to finish first.
+    CloseWaiting(Op),
+}
+
+struct Entry {
+    generation: u32,
+    token: u64,
+    route: Route,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum FdKind {
+    Unknown,
+    File,
+    Other,
+}
+
+/// The POSIX aio [`Driver`].
+pub struct AioDriver {
+    delegate: Box<dyn Driver>,
+    entries: Slab<Entry>,
+    next_generation: u32,
+    notifier: Notifier,
+    fd_kinds: Vec<FdKind>,
+    /// aio requests per fd with glibc or waiting (for close).
+    fd_aio: Vec<u32>,
+    batch: Vec<usize>,
+    waiting: VecDeque<usize>,
+    in_glibc: usize,
+    max_in_flight: usize,
+    ready: Vec<Completion>,
+    delegate_out: Vec<Completion>,
+    signalled: Vec<(usize, u32)>,
+    poll_armed: bool,
+    last_sweep: Instant,
+    caps: Capabilities,
+}
+
+// SAFETY: the aiocbs hold raw pointers into buffers owned by the same boxed
+// request; everything moves together with the driver.
+unsafe impl Send for AioDriver {}
+
+impl AioDriver {
+    /// A builder (thread count, in-flight limit).
+    pub fn builder() -> AioBuilder {
+        AioBuilder::default()
+    }
+
+    fn with(b: AioBuilder, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
+        let notifier = Notifier::new()?;
+        let mut caps = delegate.capabilities().clone();
+        for k in [OpKind::Read, OpKind::Write, OpKind::Fsync] {
+            caps.set(k, Support::Native);
+        }
+        Ok(AioDriver {
+            delegate,
+            entries: Slab::with_capacity(256),
+            next_generation: 1,
+            notifier,
+            fd_kinds: Vec::new(),
+            fd_aio: Vec::new(),
+            batch: Vec::new(),
+            waiting: VecDeque::new(),
+            in_glibc: 0,
+            max_in_flight: b.max_in_flight,
+            ready: Vec::new(),
+            delegate_out: Vec::new(),
+            signalled: Vec::new(),
+            poll_armed: false,
+            last_sweep: Instant::now(),
+            caps,
+        })
+    }
+
+    fn next_gen(&mut self) -> u32 {
+        let g = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        g
+    }
+
+    fn fd_kind(&mut self, fd: RawFd) -> FdKind {
+        let i = fd as usize;
+        if i >= self.fd_kinds.len() {
+            self.fd_kinds.resize(i + 1, FdKind::Unknown);
+        }
+        if self.fd_kinds[i] == FdKind::Unknown {
+            // SAFETY: fstat writes one stat struct; a bad fd just fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let kind = if unsafe { libc::fstat(fd, &mut st) } == 0 {
+                let t = st.st_mode & libc::S_IFMT;
+                if t == libc::S_IFREG || t == libc::S_IFBLK {
+                    FdKind::File
+                } else {
+                    FdKind::Other
+                }
+            } else {
+                // Unknown fd: the delegate reports its error in the completion.
+                return FdKind::Other;
+            };
+            self.fd_kinds[i] = kind;
+        }
+        self.fd_kinds[i]
+    }
+
+    fn fd_aio(&mut self, fd: RawFd) -> &mut u32 {
+        let i = fd as usize;
+        if i >= self.fd_aio.len() {
+            self.fd_aio.resize(i + 1, 0);
+        }
+        &mut self.fd_aio[i]
+    }
+
+    /// Whether `op` goes to aio.
+    fn is_aio(&mut self, op: &Op) -> bool {
+        match *op {
+            Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. } => {
+                offset != CURRENT_POSITION && self.fd_kind(fd) == FdKind::File
+            }
+            Op::Fsync { fd, .. } => self.fd_kind(fd) == FdKind::File,
+            _ => false,
+        }
+    }
+
+    fn id_of(&self, key: usize) -> OpId {
+        OpId::new(key as u32, self.entries[key].generation)
+    }
+
+    fn lookup(&self, id: OpId) -> Option<usize> {
+        match self.entries.get(id.slot()) {
+            Some(e) if e.generation == id.generation() => Some(id.slot()),
+            _ => None,
+        }
+    }
+
+    /// Fills the aiocb of request `key` for its op.
+    fn prepare(&mut self, key: usize) {
+        let generation = self.entries[key].generation;
+        let value = notify::pack(self.notifier.index(), key, generation);
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        // SAFETY: aiocb is plain data; all-zero is its documented initial state.
+        req.cb = unsafe { std::mem::zeroed() };
+        let cb = &mut req.cb;
+        match &mut req.op {
+            Op::Read { fd, offset, buf } => {
+                cb.aio_fildes = *fd;
+                cb.aio_offset = *offset as libc::off_t;
+                cb.aio_buf = buf.as_mut_ptr().cast();
+                cb.aio_nbytes = buf.capacity();
+                cb.aio_lio_opcode = libc::LIO_READ;
+            }
+            Op::Write { fd, offset, buf } => {
+                cb.aio_fildes = *fd;
+                cb.aio_offset = *offset as libc::off_t;
+                cb.aio_buf = buf.as_ptr() as *mut libc::c_void;
+                cb.aio_nbytes = buf.len();
+                cb.aio_lio_opcode = libc::LIO_WRITE;
+            }
+            Op::Fsync { fd, .. } => {
+                cb.aio_fildes = *fd;
+                cb.aio_lio_opcode = libc::LIO_NOP;
+            }
+            _ => {}
+        }
+        cb.aio_sigevent.sigev_notify = libc::SIGEV_SIGNAL;
+        cb.aio_sigevent.sigev_signo = notify::signal();
+        cb.aio_sigevent.sigev_value = libc::sigval {
+            sival_ptr: value as usize as *mut libc::c_void,
+        };
+    }
+
+    /// Hands batched requests to glibc: reads and writes in one `lio_listio`,
+    /// fsyncs one by one. Requests over the in-flight limit wait.
+    fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        for key in batch {
+            if !self.entries.contains(key) {
+                continue;
+            }
+            self.waiting.push_back(key);
+            if let Route::Aio(req) = &mut self.entries[key].route {
+                req.state = AioState::Waiting;
+            }
+        }
+        let mut list: Vec<*mut libc::aiocb> = Vec::new();
+        let mut keys: Vec<usize> = Vec::new();
+        while self.in_glibc + list.len() < self.max_in_flight {
+            let Some(key) = self.waiting.pop_front() else {
+                break;
+            };
+            if !self.entries.contains(key) {
+                continue;
+            }
+            self.prepare(key);
+            let Route::Aio(req) = &mut self.entries[key].route else {
+                continue;
+            };
+            req.state = AioState::InFlight;
+            if matches!(req.op, Op::Fsync { .. }) {
+                let mode = match req.op {
+                    Op::Fsync {
+                        data_only: true, ..
+                    } => libc::O_DSYNC,
+                    _ => libc::O_SYNC,
+                };
+                // SAFETY: the aiocb is boxed in the in-flight table and stays
+                // there until its completion is collected.
+                if unsafe { libc::aio_fsync(mode, &mut req.cb) } != 0 {
+                    let e = io::Error::last_os_error();
+                    req.state = AioState::Waiting;
+                    self.finish(key, Err(e));
+                    continue;
+                }
+                let fd = req.cb.aio_fildes;
+                self.in_glibc += 1;
+                *self.fd_aio(fd) += 1;
+                continue;
+            }
+            list.push(&mut req.cb);
+            keys.push(key);
+        }
+        if list.is_empty() {
+            return;
+        }
+        self.in_glibc += list.len();
+        for &k in &keys {
+            if let Route::Aio(r) = &self.entries[k].route {
+                let fd = r.cb.aio_fildes;
+                *self.fd_aio(fd) += 1;
+            }
+        }
+        // SAFETY: every pointer is an aiocb boxed in the in-flight table; they
+        // stay valid until their completions are collected.
+        let r = unsafe {
+            libc::lio_listio(
+                libc::LIO_NOWAIT,
+                list.as_ptr(),
+                list.len() as libc::c_int,
+                std::ptr::null_mut(),
+            )
+        };
+        if r != 0 {
+            // Some requests may not have been queued: the sweep finds out
+            // which, safely, under glibc's lock.
+            self.sweep();
+        }
+    }
+
+    /// Collects request `key`: `aio_return` exactly once, then its completion.
+    fn collect_aio(&mut self, key: usize) {
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        // SAFETY: the aiocb belongs to a request glibc reported finished.
+        let err = unsafe { libc::aio_error(&req.cb) };
+        if err == libc::EINPROGRESS {
+            return;
+        }
+        // SAFETY: as above; called once, then the request leaves the table.
+        let ret = unsafe { libc::aio_return(&mut req.cb) };
+        let result = if ret < 0 {
+            if err == libc::ECANCELED && req.timed_out {
+                Err(deadline_passed())
+            } else {
+                Err(io::Error::from_raw_os_error(err))
+            }
+        } else {
+            let n = ret as usize;
+            if let Op::Read { buf, .. } = &mut req.op {
+                // SAFETY: glibc's pread wrote n bytes at the buffer's start.
+                unsafe { buf.set_init(n) };
+            }
+            Ok(n)
+        };
+        self.in_glibc = self.in_glibc.saturating_sub(1);
+        self.finish(key, result);
+    }
+
+    /// Ends entry `key` with `result`.
+    fn finish(&mut self, key: usize, result: io::Result<usize>) {
+        let id = self.id_of(key);
+        let entry = self.entries.remove(key);
+        let op = match entry.route {
+            Route::Aio(req) => {
+                let fd = req.cb.aio_fildes;
+                if req.state == AioState::InFlight {
+                    let c = self.fd_aio(fd);
+                    *c = c.saturating_sub(1);
+                }
+                let op = req.op;
+                self.maybe_close(fd);
+                op
+            }
+            Route::CloseWaiting(op) => op,
+            Route::Delegate(_) | Route::CancelFd(..) => return,
+        };
+        self.ready.push(Completion {
+            id,
+            token: entry.token,
+            result,
+            op,
+        });
+    }
+
+    /// Starts a close parked on `fd` once its aio requests are done.
+    fn maybe_close(&mut self, fd: RawFd) {
+        if *self.fd_aio(fd) > 0 {
+            return;
+        }
+        let parked = self.entries.iter().find_map(|(k, e)| match &e.route {
+            Route::CloseWaiting(Op::Close { fd: f }) if *f == fd => Some(k),
+            _ => None,
+        });
+        if let Some(k) = parked {
+            let Route::CloseWaiting(op) =
+                std::mem::replace(&mut self.entries[k].route, Route::Delegate(OpId::new(0, 0)))
+            else {
+                return;
+            };
+            self.forward(k, op, None);
+        }
+    }
+
+    /// Hands `op` of entry `key` to the delegate.
+    fn forward(&mut self, key: usize, op: Op, deadline: Option<Instant>) {
+        match self.delegate.submit(op, key as u64, deadline) {
+            Ok(inner) => self.entries[key].route = Route::Delegate(inner),
+            Err(e) => {
+                self.entries[key].route = Route::CloseWaiting(e.op);
+                self.finish(key, Err(e.error));
+            }
+        }
+    }
+
+    /// Asks glibc to cancel request `key` (it completes on its own), or ends
+    /// it here if glibc does not have it yet.
+    fn cancel_aio(&mut self, key: usize, timed_out: bool) {
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        req.cancel_requested = true;
+        req.timed_out |= timed_out;
+        match req.state {
+            AioState::Batched | AioState::Waiting => {
+                self.batch.retain(|&k| k != key);
+                self.waiting.retain(|&k| k != key);
+                let e = if timed_out {
+                    deadline_passed()
+                } else {
+                    cancelled()
+                };
+                self.finish(key, Err(e));
+            }
+            AioState::InFlight => {
+                // SAFETY: the aiocb is with glibc and boxed in our table. The
+                // result (CANCELED / NOTCANCELED / ALLDONE) needs no action:
+                // each path ends in the request's own notification.
+                unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
+            }
+        }
+    }
+
+    /// Safety net: collects requests that finished without a notification we
+    /// saw. `aio_cancel` first takes glibc's lock, so its notify step for the
+    /// request is over before we read the result; a result of -1/EAGAIN there
+    /// means the signal could not be queued, and the request is issued again.
+    fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        let keys: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.state == AioState::InFlight))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let Route::Aio(req) = &mut self.entries[key].route else {
+                continue;
+            };
+            // SAFETY: reads the status of an aiocb we own and glibc holds.
+            if unsafe { libc::aio_error(&req.cb) } == libc::EINPROGRESS {
+                continue;
+            }
+            // SAFETY: as above; aio_cancel only takes the lock here, since the
+            // request is finished.
+            unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
+            // SAFETY: as above.
+            let err = unsafe { libc::aio_error(&req.cb) };
+            if err == libc::EAGAIN && !req.cancel_requested {
+                // Lost notification: glibc overwrote the result. Do it again.
+                // SAFETY: consume the failed status once before reuse.
+                unsafe { libc::aio_return(&mut req.cb) };
+                req.state = AioState::Batched;
+                self.in_glibc = self.in_glibc.saturating_sub(1);
+                let fd = req.cb.aio_fildes;
+                let c = self.fd_aio(fd);
+                *c = c.saturating_sub(1);
+                self.batch.push(key);
+                continue;
+            }
+            self.collect_aio(key);
+        }
+    }
+
+    /// Collects every request whose signal arrived.
+    fn drain_notifications(&mut self) {
+        let mut sig = std::mem::take(&mut self.signalled);
+        sig.clear();
+        let overflow = self.notifier.drain(&mut sig);
+        for &(slot, generation) in &sig {
+            if let Some(e) = self.entries.get(slot) {
+                if e.generation == generation {
+                    if let Route::Aio(r) = &e.route {
+                        if r.state == AioState::InFlight {
+                            self.collect_aio(slot);
+                        }
+                    }
+                }
+            }
+        }
+        self.signalled = sig;
+        if overflow || (self.in_glibc > 0 && self.last_sweep.elapsed() >= SWEEP_EVERY) {
+            self.sweep();
+        }
+    }
+
+    /// Cancels aio requests whose deadline passed.
+    fn expire_deadlines(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for (k, e) in self.entries.iter() {
+            if let Route::Aio(r) = &e.route {
+                if let Some(d) = r.deadline {
+                    if r.timed_out {
+                        continue;
+                    }
+                    if d <= now {
+                        expired.push(k);
+                    } else {
+                        next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                    }
+                }
+            }
+        }
+        for k in expired {
+            self.cancel_aio(k, true);
+        }
+        next
+    }
+
+    fn arm_poll(&mut self) -> io::Result<()> {
+        if self.poll_armed {
+            return Ok(());
+        }
+        let op = Op::Poll {
+            fd: self.notifier.eventfd(),
+            events: libc::POLLIN,
+        };
+        self.delegate
+            .submit(op, POLL_TOKEN, None)
+            .map_err(|e| e.error)?;
+        self.poll_armed = true;
+        Ok(())
+    }
+
+    /// Maps the delegate's completions to ours.
+    fn take_delegate_completions(&mut self) {
+        let mut out = std::mem::take(&mut self.delegate_out);
+        for c in out.drain(..) {
+            if c.token == POLL_TOKEN {
+                self.poll_armed = false;
+                self.notifier.clear_eventfd();
+                continue;
+            }
+            let key = c.token as usize;
+            let Some(entry) = self.entries.get(key) else {
+                continue;
+            };
+            let (id, token) = (OpId::new(key as u32, entry.generation), entry.token);
+            let result = match (&entry.route, c.result) {
+                (Route::CancelFd(_, here), Ok(n)) => Ok(n + here),
+                (Route::CancelFd(_, here), Err(e))
+                    if e.kind() == io::ErrorKind::NotFound && *here > 0 =>
+                {
+                    Ok(*here)
+                }
+                (_, r) => r,
+            };
+            self.entries.remove(key);
+            if let Op::Close { fd } = c.op {
+                if let Some(k) = self.fd_kinds.get_mut(fd as usize) {
+                    *k = FdKind::Unknown;
+                }
+            }
+            self.ready.push(Completion {
+                id,
+                token,
+                result,
+                op: c.op,
+            });
+        }
+        self.delegate_out = out;
+    }
+
+    fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
+        let end = timeout.map(|t| Instant::now() + t);
+        self.flush();
+        self.arm_poll()?;
+        loop {
+            self.drain_notifications();
+            let next_deadline = self.expire_deadlines();
+            self.flush();
+            let now = Instant::now();
+            let left = end.map(|e| e.saturating_duration_since(now));
+            if self.ready.len() >= min || left == Some(Duration::ZERO) {
+                self.delegate
+                    .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
+                self.take_delegate_completions();
+                self.arm_poll()?;
+                return Ok(());
+            }
+            let mut t = left;
+            if self.in_glibc > 0 {
+                t = Some(t.map_or(SWEEP_EVERY, |x| x.min(SWEEP_EVERY)));
+            }
+            if let Some(d) = next_deadline {
+                let dl = d.saturating_duration_since(now);
+                t = Some(t.map_or(dl, |x| x.min(dl)));
+            }
+            let n = self.delegate.wait(&mut self.delegate_out, 1, t)?;
+            self.take_delegate_completions();
+            self.arm_poll()?;
+            if n == 0 && t == left && end.is_none_or(|e| Instant::now() < e) {
+                // The delegate returned early with nothing: a wake.
+                self.drain_notifications();
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Driver for AioDriver {
+    fn name(&self) -> &'static str {
+        "aio"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn submit(
+        &mut self,
+        op: Op,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<OpId, SubmitError> {
+        if let Err(error) = op.validate() {
+            return Err(SubmitError { error, op });
+        }
+        let generation = self.next_gen();
+        let key = self.entries.vacant_key();
+        if self.is_aio(&op) {
+            let fd = op.fd().unwrap_or(-1);
+            self.entries.insert(Entry {
+                generation,
+                token,
+                route: Route::Aio(Box::new(AioReq {
+                    // SAFETY: aiocb is plain data; filled in at flush.
+                    cb: unsafe { std::mem::zeroed() },
+                    op,
+                    state: AioState::Batched,
+                    cancel_requested: false,
+                    deadline,
+                    timed_out: false,
+                })),
+            });
+            if let Route::Aio(r) = &mut self.entries[key].route {
+                r.cb.aio_fildes = fd;
+            }
+            self.batch.push(key);
+            return Ok(OpId::new(key as u32, generation));
+        }
+        let id = OpId::new(key as u32, generation);
+        match op {
+            Op::Cancel {
+                target: CancelTarget::Op(t),
+            } => {
+                self.entries.insert(Entry {
+                    generation,
+                    token,
+                    route: Route::Delegate(OpId::new(0, 0)),
+                });
+                match self
+                    .lookup(t)
+                    .map(|k| (k, matches!(self.entries[k].route, Route::Aio(_))))
+                {
+                    Some((k, true)) => {
+                        self.cancel_aio(k, false);
+                        self.entries[key].route = Route::CloseWaiting(op);
+                        self.finish(key, Ok(1));
+                    }
+                    Some((k, false)) => {
+                        let inner = match self.entries[k].route {
+                            Route::Delegate(i) | Route::CancelFd(i, _) => i,
+                            _ => OpId::new(0, 0),
+                        };
+                        let op = Op::Cancel {
+                            target: CancelTarget::Op(inner),
+                        };
+                        self.forward(key, op, None);
+                    }
+                    None => {
+                        self.entries[key].route = Route::CloseWaiting(op);
+                        self.finish(
+                            key,
+                            Err(io::Error::new(
+                                io::ErrorKind::NotFound,
+                                "no such operation in flight (it has completed)",
+                            )),
+                        );
+                    }
+                }
+                Ok(id)
+            }
+            Op::Cancel {
+                target: CancelTarget::Fd(fd),
+            } => {
+                let here = self.cancel_aio_on(fd);
+                self.entries.insert(Entry {
+                    generation,
+                    token,
+                    route: Route::CancelFd(OpId::new(0, 0), here),
+                });
+                match self.delegate.submit(op, key as u64, deadline) {
+                    Ok(inner) => {
+                        self.entries[key].route = Route::CancelFd(inner, here);
+                        Ok(id)
+                    }
+                    Err(e) => {
+                        self.entries.remove(key);
+                        Err(e)
+                    }
+                }
+            }
+            Op::Close { fd } if *self.fd_aio(fd) > 0 || self.has_aio_on(fd) => {
+                self.cancel_aio_on(fd);
+                self.entries.insert(Entry {
+                    generation,
+                    token,
+                    route: Route::CloseWaiting(op),
+                });
+                self.maybe_close(fd);
+                Ok(id)
+            }
+            op => {
+                self.entries.insert(Entry {
+                    generation,
+                    token,
+                    route: Route::Delegate(OpId::new(0, 0)),
+                });
+                match self.delegate.submit(op, key as u64, deadline) {
+                    Ok(inner) => {
+                        self.entries[key].route = Route::Delegate(inner);
+                        Ok(id)
+                    }
+                    Err(e) => {
+                        self.entries.remove(key);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let before = out.len();
+        let r = self.wait_inner(min, timeout);
+        out.append(&mut self.ready);
+        r.map(|_| out.len() - before)
+    }
+
+    fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        let key = self.lookup(id).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such operation in flight (it has completed)",
+            )
+        })?;
+        match self.entries[key].route {
+            Route::Aio(_) => {
+                self.cancel_aio(key, false);
+                Ok(())
+            }
+            Route::Delegate(inner) | Route::CancelFd(inner, _) => self.delegate.cancel(inner),
+            Route::CloseWaiting(_) => Ok(()),
+        }
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
+        let here = self.cancel_aio_on(fd);
+        Ok(here + self.delegate.cancel_fd(fd).unwrap_or(0))
+    }
+
+    fn waker(&self) -> DriverWaker {
+        self.delegate.waker()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.entries.len() + self.ready.len()
+    }
+}
+
+impl AioDriver {
+    fn has_aio_on(&self, fd: RawFd) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, e)| matches!(&e.route, Route::Aio(r) if r.cb.aio_fildes == fd))
+    }
+
+    /// Cancels every aio request on `fd`; returns how many it reached.
+    fn cancel_aio_on(&mut self, fd: RawFd) -> usize {
+        let keys: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.cb.aio_fildes == fd))
+            .map(|(k, _)| k)
+            .collect();
+        for &k in &keys {
+            self.cancel_aio(k, false);
+        }
+        keys.len()
+    }
+}
+
+impl Drop for AioDriver {
+    fn drop(&mut self) {
+        // Requests glibc never saw can go at once.
+        let local: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(&e.route, Route::Aio(r) if r.state == AioState::InFlight))
+            .map(|(k, _)| k)
+            .collect();
+        for k in local {
+            self.entries.remove(k);
+        }
+        let start = Instant::now();
+        while self.in_glibc > 0 && start.elapsed() < DROP_GRACE {
+            let keys: Vec<usize> = self.entries.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                self.cancel_aio(k, false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            self.drain_notifications();
+            self.sweep();
+            self.ready.clear();
+        }
+        // Whatever glibc may still touch is leaked, never freed early.
+        for e in self.entries.drain() {
+            std::mem::forget(e);
+        }
+    }
+}

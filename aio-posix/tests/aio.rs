@@ -1,0 +1,175 @@
+//! The aio driver's own tests: file requests through glibc aio with real
+//! files; streams through the delegate. (The conformance suite in the
+//! workspace's `tests/` runs every case on the facade's aio backend too.)
+
+use ringport_aio::AioDriver;
+use ringport_core::{AnyBuf, AnyBufMut, Completion, Driver, Op, CURRENT_POSITION};
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+fn delegate() -> Box<dyn Driver> {
+    Box::new(ringport_uring::UringDriver::new().expect("delegate driver"))
+}
+
+fn temp(contents: &[u8], tag: &str) -> (std::path::PathBuf, std::fs::File) {
+    let p = std::env::temp_dir().join(format!("ringport-aio-{}-{tag}", std::process::id()));
+    std::fs::write(&p, contents).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    (p, f)
+}
+
+fn collect(d: &mut dyn Driver, n: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        assert!(
+            Instant::now() < end,
+            "only {} of {n} completions",
+            out.len()
+        );
+        d.wait(&mut out, 1, Some(Duration::from_secs(1))).unwrap();
+    }
+    out
+}
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 + i / 4096) as u8
+}
+
+#[test]
+fn read_write_fsync_through_aio() {
+    let (p, f) = temp(b"0123456789", "rw");
+    let mut d = AioDriver::builder().build(delegate()).unwrap();
+    let fd = f.as_raw_fd();
+    d.submit(
+        Op::Write {
+            fd,
+            offset: 10,
+            buf: AnyBuf::new(b"abc".to_vec()),
+        },
+        1,
+        None,
+    )
+    .unwrap();
+    d.submit(
+        Op::Fsync {
+            fd,
+            data_only: false,
+        },
+        2,
+        None,
+    )
+    .unwrap();
+    d.submit(
+        Op::Fsync {
+            fd,
+            data_only: true,
+        },
+        3,
+        None,
+    )
+    .unwrap();
+    let all = collect(&mut d, 3);
+    for c in &all {
+        assert!(c.result.is_ok(), "{:?}", c.result);
+    }
+    d.submit(
+        Op::Read {
+            fd,
+            offset: 2,
+            buf: AnyBufMut::new(Vec::with_capacity(64)),
+        },
+        4,
+        None,
+    )
+    .unwrap();
+    let c = collect(&mut d, 1).pop().unwrap();
+    assert_eq!(c.result.unwrap(), 11);
+    let v: Vec<u8> = c.op.into_buf_mut().unwrap().downcast().unwrap();
+    assert_eq!(v, b"23456789abc");
+    std::fs::remove_file(p).unwrap();
+}
+
+#[test]
+fn ten_thousand_requests_in_flight() {
+    const N: usize = 10_000;
+    const SIZE: usize = 4 << 20;
+    let data: Vec<u8> = (0..SIZE).map(pattern).collect();
+    let (p, f) = temp(&data, "10k");
+    let mut d = AioDriver::builder()
+        .max_in_flight(N)
+        .build(delegate())
+        .unwrap();
+    let fd = f.as_raw_fd();
+    let mut offsets = Vec::new();
+    for i in 0..N {
+        let off = (i * 4099) % (SIZE - 256);
+        offsets.push(off);
+        d.submit(
+            Op::Read {
+                fd,
+                offset: off as u64,
+                buf: AnyBufMut::new(Vec::with_capacity(256)),
+            },
+            i as u64,
+            None,
+        )
+        .unwrap();
+    }
+    let all = collect(&mut d, N);
+    assert_eq!(all.len(), N);
+    let tokens: HashSet<u64> = all.iter().map(|c| c.token).collect();
+    assert_eq!(tokens.len(), N, "one completion each");
+    for c in all {
+        assert_eq!(c.result.as_ref().unwrap(), &256);
+        let off = offsets[c.token as usize];
+        let v: Vec<u8> = c.op.into_buf_mut().unwrap().downcast().unwrap();
+        assert!(
+            v.iter().enumerate().all(|(i, &b)| b == pattern(off + i)),
+            "bytes at {off}"
+        );
+    }
+    assert_eq!(d.in_flight(), 0);
+    std::fs::remove_file(p).unwrap();
+}
+
+#[test]
+fn pipes_go_to_the_delegate() {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two fds.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let mut d = AioDriver::builder().build(delegate()).unwrap();
+    d.submit(
+        Op::Read {
+            fd: fds[0],
+            offset: CURRENT_POSITION,
+            buf: AnyBufMut::new(Vec::with_capacity(8)),
+        },
+        1,
+        None,
+    )
+    .unwrap();
+    d.submit(
+        Op::Write {
+            fd: fds[1],
+            offset: CURRENT_POSITION,
+            buf: AnyBuf::new(b"hi".to_vec()),
+        },
+        2,
+        None,
+    )
+    .unwrap();
+    let all = collect(&mut d, 2);
+    let r = all.iter().find(|c| c.token == 1).unwrap();
+    assert_eq!(r.result.as_ref().unwrap(), &2);
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
