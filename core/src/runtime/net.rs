@@ -176,21 +176,45 @@ async fn write_stream<B: IoBuf>(
     (res, back(op))
 }
 
+/// Longest pause between accepts while the process is out of fds.
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Accepts one connection. When the process or system is out of file
+/// descriptors (or socket memory), it backs off — 1 ms doubling to 100 ms,
+/// logged — and tries again, so a server recovers by itself once fds are free
+/// and never spins. Other errors are returned.
 async fn accept_raw(fd: RawFd) -> io::Result<(Fd, SockAddr)> {
-    let (res, op) = submit(
-        Op::Accept {
-            fd,
-            addr: Box::new(SockAddr::empty()),
-        },
-        None,
-    )
-    .await;
-    let newfd = res? as RawFd;
-    let addr = match op {
-        Op::Accept { addr, .. } => *addr,
-        _ => SockAddr::empty(),
-    };
-    Ok((Fd::new(newfd), addr))
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let (res, op) = submit(
+            Op::Accept {
+                fd,
+                addr: Box::new(SockAddr::empty()),
+            },
+            None,
+        )
+        .await;
+        match res {
+            Ok(newfd) => {
+                let addr = match op {
+                    Op::Accept { addr, .. } => *addr,
+                    _ => SockAddr::empty(),
+                };
+                return Ok((Fd::new(newfd as RawFd), addr));
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
+                log::warn!("accept on fd {fd}: {e}; backing off {pause:?}");
+                super::sleep(pause).await?;
+                pause = (pause * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn connect_raw(fd: &Fd, addr: SockAddr) -> io::Result<()> {
