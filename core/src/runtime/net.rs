@@ -253,6 +253,12 @@ macro_rules! stream_io {
             ) -> (io::Result<usize>, B) {
                 read_stream(self.fd.raw(), buf, $socket, Some(deadline)).await
             }
+            /// Writes `buf`'s initialised bytes. As with IOCP's `WSASend`, a
+            /// stream write completes only when every byte is written (or on
+            /// error), so this is the same as [`Self::write_all`].
+            pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+                write_stream(self.fd.raw(), buf, $socket, None).await
+            }
             /// Writes all of `buf`'s initialised bytes; completes when every
             /// byte is written, or on error.
             pub async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
