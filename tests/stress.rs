@@ -87,9 +87,12 @@ fn mixed_ops_with_drops(b: Backend) {
                             1 => ringport::timeout(limit, s.read(buf)).await.is_ok(),
                             2 => {
                                 drop(buf);
-                                ringport::timeout(limit, ringport::sleep(Duration::from_micros(700)))
-                                    .await
-                                    .is_ok()
+                                ringport::timeout(
+                                    limit,
+                                    ringport::sleep(Duration::from_micros(700)),
+                                )
+                                .await
+                                .is_ok()
                             }
                             _ => {
                                 drop(buf);
@@ -107,7 +110,10 @@ fn mixed_ops_with_drops(b: Backend) {
                         } else {
                             tally.abandoned.set(tally.abandoned.get() + 1);
                         }
-                        assert!(drops.load(Ordering::SeqCst) <= 1, "a buffer was dropped twice");
+                        assert!(
+                            drops.load(Ordering::SeqCst) <= 1,
+                            "a buffer was dropped twice"
+                        );
                     }
                     // Occasional accepts need peers: make a few connections.
                     drop(TcpStream::connect(addr).await);
@@ -131,8 +137,14 @@ fn mixed_ops_with_drops(b: Backend) {
         // Dropping the runtime cancels what is left and frees each buffer once.
     }
     let counters = counters.borrow();
-    let twice = counters.iter().filter(|c| c.load(Ordering::SeqCst) > 1).count();
-    let never = counters.iter().filter(|c| c.load(Ordering::SeqCst) == 0).count();
+    let twice = counters
+        .iter()
+        .filter(|c| c.load(Ordering::SeqCst) > 1)
+        .count();
+    let never = counters
+        .iter()
+        .filter(|c| c.load(Ordering::SeqCst) == 0)
+        .count();
     let done = tally.done.get();
     let abandoned = tally.abandoned.get();
     eprintln!(
@@ -142,6 +154,12 @@ fn mixed_ops_with_drops(b: Backend) {
     );
     assert_eq!(twice, 0, "buffers dropped twice");
     assert_eq!(never, 0, "buffers never dropped (leaked)");
-    assert!(abandoned * 10 > (done + abandoned), "too few ops were abandoned to test anything");
-    assert!(done * 10 > (done + abandoned), "too few ops completed to test anything");
+    assert!(
+        abandoned * 10 > (done + abandoned),
+        "too few ops were abandoned to test anything"
+    );
+    assert!(
+        done * 10 > (done + abandoned),
+        "too few ops completed to test anything"
+    );
 }

@@ -1,7 +1,7 @@
 //! Sockets and pipes: each I/O call is one op; buffers go in and come back.
 
+use super::current;
 use super::op::submit;
-use super::{current, current_or_err};
 use crate::buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut};
 use crate::op::{Op, ShutdownHow, SockAddr, CURRENT_POSITION};
 use std::io;
@@ -56,11 +56,17 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Whether fds made now should be non-blocking: what the running backend
+/// needs, or blocking outside a runtime (readiness backends switch an fd to
+/// non-blocking themselves on first use).
+fn want_nonblocking() -> bool {
+    current().is_some_and(|c| c.capabilities().needs_nonblocking)
+}
+
 /// A socket of `domain`/`ty`, close-on-exec, non-blocking if the backend needs it.
 fn new_socket(domain: i32, ty: i32) -> io::Result<Fd> {
-    let core = current_or_err()?;
     let mut flags = ty | libc::SOCK_CLOEXEC;
-    if core.capabilities().needs_nonblocking {
+    if want_nonblocking() {
         flags |= libc::SOCK_NONBLOCK;
     }
     // SAFETY: plain syscall with valid constant arguments.
@@ -366,8 +372,7 @@ impl TcpStream {
 
     /// Takes over a connected socket (made non-blocking if the backend needs it).
     pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
-        let core = current_or_err()?;
-        s.set_nonblocking(core.capabilities().needs_nonblocking)?;
+        s.set_nonblocking(want_nonblocking())?;
         Ok(TcpStream {
             fd: Fd::new(s.into_raw_fd()),
         })
@@ -541,9 +546,8 @@ stream_io!(PipeWriter, false);
 
 /// A new pipe (close-on-exec; non-blocking if the backend needs it).
 pub fn pipe() -> io::Result<(PipeReader, PipeWriter)> {
-    let core = current_or_err()?;
     let mut flags = libc::O_CLOEXEC;
-    if core.capabilities().needs_nonblocking {
+    if want_nonblocking() {
         flags |= libc::O_NONBLOCK;
     }
     let mut fds = [0; 2];
