@@ -104,9 +104,43 @@ pub fn driver(backend: Backend) -> io::Result<Box<dyn Driver>> {
         #[cfg(not(target_os = "linux"))]
         Backend::Uring => unavailable("io_uring exists only on Linux"),
         Backend::Auto => unavailable("auto is not a concrete backend"),
+        #[cfg(any(
+            target_os = "macos",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly"
+        ))]
+        Backend::Kqueue => ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Kqueue)
+            .map(|d| Box::new(d) as Box<dyn Driver>),
+        #[cfg(not(any(
+            target_os = "macos",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly"
+        )))]
         Backend::Kqueue => unavailable("kqueue exists only on BSD and macOS"),
-        Backend::Aio | Backend::Epoll | Backend::Poll | Backend::Select | Backend::Sigio => {
-            unavailable("not implemented in this build yet")
+        #[cfg(target_os = "linux")]
+        Backend::Aio => {
+            let shim = ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Epoll)?;
+            ringport_aio::AioDriver::builder()
+                .build(Box::new(shim))
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| io::Error::new(e.kind(), format!("backend aio: {e}")))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Backend::Aio => unavailable("POSIX aio is built for Linux/glibc only so far"),
+        Backend::Epoll | Backend::Poll | Backend::Select | Backend::Sigio => {
+            let kind = match backend {
+                Backend::Epoll => ringport_shim::PollerKind::Epoll,
+                Backend::Poll => ringport_shim::PollerKind::Poll,
+                Backend::Select => ringport_shim::PollerKind::Select,
+                _ => ringport_shim::PollerKind::Sigio,
+            };
+            ringport_shim::ShimDriver::new(kind)
+                .map(|d| Box::new(d) as Box<dyn Driver>)
+                .map_err(|e| io::Error::new(e.kind(), format!("backend {backend}: {e}")))
         }
     }
 }

@@ -43,6 +43,22 @@ mod uring {
     soak!(ringport::Backend::Uring, soak, clients_child);
 }
 
+mod aio {
+    soak!(ringport::Backend::Aio, soak, clients_child);
+}
+
+mod epoll {
+    soak!(ringport::Backend::Epoll, soak, clients_child);
+}
+
+mod poll {
+    soak!(ringport::Backend::Poll, soak, clients_child);
+}
+
+mod sigio {
+    soak!(ringport::Backend::Sigio, soak, clients_child);
+}
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

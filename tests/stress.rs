@@ -36,6 +36,26 @@ mod uring {
     case!(ringport::Backend::Uring, mixed_ops_with_drops);
 }
 
+mod aio {
+    case!(ringport::Backend::Aio, mixed_ops_with_drops);
+}
+
+mod epoll {
+    case!(ringport::Backend::Epoll, mixed_ops_with_drops);
+}
+
+mod poll {
+    case!(ringport::Backend::Poll, mixed_ops_with_drops);
+}
+
+mod select {
+    case!(ringport::Backend::Select, mixed_ops_with_drops);
+}
+
+mod sigio {
+    case!(ringport::Backend::Sigio, mixed_ops_with_drops);
+}
+
 fn ops_wanted() -> usize {
     std::env::var("RINGPORT_STRESS_OPS")
         .ok()

@@ -1,5 +1,773 @@
-//! ringport-shim: a `Driver` that emulates completions over a readiness
-//! `Poller` (epoll, poll, select, signal-driven I/O, kqueue).
+//! ringport-shim: a [`Driver`] that emulates completions over a readiness
+//! [`Poller`] — epoll, poll, select, signal-driven I/O, kqueue.
 //!
-//! Not implemented yet: this crate is an empty shell until its issue lands.
+//! The emulation is the same for every poller:
+//! - try the syscall at submit (as IOCP skips the port on success), but only
+//!   when that fd's queue for that direction is empty, so a new op never
+//!   overtakes a queued one;
+//! - on `EAGAIN` queue the op on its fd (one FIFO per direction) and declare
+//!   interest; on readiness perform queued ops in order until `EAGAIN`;
+//! - a stream write completes only when every byte is out (one in flight per
+//!   fd, since the queue runs front to back);
+//! - regular files never report readiness: their ops (and open, stat, fsync)
+//!   run on a small thread pool whose results come back through the same
+//!   completion queue, waking the poller through a pipe;
+//! - timers (and per-op deadlines) live in the driver's own heap, which sets
+//!   the poller's timeout.
+//!
+//! Nothing here may free or move an op's buffer while a syscall or a worker
+//! may touch it: readiness syscalls run on the driver's thread and finish
+//! before it moves on; pool jobs own their op until they hand it back.
 #![warn(missing_docs)]
+
+mod epoll;
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+mod kqueue;
+mod ops;
+mod poll;
+mod poller;
+mod pool;
+mod select;
+#[cfg(target_os = "linux")]
+mod sigio;
+
+pub use poller::{Event, Poller};
+
+use ops::Attempt;
+use pool::{Job, Pool};
+use ringport_core::driver::{
+    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
+    Support, Wake,
+};
+use ringport_core::op::{CancelTarget, Direction, Op, OpId};
+use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which readiness mechanism a [`ShimDriver`] runs on.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum PollerKind {
+    /// epoll(7), edge-triggered (Linux).
+    Epoll,
+    /// poll(2).
+    Poll,
+    /// select(2): fds below `FD_SETSIZE` (1024) only.
+    Select,
+    /// Signal-driven I/O: `O_ASYNC` + a real-time signal read via signalfd (Linux).
+    Sigio,
+    /// kqueue (BSD, macOS).
+    Kqueue,
+}
+
+impl PollerKind {
+    fn open(self) -> io::Result<Box<dyn Poller>> {
+        match self {
+            #[cfg(target_os = "linux")]
+            PollerKind::Epoll => Ok(Box::new(epoll::Epoll::new()?)),
+            PollerKind::Poll => Ok(Box::new(poll::Poll::new())),
+            PollerKind::Select => Ok(Box::new(select::Select::new())),
+            #[cfg(target_os = "linux")]
+            PollerKind::Sigio => Ok(Box::new(sigio::Sigio::new()?)),
+            #[cfg(any(
+                target_os = "macos",
+                target_os = "ios",
+                target_os = "freebsd",
+                target_os = "netbsd",
+                target_os = "openbsd",
+                target_os = "dragonfly"
+            ))]
+            PollerKind::Kqueue => Ok(Box::new(kqueue::Kqueue::new()?)),
+            #[allow(unreachable_patterns)]
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the {other:?} poller does not exist on this OS"),
+            )),
+        }
+    }
+}
+
+/// How to build a [`ShimDriver`].
+#[derive(Clone, Debug)]
+pub struct ShimBuilder {
+    kind: PollerKind,
+    threads: usize,
+}
+
+impl ShimBuilder {
+    /// Threads in the file-op pool (default 4).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
+        self
+    }
+    /// Builds the driver.
+    pub fn build(self) -> io::Result<ShimDriver> {
+        ShimDriver::with(self)
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum State {
+    /// In its fd's queue for this direction (0 read, 1 write).
+    Queued(usize),
+    /// With the thread pool (the op is in the job).
+    Pool,
+    /// A timer.
+    Timer,
+    /// A close waiting for the fd's pool jobs to finish.
+    CloseWaiting,
+}
+
+struct Slot {
+    generation: u32,
+    token: u64,
+    /// `None` while a pool job holds it.
+    op: Option<Op>,
+    /// The op's fd (kept here too, since a pool job holds the op).
+    fd: Option<RawFd>,
+    state: State,
+    progress: usize,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Default)]
+enum FdKind {
+    #[default]
+    Unknown,
+    /// Regular file or block device: the pool.
+    File,
+    /// Socket, pipe, FIFO, terminal: readiness.
+    Stream,
+}
+
+#[derive(Default)]
+struct FdState {
+    kind: FdKind,
+    queue: [VecDeque<usize>; 2],
+    interest: (bool, bool),
+    pool_ops: u32,
+    closing: Option<usize>,
+}
+
+struct PipeWaker {
+    w: OwnedFd,
+}
+
+impl Wake for PipeWaker {
+    fn wake(&self) {
+        let one = 1u8;
+        // SAFETY: one byte to our non-blocking pipe; a full pipe already
+        // holds a pending wake.
+        unsafe {
+            libc::write(
+                self.w.as_raw_fd(),
+                &one as *const u8 as *const libc::c_void,
+                1,
+            )
+        };
+    }
+}
+
+/// The readiness-shim [`Driver`].
+pub struct ShimDriver {
+    name: &'static str,
+    poller: Box<dyn Poller>,
+    slots: Slab<Slot>,
+    next_generation: u32,
+    fds: Vec<FdState>,
+    ready: Vec<Completion>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    // Field order matters: the pool must stop before the pipe closes.
+    pool: Pool,
+    waker: Arc<PipeWaker>,
+    wake_r: OwnedFd,
+    waker_registered: bool,
+    events: Vec<Event>,
+    done: Vec<pool::Done>,
+    caps: Capabilities,
+}
+
+impl ShimDriver {
+    /// A driver over `kind` with default settings.
+    pub fn new(kind: PollerKind) -> io::Result<ShimDriver> {
+        Self::builder(kind).build()
+    }
+
+    /// A builder for `kind`.
+    pub fn builder(kind: PollerKind) -> ShimBuilder {
+        ShimBuilder { kind, threads: 4 }
+    }
+
+    fn with(b: ShimBuilder) -> io::Result<ShimDriver> {
+        let poller = b.kind.open()?;
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two fds.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh fds we own.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut caps = Capabilities::all(Support::Emulated);
+        caps.needs_nonblocking = true;
+        caps.max_fd = poller.max_fd();
+        Ok(ShimDriver {
+            name: poller.name(),
+            poller,
+            slots: Slab::with_capacity(64),
+            next_generation: 0,
+            fds: Vec::new(),
+            ready: Vec::new(),
+            timers: BinaryHeap::new(),
+            pool: Pool::new(b.threads, w.as_raw_fd()),
+            waker: Arc::new(PipeWaker { w }),
+            wake_r: r,
+            waker_registered: false,
+            events: Vec::with_capacity(256),
+            done: Vec::new(),
+            caps,
+        })
+    }
+
+    /// Registers the waker pipe on first use (sigio binds to that thread).
+    fn ensure_waker(&mut self) -> io::Result<()> {
+        if !self.waker_registered {
+            self.poller.set(self.wake_r.as_raw_fd(), true, false)?;
+            self.waker_registered = true;
+        }
+        Ok(())
+    }
+
+    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
+        let i = fd as usize;
+        if i >= self.fds.len() {
+            self.fds.resize_with(i + 1, FdState::default);
+        }
+        &mut self.fds[i]
+    }
+
+    /// File or stream, found once per fd with `fstat` (and a stream is made
+    /// non-blocking then). `Err` for a bad fd.
+    fn kind_of(&mut self, fd: RawFd) -> io::Result<FdKind> {
+        let k = self.fd_state(fd).kind;
+        if k != FdKind::Unknown {
+            return Ok(k);
+        }
+        // SAFETY: fstat writes one stat struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let t = st.st_mode & libc::S_IFMT;
+        let kind = if t == libc::S_IFREG || t == libc::S_IFBLK {
+            FdKind::File
+        } else {
+            // SAFETY: fcntl on the caller's fd.
+            unsafe {
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+                    libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                }
+            }
+            FdKind::Stream
+        };
+        self.fd_state(fd).kind = kind;
+        Ok(kind)
+    }
+
+    fn lookup(&self, id: OpId) -> Option<usize> {
+        match self.slots.get(id.slot()) {
+            Some(s) if s.generation == id.generation() => Some(id.slot()),
+            _ => None,
+        }
+    }
+
+    /// Ends slot `key`.
+    fn complete(&mut self, key: usize, result: io::Result<usize>) {
+        let slot = self.slots.remove(key);
+        let id = OpId::new(key as u32, slot.generation);
+        let Some(op) = slot.op else {
+            return;
+        };
+        let fd = op.fd();
+        let was_pool = slot.state == State::Pool;
+        self.ready.push(Completion {
+            id,
+            token: slot.token,
+            result,
+            op,
+        });
+        if let Some(fd) = fd {
+            if was_pool {
+                let st = self.fd_state(fd);
+                st.pool_ops = st.pool_ops.saturating_sub(1);
+            }
+            self.maybe_close(fd);
+        }
+    }
+
+    /// Performs a close parked on `fd` once nothing of the fd is in flight.
+    fn maybe_close(&mut self, fd: RawFd) {
+        let st = self.fd_state(fd);
+        if st.pool_ops > 0 || !st.queue[0].is_empty() || !st.queue[1].is_empty() {
+            return;
+        }
+        if let Some(k) = st.closing.take() {
+            let r = self.close_now(fd);
+            self.complete(k, r);
+        }
+    }
+
+    fn close_now(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.poller.remove(fd);
+        *self.fd_state(fd) = FdState::default();
+        // SAFETY: the fd was handed to us to close; nothing of ours uses it now.
+        if unsafe { libc::close(fd) } < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// Updates the poller's interest in `fd` from its queues.
+    fn sync_interest(&mut self, fd: RawFd) -> io::Result<()> {
+        let st = self.fd_state(fd);
+        let want = (!st.queue[0].is_empty(), !st.queue[1].is_empty());
+        if want != st.interest {
+            st.interest = want;
+            self.poller.set(fd, want.0, want.1)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `fd`'s queue for direction `d` front to back until one would block.
+    fn run_queue(&mut self, fd: RawFd, d: usize) {
+        while let Some(&key) = self.fd_state(fd).queue[d].front() {
+            let slot = &mut self.slots[key];
+            let op = slot.op.as_mut().expect("queued op present");
+            match ops::attempt(op, &mut slot.progress) {
+                Attempt::WouldBlock => break,
+                Attempt::Done(r) => {
+                    self.fd_state(fd).queue[d].pop_front();
+                    self.complete(key, r);
+                }
+            }
+        }
+        let _ = self.sync_interest(fd);
+        self.maybe_close(fd);
+    }
+
+    /// Takes slot `key` out of wherever it waits and ends it with `err`.
+    /// Returns false if it cannot be taken back (a pool job is running).
+    fn abort(&mut self, key: usize, err: io::Error) -> bool {
+        let slot = &self.slots[key];
+        match slot.state {
+            State::Queued(d) => {
+                let fd = slot.fd.unwrap_or(-1);
+                self.fd_state(fd).queue[d].retain(|&k| k != key);
+                self.complete(key, Err(err));
+                let _ = self.sync_interest(fd);
+                self.maybe_close(fd);
+                true
+            }
+            State::Pool => match self.pool.take_queued(key, slot.generation) {
+                Some(job) => {
+                    self.slots[key].op = Some(job.op);
+                    self.complete(key, Err(err));
+                    true
+                }
+                None => false,
+            },
+            State::Timer => {
+                self.complete(key, Err(err));
+                true
+            }
+            State::CloseWaiting => false,
+        }
+    }
+
+    fn cancel_all_on(&mut self, fd: RawFd, except: Option<usize>) -> usize {
+        let keys: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(k, s)| {
+                Some(*k) != except && s.state != State::CloseWaiting && s.fd == Some(fd)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in keys {
+            if self.slots.contains(k) {
+                self.abort(k, cancelled());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn send_to_pool(&mut self, key: usize) -> io::Result<()> {
+        let slot = &mut self.slots[key];
+        let op = slot.op.take().expect("op present");
+        slot.state = State::Pool;
+        let generation = slot.generation;
+        if let Some(fd) = op.fd() {
+            self.fd_state(fd).pool_ops += 1;
+        }
+        match self.pool.push(Job {
+            key,
+            generation,
+            op,
+        }) {
+            Ok(()) => Ok(()),
+            Err((e, job)) => {
+                if let Some(fd) = job.op.fd() {
+                    let st = self.fd_state(fd);
+                    st.pool_ops = st.pool_ops.saturating_sub(1);
+                }
+                let slot = &mut self.slots[key];
+                slot.op = Some(job.op);
+                slot.state = State::Timer;
+                Err(e)
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        while let Some(&Reverse((at, key, generation))) = self.timers.peek() {
+            if at > now {
+                return Some(at);
+            }
+            self.timers.pop();
+            let live = matches!(self.slots.get(key), Some(s) if s.generation == generation);
+            if !live {
+                continue;
+            }
+            if self.slots[key].state == State::Timer {
+                self.complete(key, Err(io::Error::from_raw_os_error(libc::ETIME)));
+            } else {
+                self.abort(key, deadline_passed());
+            }
+        }
+        None
+    }
+
+    fn take_pool_results(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        self.pool.drain(&mut done);
+        for d in done.drain(..) {
+            let live = matches!(self.slots.get(d.key), Some(s) if s.generation == d.generation);
+            if live {
+                self.slots[d.key].op = Some(d.op);
+                self.complete(d.key, d.result);
+            }
+        }
+        self.done = done;
+    }
+
+    fn drain_waker(&mut self) {
+        let mut buf = [0u8; 256];
+        // SAFETY: reads into a local buffer from our non-blocking pipe.
+        while unsafe { libc::read(self.wake_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
+        {
+        }
+    }
+
+    fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
+        self.ensure_waker()?;
+        let end = timeout.map(|t| Instant::now() + t);
+        let wake_fd = self.wake_r.as_raw_fd();
+        loop {
+            self.take_pool_results();
+            let next_timer = self.fire_timers();
+            let now = Instant::now();
+            let left = end.map(|e| e.saturating_duration_since(now));
+            let done = self.ready.len() >= min;
+            // Block only when nothing is ready yet and time remains.
+            let mut t = if done || left == Some(Duration::ZERO) {
+                Some(Duration::ZERO)
+            } else {
+                left
+            };
+            if let Some(at) = next_timer {
+                let d = at.saturating_duration_since(now);
+                t = Some(t.map_or(d, |x| x.min(d)));
+            }
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            self.poller.wait(&mut events, t)?;
+            let mut woken = false;
+            for ev in &events {
+                if ev.fd == wake_fd {
+                    woken = true;
+                    continue;
+                }
+                if (ev.fd as usize) >= self.fds.len() {
+                    continue;
+                }
+                if ev.readable {
+                    self.run_queue(ev.fd, 0);
+                }
+                if ev.writable {
+                    self.run_queue(ev.fd, 1);
+                }
+            }
+            self.events = events;
+            if woken {
+                self.drain_waker();
+                self.take_pool_results();
+            }
+            self.fire_timers();
+            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+            if self.ready.len() >= min || left == Some(Duration::ZERO) || woken || done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Driver for ShimDriver {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn submit(
+        &mut self,
+        op: Op,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<OpId, SubmitError> {
+        if let Err(error) = op.validate() {
+            return Err(SubmitError { error, op });
+        }
+        if let Err(error) = self.ensure_waker() {
+            return Err(SubmitError { error, op });
+        }
+        let fd = op.fd();
+        if let Some(fd) = fd {
+            if self
+                .fds
+                .get(fd as usize)
+                .is_some_and(|s| s.closing.is_some())
+            {
+                let error = io::Error::other(format!(
+                    "fd {fd} is being closed; no new operation may start on it"
+                ));
+                return Err(SubmitError { error, op });
+            }
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let key = self.slots.insert(Slot {
+            generation,
+            token,
+            op: None,
+            fd,
+            state: State::Timer,
+            progress: 0,
+        });
+        let id = OpId::new(key as u32, generation);
+        if let Some(d) = deadline {
+            self.timers.push(Reverse((d, key, generation)));
+        }
+        let r = self.start(key, op, fd);
+        match r {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                // Refused before anything ran: hand the op back.
+                let slot = self.slots.remove(key);
+                Err(SubmitError {
+                    error: e,
+                    op: slot.op.expect("op present when refused"),
+                })
+            }
+        }
+    }
+
+    fn wait(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let before = out.len();
+        let r = self.wait_inner(min, timeout);
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.ready);
+        } else {
+            out.append(&mut self.ready);
+        }
+        r.map(|_| out.len() - before)
+    }
+
+    fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        let key = self.lookup(id).ok_or_else(not_found)?;
+        self.abort(key, cancelled());
+        Ok(())
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
+        Ok(self.cancel_all_on(fd, None))
+    }
+
+    fn waker(&self) -> DriverWaker {
+        DriverWaker::new(self.waker.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() + self.ready.len()
+    }
+}
+
+impl ShimDriver {
+    /// Starts op in slot `key`. `Err` refuses the submission (the op is put
+    /// back in the slot for the caller to return).
+    fn start(&mut self, key: usize, op: Op, fd: Option<RawFd>) -> io::Result<()> {
+        match op {
+            Op::Nop => {
+                self.slots[key].op = Some(op);
+                self.complete(key, Ok(0));
+                return Ok(());
+            }
+            Op::Timeout { deadline } => {
+                let generation = self.slots[key].generation;
+                self.slots[key].op = Some(op);
+                self.slots[key].state = State::Timer;
+                self.timers.push(Reverse((deadline, key, generation)));
+                return Ok(());
+            }
+            Op::Cancel { target } => {
+                self.slots[key].op = Some(op);
+                let r = match target {
+                    CancelTarget::Op(t) => match self.lookup(t) {
+                        Some(k) if k != key => {
+                            self.abort(k, cancelled());
+                            Ok(1)
+                        }
+                        _ => Err(not_found()),
+                    },
+                    CancelTarget::Fd(f) => match self.cancel_all_on(f, Some(key)) {
+                        0 => Err(not_found()),
+                        n => Ok(n),
+                    },
+                };
+                self.complete(key, r);
+                return Ok(());
+            }
+            Op::OpenAt { .. } => {
+                self.slots[key].op = Some(op);
+                return self.send_to_pool(key);
+            }
+            _ => {}
+        }
+        let fd = fd.unwrap_or(-1);
+        let kind = match self.kind_of(fd) {
+            Ok(k) => k,
+            Err(e) => {
+                // A bad fd is reported in the completion, with the buffer.
+                self.slots[key].op = Some(op);
+                self.complete(key, Err(e));
+                return Ok(());
+            }
+        };
+        if let Op::Close { .. } = op {
+            self.slots[key].op = Some(op);
+            self.cancel_all_on(fd, Some(key));
+            let st = self.fd_state(fd);
+            if st.pool_ops > 0 {
+                st.closing = Some(key);
+                self.slots[key].state = State::CloseWaiting;
+            } else {
+                let r = self.close_now(fd);
+                self.complete(key, r);
+            }
+            return Ok(());
+        }
+        let file_op = matches!(
+            op,
+            Op::Read { .. }
+                | Op::Write { .. }
+                | Op::Readv { .. }
+                | Op::Writev { .. }
+                | Op::Fsync { .. }
+                | Op::Stat { .. }
+        );
+        if (kind == FdKind::File && file_op) || matches!(op, Op::Fsync { .. } | Op::Stat { .. }) {
+            self.slots[key].op = Some(op);
+            return self.send_to_pool(key);
+        }
+        if let Some(max) = self.caps.max_fd {
+            if fd > max {
+                self.slots[key].op = Some(op);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "fd {fd} is above the {} backend's limit: FD_SETSIZE is {}",
+                        self.name,
+                        max + 1
+                    ),
+                ));
+            }
+        }
+        let d = match &op {
+            Op::Poll { events, .. } if events & libc::POLLIN != 0 => 0,
+            Op::Poll { .. } | Op::Connect { .. } => 1,
+            Op::Accept { .. } => 0,
+            Op::Shutdown { .. } => {
+                let mut op = op;
+                let mut p = 0;
+                let r = match ops::attempt(&mut op, &mut p) {
+                    Attempt::Done(r) => r,
+                    Attempt::WouldBlock => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+                };
+                self.slots[key].op = Some(op);
+                self.complete(key, r);
+                return Ok(());
+            }
+            o => match o.direction() {
+                Some(Direction::Read) => 0,
+                Some(Direction::Write) => 1,
+                None => 0,
+            },
+        };
+        self.slots[key].op = Some(op);
+        self.slots[key].state = State::Queued(d);
+        if self.fd_state(fd).queue[d].is_empty() {
+            // Optimistic first try, only when nothing waits before it.
+            let slot = &mut self.slots[key];
+            let op = slot.op.as_mut().expect("op present");
+            if let Attempt::Done(r) = ops::attempt(op, &mut slot.progress) {
+                self.complete(key, r);
+                return Ok(());
+            }
+        }
+        self.fd_state(fd).queue[d].push_back(key);
+        if let Err(e) = self.sync_interest(fd) {
+            // The poller cannot watch this fd: the op ends with that error.
+            self.fd_state(fd).queue[d].retain(|&k| k != key);
+            self.fd_state(fd).interest = (false, false);
+            self.complete(key, Err(e));
+        }
+        Ok(())
+    }
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "no such operation in flight (it has completed)",
+    )
+}

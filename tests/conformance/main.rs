@@ -92,3 +92,23 @@ macro_rules! conformance {
 mod uring {
     conformance!(ringport::Backend::Uring);
 }
+
+mod epoll {
+    conformance!(ringport::Backend::Epoll);
+}
+
+mod poll {
+    conformance!(ringport::Backend::Poll);
+}
+
+mod select {
+    conformance!(ringport::Backend::Select);
+}
+
+mod sigio {
+    conformance!(ringport::Backend::Sigio);
+}
+
+mod aio {
+    conformance!(ringport::Backend::Aio);
+}

@@ -48,6 +48,26 @@ mod uring {
     reliability!(ringport::Backend::Uring);
 }
 
+mod aio {
+    reliability!(ringport::Backend::Aio);
+}
+
+mod epoll {
+    reliability!(ringport::Backend::Epoll);
+}
+
+mod poll {
+    reliability!(ringport::Backend::Poll);
+}
+
+mod select {
+    reliability!(ringport::Backend::Select);
+}
+
+mod sigio {
+    reliability!(ringport::Backend::Sigio);
+}
+
 /// Child: out of fds while a client waits in the backlog; accept must back
 /// off without spinning, then succeed once fds are freed.
 fn accept_backs_off_on_emfile_and_recovers(b: Backend) {
@@ -106,7 +126,9 @@ fn emfile_child(b: Backend) {
     let rt = rt(b);
     rt.block_on(async {
         let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        // Use up every fd.
+        // Let the backend set itself up (some do on first use), then use up
+        // every fd.
+        ringport::sleep(Duration::from_millis(1)).await.unwrap();
         let mut hog = Vec::new();
         loop {
             // SAFETY: dup of an fd we own; failure (EMFILE) ends the loop.
@@ -224,4 +246,122 @@ fn reset_while_read_in_flight(b: Backend) {
         killer.join().unwrap();
         assert_eq!(r.unwrap_err().kind(), ErrorKind::ConnectionReset);
     });
+}
+
+/// io_uring forbidden by a seccomp filter (in a child process): `Auto` falls
+/// back to a readiness backend and says why.
+#[test]
+fn auto_falls_back_when_io_uring_is_forbidden() {
+    let out = harness::run_child("fallback_child", &[("RINGPORT_FALLBACK_CHILD", "1".into())]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("FALLBACK OK"), "child output:\n{text}");
+}
+
+#[test]
+#[ignore = "runs only as a child process of its test"]
+fn fallback_child() {
+    if std::env::var("RINGPORT_FALLBACK_CHILD").is_err() {
+        return;
+    }
+    forbid_io_uring_setup();
+    std::env::remove_var("RINGPORT_BACKEND");
+    let err = ringport::driver(Backend::Uring)
+        .err()
+        .expect("io_uring must now fail");
+    assert!(err.to_string().contains("EPERM"), "{err}");
+    let rt = ringport::Runtime::new().expect("Auto falls back");
+    assert_ne!(rt.backend(), Backend::Uring);
+    let why = rt.fallback_reason().expect("a reason is given");
+    assert!(
+        why.contains("io_uring_setup") && why.contains("EPERM"),
+        "{why}"
+    );
+    // The fallback really works.
+    rt.block_on(async {
+        ringport::sleep(Duration::from_millis(1)).await.unwrap();
+    });
+    println!("FALLBACK OK via {}: {why}", rt.backend());
+}
+
+/// Installs a seccomp filter that fails `io_uring_setup` with EPERM.
+fn forbid_io_uring_setup() {
+    #[repr(C)]
+    struct SockFilter {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct SockFprog {
+        len: u16,
+        filter: *const SockFilter,
+    }
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let filter = [
+        SockFilter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        }, // arch
+        SockFilter {
+            code: JEQ_K,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        SockFilter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+        SockFilter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }, // syscall number
+        SockFilter {
+            code: JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        SockFilter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        SockFilter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = SockFprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr(),
+    };
+    // SAFETY: standard seccomp installation on this (child) process; prog
+    // points at a valid filter for the duration of the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let r = libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const SockFprog,
+        );
+        assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
 }

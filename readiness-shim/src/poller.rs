@@ -1,0 +1,58 @@
+//! The readiness `Poller` trait: the one thing each readiness mechanism
+//! (epoll, poll, select, signal-driven I/O, kqueue) provides. Everything
+//! else — queues, the syscalls, timers, the thread pool — is shared.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Readiness of one fd, as a poller reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The fd.
+    pub fd: RawFd,
+    /// Readable, or hung up / in error (a read will not block).
+    pub readable: bool,
+    /// Writable, or in error (a write will not block).
+    pub writable: bool,
+}
+
+/// A readiness mechanism.
+///
+/// Interest is level-style from the shim's side: `set` says which directions
+/// have queued operations. An edge-triggered poller (epoll here, sigio) may
+/// report an fd whose interest it was not asked for; the shim simply finds
+/// nothing to do. A poller must report readiness that arrives after `set`
+/// even if it existed before (the shim tries the syscall itself first).
+pub trait Poller: Send {
+    /// `epoll`, `poll`, `select`, `sigio`, `kqueue`.
+    fn name(&self) -> &'static str;
+
+    /// Declares which directions of `fd` have operations waiting;
+    /// `(false, false)` means none. Called only when the answer changes.
+    fn set(&mut self, fd: RawFd, read: bool, write: bool) -> io::Result<()>;
+
+    /// Forgets `fd` (before it is closed).
+    fn remove(&mut self, fd: RawFd);
+
+    /// Waits until an fd with interest is ready or `timeout` passes, and
+    /// appends what is ready. `EINTR` is not an error: it returns early.
+    fn wait(&mut self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// The highest fd it can watch, if it has a limit.
+    fn max_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// A timeout in milliseconds for poll-style calls (rounded up, so a wait
+/// never ends before its deadline), `-1` for none.
+pub(crate) fn timeout_ms(t: Option<Duration>) -> i32 {
+    match t {
+        None => -1,
+        Some(d) => {
+            let ms = d.as_micros().div_ceil(1000);
+            ms.min(i32::MAX as u128) as i32
+        }
+    }
+}
