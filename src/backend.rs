@@ -122,13 +122,9 @@ pub fn driver(backend: Backend) -> io::Result<Box<dyn Driver>> {
         )))]
         Backend::Kqueue => unavailable("kqueue exists only on BSD and macOS"),
         #[cfg(target_os = "linux")]
-        Backend::Aio => {
-            let shim = ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Epoll)?;
-            ringport_aio::AioDriver::builder()
-                .build(Box::new(shim))
-                .map(|d| Box::new(d) as Box<dyn Driver>)
-                .map_err(|e| io::Error::new(e.kind(), format!("backend aio: {e}")))
-        }
+        Backend::Aio => ringport_aio::AioDriver::new()
+            .map(|d| Box::new(d) as Box<dyn Driver>)
+            .map_err(|e| io::Error::new(e.kind(), format!("backend aio: {e}"))),
         #[cfg(not(target_os = "linux"))]
         Backend::Aio => unavailable("POSIX aio is built for Linux/glibc only so far"),
         Backend::Epoll | Backend::Poll | Backend::Select | Backend::Sigio => {

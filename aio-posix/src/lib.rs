@@ -86,7 +86,14 @@ impl AioBuilder {
         self.max_in_flight = n.clamp(1, 0xff_ffff);
         self
     }
-    /// Builds the driver; `delegate` performs what aio cannot (the epoll shim).
+    /// Builds the driver over the epoll shim.
+    pub fn build_with_epoll(self) -> io::Result<AioDriver> {
+        let shim = ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Epoll)?;
+        self.build(Box::new(shim))
+    }
+
+    /// Builds the driver; `delegate` performs what aio cannot (normally the
+    /// epoll shim; any driver works).
     pub fn build(self, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
         if let Some(t) = self.threads {
             let init = AioInit {
@@ -169,6 +176,8 @@ pub struct AioDriver {
     poll_armed: bool,
     last_sweep: Instant,
     caps: Capabilities,
+    /// Requests whose notification glibc could not send, issued again.
+    reissued: u64,
 }
 
 // SAFETY: the aiocbs hold raw pointers into buffers owned by the same boxed
@@ -176,6 +185,17 @@ pub struct AioDriver {
 unsafe impl Send for AioDriver {}
 
 impl AioDriver {
+    /// An aio driver with the epoll shim for what aio cannot do.
+    pub fn new() -> io::Result<AioDriver> {
+        Self::builder().build_with_epoll()
+    }
+
+    /// How many requests were issued again because glibc could not queue
+    /// their completion signal (a full signal queue).
+    pub fn reissued(&self) -> u64 {
+        self.reissued
+    }
+
     /// A builder (thread count, in-flight limit).
     pub fn builder() -> AioBuilder {
         AioBuilder::default()
@@ -204,6 +224,7 @@ impl AioDriver {
             poll_armed: false,
             last_sweep: Instant::now(),
             caps,
+            reissued: 0,
         })
     }
 
@@ -523,6 +544,7 @@ impl AioDriver {
             let err = unsafe { libc::aio_error(&req.cb) };
             if err == libc::EAGAIN && !req.cancel_requested {
                 // Lost notification: glibc overwrote the result. Do it again.
+                self.reissued += 1;
                 // SAFETY: consume the failed status once before reuse.
                 unsafe { libc::aio_return(&mut req.cb) };
                 req.state = AioState::Batched;

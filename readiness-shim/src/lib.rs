@@ -202,6 +202,12 @@ impl ShimDriver {
         Self::builder(kind).build()
     }
 
+    /// How many times the poller's event source overflowed and every fd was
+    /// rescanned (signal-driven I/O; 0 for the others).
+    pub fn rescans(&self) -> u64 {
+        self.poller.rescans()
+    }
+
     /// A builder for `kind`.
     pub fn builder(kind: PollerKind) -> ShimBuilder {
         ShimBuilder { kind, threads: 4 }

@@ -43,6 +43,12 @@ pub trait Poller: Send {
     fn max_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// How many times its event source overflowed and it rescanned every fd
+    /// (signal-driven I/O only).
+    fn rescans(&self) -> u64 {
+        0
+    }
 }
 
 /// A timeout in milliseconds for poll-style calls (rounded up, so a wait

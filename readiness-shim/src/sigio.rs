@@ -40,6 +40,7 @@ pub struct Sigio {
     /// Readiness found when arming, reported at the next wait.
     found: Vec<Event>,
     infos: Vec<libc::signalfd_siginfo>,
+    rescans: u64,
 }
 
 impl Sigio {
@@ -52,6 +53,7 @@ impl Sigio {
             found: Vec::new(),
             // SAFETY: signalfd_siginfo is plain data; zero is valid.
             infos: vec![unsafe { std::mem::zeroed() }; 64],
+            rescans: 0,
         })
     }
 
@@ -232,9 +234,14 @@ impl Poller for Sigio {
             }
         }
         if overflow {
+            self.rescans += 1;
             self.rescan(out);
         }
         Ok(())
+    }
+
+    fn rescans(&self) -> u64 {
+        self.rescans
     }
 }
 
