@@ -322,7 +322,7 @@ pub fn fio_available() -> bool {
 }
 
 /// Runs fio's io_uring engine on the same file (random 4 KiB reads, page
-/// cache, `--invalidate=0`) and reads its terse (v3) output: IOPS, the
+/// cache, `--invalidate=0`) and reads its JSON output: IOPS, the
 /// completion-latency percentiles and its CPU share.
 pub fn fio_randread(
     tf: &TestFile,
@@ -344,8 +344,7 @@ pub fn fio_randread(
             "--time_based",
             &format!("--runtime={}", ms(dur)),
             &format!("--ramp_time={}", ms(warmup)),
-            "--output-format=terse",
-            "--terse-version=3",
+            "--output-format=json",
         ])
         .output()?;
     if !out.status.success() {
@@ -354,39 +353,43 @@ pub fn fio_randread(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("3;"))
-        .ok_or_else(|| io::Error::other("fio printed no terse v3 line"))?;
-    parse_fio_terse(line)
+    parse_fio_json(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn parse_fio_terse(line: &str) -> io::Result<Measured> {
-    let f: Vec<&str> = line.split(';').collect();
-    let bad = || io::Error::other(format!("unexpected fio terse line: {line}"));
-    let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).ok_or_else(bad);
-    // Terse v3 (1-based): 8 read IOPS, 9 read runtime (ms), 18..37 read
-    // completion-latency percentiles "P%=usec", 88/89 usr/sys CPU %.
-    let iops = num(7)?;
-    let runtime_s = num(8)? / 1000.0;
-    let pct = |p: f64| -> Option<f64> {
-        f[17..37].iter().find_map(|s| {
-            let (k, v) = s.split_once("%=")?;
-            let k: f64 = k.parse().ok()?;
-            ((k - p).abs() < 1e-6).then(|| v.parse::<f64>().ok())?
-        })
-    };
-    let usr = num(87)?;
-    let sys = num(88)?;
-    let ops = iops * runtime_s;
-    let cpu = (usr + sys) / 100.0 * runtime_s;
+/// The number after `"key" :` at or after `from`, and where it ends.
+fn json_field(s: &str, from: usize, key: &str) -> Option<(f64, usize)> {
+    let pat = format!("\"{key}\"");
+    let at = from + s.get(from..)?.find(&pat)? + pat.len();
+    let rest = s[at..].trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == '+'))
+        .unwrap_or(rest.len());
+    let v = rest[..end].parse().ok()?;
+    Some((v, s.len() - rest.len() + end))
+}
+
+/// Reads what the comparison needs from fio's JSON (its first job's read
+/// side), without a JSON library.
+fn parse_fio_json(s: &str) -> io::Result<Measured> {
+    let bad = |what: &str| io::Error::other(format!("fio's JSON output has no {what}"));
+    let read = s.find("\"read\"").ok_or_else(|| bad("read section"))?;
+    let (iops, _) = json_field(s, read, "iops").ok_or_else(|| bad("iops"))?;
+    let (ios, _) = json_field(s, read, "total_ios").ok_or_else(|| bad("total_ios"))?;
+    let clat = read
+        + s[read..]
+            .find("\"clat_ns\"")
+            .ok_or_else(|| bad("clat_ns"))?;
+    let pct = |p: &str| json_field(s, clat, p).map(|(v, _)| v / 1000.0);
+    let (usr, _) = json_field(s, 0, "usr_cpu").ok_or_else(|| bad("usr_cpu"))?;
+    let (sys, _) = json_field(s, 0, "sys_cpu").ok_or_else(|| bad("sys_cpu"))?;
+    let (runtime_ms, _) = json_field(s, read, "runtime").ok_or_else(|| bad("runtime"))?;
+    let cpu_s = (usr + sys) / 100.0 * runtime_ms / 1000.0;
     Ok(Measured {
         ops_per_sec: iops,
-        p50_us: pct(50.0),
-        p99_us: pct(99.0),
-        p999_us: pct(99.9),
-        cpu_s_per_mop: (ops > 0.0).then(|| cpu / ops * 1e6),
-        note: "fio's own clock and CPU figures".into(),
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+        p999_us: pct("99.900000"),
+        cpu_s_per_mop: (ios > 0.0).then(|| cpu_s / ios * 1e6),
+        note: "fio's clat (submit to reap) and CPU".into(),
     })
 }

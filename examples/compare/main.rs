@@ -24,8 +24,9 @@ use measure::Measured;
 use report::{Model, Record};
 use ringport::Backend;
 use std::io::{self, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
@@ -46,6 +47,10 @@ struct Cli {
     /// always runs.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
+    /// Only variants containing one of these (comma-separated, e.g.
+    /// `batch 32,qd32`).
+    #[arg(long, value_delimiter = ',')]
+    variant: Vec<String>,
     /// Seconds measured per configuration (after a warm-up of a quarter of
     /// it). Default: whatever fits the suite in about 40 s (20 s with --quick).
     #[arg(long)]
@@ -557,6 +562,10 @@ fn suite(cli: Cli) -> io::Result<()> {
         plan.jobs.retain(|j| keep(j.workload, &j.backend));
         plan.missing.retain(|r| keep(r.workload, &r.backend));
     }
+    if !cli.variant.is_empty() {
+        plan.jobs
+            .retain(|j| cli.variant.iter().any(|v| j.variant.contains(v.as_str())));
+    }
     let repeat = cli.repeat.max(1);
     let dur = match cli.duration {
         Some(d) if d > 0.0 => Duration::from_secs_f64(d),
@@ -600,6 +609,27 @@ fn suite(cli: Cli) -> io::Result<()> {
         write_path: dir.join(format!("ringport-compare-{}-write.dat", std::process::id())),
         write_size,
     };
+    // A watchdog: a configuration that runs far past its time (a hung
+    // backend) ends the process with a message instead of hanging it. The
+    // load client, if any, ends by itself when its own time is up.
+    let current: Arc<Mutex<Option<(Instant, String)>>> = Arc::new(Mutex::new(None));
+    {
+        let current = current.clone();
+        let limit = warmup + dur + Duration::from_secs(60);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let g = current.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((t, what)) = g.as_ref() {
+                if t.elapsed() > limit {
+                    eprintln!(
+                        "\ncompare: {what} is still running after {:.0} s: giving up",
+                        t.elapsed().as_secs_f64()
+                    );
+                    std::process::exit(3);
+                }
+            }
+        });
+    }
     let tty = io::stderr().is_terminal();
     let total = plan.jobs.len() * repeat;
     let mut done = 0usize;
@@ -642,7 +672,11 @@ fn suite(cli: Cli) -> io::Result<()> {
                 } else {
                     eprintln!("{line}");
                 }
-                match (j.run)(&ctx) {
+                *current.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), line.clone()));
+                let outcome = (j.run)(&ctx);
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                match outcome {
                     Ok(m) => runs[k].push(m),
                     Err(e) => errors[k] = Some(e.to_string()),
                 }
@@ -681,7 +715,7 @@ fn suite(cli: Cli) -> io::Result<()> {
     let table = report::table(&records);
     println!("{table}");
     println!(
-        "{machine}; {} s per configuration (+{} s warm-up), {repeat} run(s) each, median shown; \
+        "{machine}; {:.2} s per configuration (+{:.2} s warm-up), {repeat} run(s) each, median shown; \
          load average at the end {}; total {:.0} s",
         dur.as_secs_f64(),
         warmup.as_secs_f64(),
@@ -696,6 +730,5 @@ fn suite(cli: Cli) -> io::Result<()> {
         report::write_svg(p, &records, &format!("ringport compare — {machine}"))?;
         eprintln!("compare: wrote {}", p.display());
     }
-    let _ = Path::new(&ctx.write_path);
     Ok(())
 }

@@ -240,10 +240,15 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         p99_us: us(p99),
         p999_us: us(p999),
         cpu_s_per_mop: Some(cpu / ops * 1e6),
+        // How busy the server's core was: near 100% means the server, not
+        // the client, set the pace.
         note: if errors > 0.0 {
-            format!("{errors} client errors")
+            format!(
+                "server CPU {:.0}%; {errors} client errors",
+                cpu / secs * 100.0
+            )
         } else {
-            String::new()
+            format!("server CPU {:.0}%", cpu / secs * 100.0)
         },
     })
 }

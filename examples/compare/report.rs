@@ -321,6 +321,21 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
             None => panels.push((key, vec![r])),
         }
     }
+    // A panel without its baseline (the pread loop runs at qd1 only) shows
+    // the workload's baseline row as a reference bar.
+    for (key, rows) in panels.iter_mut() {
+        if rows.iter().any(|r| r.is_baseline) {
+            continue;
+        }
+        let w = rows[0].workload;
+        if let Some(b) = recs
+            .iter()
+            .find(|r| r.workload == w && r.is_baseline && r.result.is_some())
+        {
+            let _ = key;
+            rows.push(b);
+        }
+    }
     let (pw, label_w, bar_w, row_h) = (560.0, 210.0, 250.0, 18.0);
     let cols = 2usize;
     let heights: Vec<f64> = panels
@@ -363,7 +378,7 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
     let _ = writeln!(
         s,
         "<text x=\"{lx}\" y=\"44\" fill=\"#444\">bar = ops/s (each panel its own scale); \
-         dark outline = the panel's baseline</text>"
+         dark outline = the baseline; bold = ringport</text>"
     );
     for ((key, rows), (x, y)) in panels.iter().zip(&placed) {
         let max = rows
@@ -388,14 +403,24 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
                 ""
             };
             let ratio = r.ratio.map(|x| format!(" ({x:.2}×)")).unwrap_or_default();
+            let weight = if r.backend.starts_with("ringport/") {
+                " font-weight=\"bold\""
+            } else {
+                ""
+            };
+            let label = if r.variant != rows[0].variant {
+                format!("{} ({})", r.backend, r.variant)
+            } else {
+                r.backend.clone()
+            };
             let _ = writeln!(
                 s,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\"{weight}>{}</text>\
                  <rect x=\"{label_w}\" y=\"{}\" width=\"{bw:.1}\" height=\"{}\" fill=\"{}\"{stroke}/>\
                  <text x=\"{}\" y=\"{}\">{}{}</text>",
                 label_w - 6.0,
                 by + 12.0,
-                xml(&r.backend),
+                xml(&label),
                 by + 2.0,
                 row_h - 4.0,
                 r.model.color(),
