@@ -1,37 +1,734 @@
-//! The model comparison (first cut: nop only).
+//! The model comparison: one workload on every ringport backend and against
+//! peer runtimes, in one run, printed as one table (and optionally written
+//! as JSON and an SVG chart).
+//!
+//! ```text
+//! cargo run --release --example compare --features peers            # the default suite
+//! cargo run --release --example compare --features peers -- --quick --json out.json
+//! cargo run --release --example compare -- --help
+//! ```
+//!
+//! Without `--features peers` the tokio, monoio and compio rows are shown as
+//! "n/a" (the peers are optional so that `cargo test` does not build them).
 
+mod file;
+mod measure;
+mod net;
 mod nop;
+#[cfg(feature = "peers")]
+mod peers;
+mod report;
 
+use clap::{Parser, Subcommand};
+use measure::Measured;
+use report::{Model, Record};
 use ringport::Backend;
-use std::time::Duration;
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-fn main() -> std::io::Result<()> {
-    let dur = Duration::from_secs(2);
-    if let Some(which) = std::env::args().nth(1) {
-        let r = match which.as_str() {
-            "raw" => nop::raw_uring(32, dur)?,
-            _ => nop::driver(Backend::Uring, 32, dur)?,
-        };
-        println!(
-            "{which}: {:.2} Mops/s ({:.0} ops)",
-            r / 1e6,
-            r * dur.as_secs_f64()
-        );
-        return Ok(());
+const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
+
+/// Compare ringport's backends (io_uring, aio, epoll, poll, select, sigio)
+/// with each other and with tokio, monoio and compio.
+#[derive(Parser, Debug)]
+#[command(name = "compare", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Workloads to run, comma-separated: nop, file-randread, file-write,
+    /// echo, accept, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    workload: Vec<String>,
+    /// Only rows whose backend/peer name contains one of these
+    /// (comma-separated, e.g. `uring,tokio`); each workload's baseline
+    /// always runs.
+    #[arg(long, value_delimiter = ',')]
+    backend: Vec<String>,
+    /// Only variants containing one of these (comma-separated, e.g.
+    /// `batch 32,qd32`).
+    #[arg(long, value_delimiter = ',')]
+    variant: Vec<String>,
+    /// Seconds measured per configuration (after a warm-up of a quarter of
+    /// it). Default: whatever fits the suite in about 40 s (20 s with --quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Runs of every configuration, interleaved (A, B, C, A, B, C, ...);
+    /// each row reports the run with the median throughput.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Writes every record as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Writes an SVG bar chart (throughput per backend per workload).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// A smaller, faster suite: 64 MiB read file, shorter runs.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the test files (default: the system's temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The load client of `echo` and `accept` (run by the harness itself).
+    #[command(hide = true)]
+    LoadClient {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        conns: usize,
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        warmup_ms: u64,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+type RunFn = Box<dyn Fn(&Ctx) -> io::Result<Measured>>;
+
+/// One configuration to measure.
+struct Job {
+    workload: &'static str,
+    variant: String,
+    backend: String,
+    model: Model,
+    net: bool,
+    run: RunFn,
+}
+
+/// What jobs get when they run.
+struct Ctx {
+    warmup: Duration,
+    dur: Duration,
+    read_file: Option<file::TestFile>,
+    write_path: PathBuf,
+    write_size: u64,
+}
+
+impl Ctx {
+    fn tf(&self) -> io::Result<&file::TestFile> {
+        self.read_file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no test file"))
     }
-    for batch in [1usize, 32] {
-        let raw = nop::raw_uring(batch, dur)?;
-        let drv = nop::driver(Backend::Uring, batch, dur)?;
-        let rt = nop::runtime(Backend::Uring, batch, dur)?;
-        let mut plain = ringport::UringDriver::builder()
-            .defer_taskrun(false)
-            .build()?;
-        let drv_plain = nop::run_driver(&mut plain, batch, dur)?;
-        println!("plain-flags driver {:.2}x", drv_plain / raw);
-        println!(
-            "nop batch {batch:>2}: raw io-uring {:>6.2} Mops/s | driver {:>6.2} Mops/s ({:.2}x) | runtime {:>6.2} Mops/s ({:.2}x)",
-            raw / 1e6, drv / 1e6, drv / raw, rt / 1e6, rt / raw
+}
+
+/// A ringport backend this build can open, or why not.
+fn backends() -> Vec<(Backend, Result<(), String>)> {
+    Backend::ALL
+        .iter()
+        .map(|&b| (b, ringport::driver(b).map(drop).map_err(|e| e.to_string())))
+        .collect()
+}
+
+struct Plan {
+    jobs: Vec<Job>,
+    missing: Vec<Record>,
+}
+
+impl Plan {
+    fn job(
+        &mut self,
+        workload: &'static str,
+        variant: &str,
+        backend: &str,
+        model: Model,
+        run: impl Fn(&Ctx) -> io::Result<Measured> + 'static,
+    ) {
+        self.jobs.push(Job {
+            workload,
+            variant: variant.to_string(),
+            backend: backend.to_string(),
+            model,
+            net: matches!(workload, "echo" | "accept"),
+            run: Box::new(run),
+        });
+    }
+    fn na(&mut self, workload: &'static str, backend: &str, model: Model, why: String) {
+        self.missing.push(Record::missing(
+            workload,
+            "-",
+            backend,
+            model,
+            format!("n/a: {why}"),
+        ));
+    }
+}
+
+fn model_of(b: Backend) -> Model {
+    match b {
+        Backend::Uring | Backend::Aio => Model::Completion,
+        _ => Model::Readiness,
+    }
+}
+
+#[cfg(not(feature = "peers"))]
+fn peers_missing(plan: &mut Plan, workload: &'static str, names: &[(&str, Model)]) {
+    for (n, m) in names {
+        plan.na(
+            workload,
+            n,
+            *m,
+            "built without `--features peers`".to_string(),
         );
+    }
+}
+
+fn plan_nop(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
+    const W: &str = "nop";
+    for batch in [1usize, 32] {
+        let v = format!("batch {batch}");
+        p.job(W, &v, "raw io-uring", Model::Completion, move |c| {
+            nop::raw_uring(batch, c.warmup, c.dur)
+        });
+        for (b, ok) in avail {
+            if ok.is_err() {
+                continue;
+            }
+            let b = *b;
+            p.job(
+                W,
+                &v,
+                &format!("ringport/{b} driver"),
+                model_of(b),
+                move |c| nop::driver(b, batch, c.warmup, c.dur),
+            );
+            p.job(
+                W,
+                &v,
+                &format!("ringport/{b} runtime ({batch} tasks)"),
+                model_of(b),
+                move |c| nop::runtime(b, batch, c.warmup, c.dur),
+            );
+        }
+    }
+}
+
+fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: bool) {
+    const W: &str = "file-randread";
+    p.job(W, "qd1", "std pread loop", Model::Blocking, |c| {
+        file::pread_loop(c.tf()?, c.warmup, c.dur)
+    });
+    for qd in [1usize, 32] {
+        let v = format!("qd{qd}");
+        for (b, ok) in avail {
+            if ok.is_err() {
+                continue;
+            }
+            let b = *b;
+            p.job(
+                W,
+                &v,
+                &format!("ringport/{b} driver"),
+                model_of(b),
+                move |c| file::driver_randread(b, c.tf()?, qd, c.warmup, c.dur),
+            );
+            p.job(
+                W,
+                &v,
+                &format!("ringport/{b} runtime"),
+                model_of(b),
+                move |c| file::runtime_randread(b, c.tf()?, qd, c.warmup, c.dur),
+            );
+        }
+        #[cfg(feature = "peers")]
+        {
+            p.job(W, &v, "tokio::fs seek+read", Model::Blocking, move |c| {
+                peers::tokio_fs_randread(c.tf()?, qd, c.warmup, c.dur)
+            });
+            p.job(
+                W,
+                &v,
+                "tokio spawn_blocking(pread)",
+                Model::Blocking,
+                move |c| peers::tokio_blocking_randread(c.tf()?, qd, c.warmup, c.dur),
+            );
+            p.job(W, &v, "monoio (io_uring)", Model::Completion, move |c| {
+                peers::monoio_randread(c.tf()?, qd, c.warmup, c.dur)
+            });
+            p.job(W, &v, "compio (io_uring)", Model::Completion, move |c| {
+                peers::compio_randread(c.tf()?, qd, c.warmup, c.dur)
+            });
+        }
+        if fio {
+            p.job(W, &v, "fio io_uring", Model::Completion, move |c| {
+                file::fio_randread(c.tf()?, qd, c.warmup, c.dur)
+            });
+        }
+    }
+    if !fio {
+        p.na(
+            W,
+            "fio io_uring",
+            Model::Completion,
+            "fio not installed".into(),
+        );
+    }
+    #[cfg(not(feature = "peers"))]
+    peers_missing(
+        p,
+        W,
+        &[
+            ("tokio::fs seek+read", Model::Blocking),
+            ("tokio spawn_blocking(pread)", Model::Blocking),
+            ("monoio (io_uring)", Model::Completion),
+            ("compio (io_uring)", Model::Completion),
+        ],
+    );
+}
+
+fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
+    const W: &str = "file-write";
+    let v = "128KiB seq + fsync";
+    p.job(W, v, "std write_all_at", Model::Blocking, |c| {
+        file::std_write(&c.write_path, c.write_size, c.warmup, c.dur)
+    });
+    for (b, ok) in avail {
+        if ok.is_err() {
+            continue;
+        }
+        let b = *b;
+        p.job(
+            W,
+            v,
+            &format!("ringport/{b} runtime"),
+            model_of(b),
+            move |c| file::runtime_write(b, &c.write_path, c.write_size, c.warmup, c.dur),
+        );
+    }
+    #[cfg(feature = "peers")]
+    {
+        p.job(W, v, "tokio::fs", Model::Blocking, |c| {
+            peers::tokio_write(&c.write_path, c.write_size, c.warmup, c.dur)
+        });
+        p.job(W, v, "monoio (io_uring)", Model::Completion, |c| {
+            peers::monoio_write(&c.write_path, c.write_size, c.warmup, c.dur)
+        });
+        p.job(W, v, "compio (io_uring)", Model::Completion, |c| {
+            peers::compio_write(&c.write_path, c.write_size, c.warmup, c.dur)
+        });
+    }
+    #[cfg(not(feature = "peers"))]
+    peers_missing(
+        p,
+        W,
+        &[
+            ("tokio::fs", Model::Blocking),
+            ("monoio (io_uring)", Model::Completion),
+            ("compio (io_uring)", Model::Completion),
+        ],
+    );
+}
+
+fn plan_net(
+    p: &mut Plan,
+    avail: &[(Backend, Result<(), String>)],
+    w: &'static str,
+    mode: net::Mode,
+    shapes: &[(usize, usize)],
+) {
+    for &(conns, size) in shapes {
+        let v = match mode {
+            net::Mode::Echo if size >= 1024 => format!("c{conns} {}KiB", size / 1024),
+            net::Mode::Echo => format!("c{conns} {size}B"),
+            net::Mode::Accept => format!("c{conns} connect+close"),
+        };
+        let load = move |c: &Ctx| net::Load {
+            mode,
+            conns,
+            size,
+            warmup: c.warmup,
+            dur: c.dur,
+        };
+        #[cfg(feature = "peers")]
+        {
+            p.job(w, &v, "tokio current_thread", Model::Readiness, move |c| {
+                net::run(peers::tokio_server(), &load(c))
+            });
+            p.job(w, &v, "monoio (io_uring)", Model::Completion, move |c| {
+                net::run(peers::monoio_uring_server(), &load(c))
+            });
+            p.job(w, &v, "monoio (legacy epoll)", Model::Readiness, move |c| {
+                net::run(peers::monoio_legacy_server(), &load(c))
+            });
+            p.job(w, &v, "compio (io_uring)", Model::Completion, move |c| {
+                net::run(peers::compio_server(), &load(c))
+            });
+        }
+        for (b, ok) in avail {
+            if ok.is_err() {
+                continue;
+            }
+            let b = *b;
+            p.job(w, &v, &format!("ringport/{b}"), model_of(b), move |c| {
+                net::run(net::ringport_server(b), &load(c))
+            });
+        }
+    }
+    #[cfg(not(feature = "peers"))]
+    peers_missing(
+        p,
+        w,
+        &[
+            ("tokio current_thread", Model::Readiness),
+            ("monoio (io_uring)", Model::Completion),
+            ("monoio (legacy epoll)", Model::Readiness),
+            ("compio (io_uring)", Model::Completion),
+        ],
+    );
+}
+
+const BASELINES: [&str; 6] = [
+    "raw io-uring",
+    "std pread loop",
+    "std write_all_at",
+    "tokio current_thread",
+    "",
+    "",
+];
+
+fn baseline_of(workload: &str) -> &'static str {
+    match workload {
+        "nop" => BASELINES[0],
+        "file-randread" => BASELINES[1],
+        "file-write" => BASELINES[2],
+        _ => BASELINES[3],
+    }
+}
+
+fn read_first_line(path: &str, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let cpu = read_first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into());
+    let mem = read_first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into());
+    format!("nproc {nproc}, Linux {kernel}, CPU {cpu}, memory {mem}")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median_run(mut runs: Vec<Measured>) -> Option<Measured> {
+    if runs.is_empty() {
+        return None;
+    }
+    runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    let n = runs.len();
+    let mut m = runs.swap_remove(n / 2);
+    if n > 1 {
+        let note = format!("median of {n}");
+        m.note = if m.note.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", m.note)
+        };
+    }
+    Some(m)
+}
+
+fn run_load_client(cmd: Cmd) -> io::Result<()> {
+    let Cmd::LoadClient {
+        port,
+        mode,
+        conns,
+        size,
+        warmup_ms,
+        duration_ms,
+        cpu,
+    } = cmd;
+    let mode = match mode.as_str() {
+        "echo" => net::Mode::Echo,
+        "accept" => net::Mode::Accept,
+        m => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown mode {m}"),
+            ))
+        }
+    };
+    let load = net::Load {
+        mode,
+        conns,
+        size,
+        warmup: Duration::from_millis(warmup_ms),
+        dur: Duration::from_millis(duration_ms),
+    };
+    net::client_main(port, &load, cpu)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(cmd) = cli.cmd {
+        return match run_load_client(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("load-client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match suite(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for w in &cli.workload {
+        let w = w.trim();
+        if w == "all" {
+            return Ok(WORKLOADS.to_vec());
+        }
+        match WORKLOADS.iter().find(|x| **x == w) {
+            Some(x) => out.push(*x),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "unknown workload {w:?} (expected {} or all)",
+                        WORKLOADS.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn suite(cli: Cli) -> io::Result<()> {
+    let started = Instant::now();
+    let workloads = selected(&cli)?;
+    let avail = backends();
+    let fio = file::fio_available();
+    let mut plan = Plan {
+        jobs: Vec::new(),
+        missing: Vec::new(),
+    };
+    for w in &workloads {
+        match *w {
+            "nop" => plan_nop(&mut plan, &avail),
+            "file-randread" => plan_randread(&mut plan, &avail, fio),
+            "file-write" => plan_write(&mut plan, &avail),
+            "echo" => plan_net(
+                &mut plan,
+                &avail,
+                "echo",
+                net::Mode::Echo,
+                &[(50, 128), (50, 4096), (500, 128), (500, 4096)],
+            ),
+            "accept" => plan_net(&mut plan, &avail, "accept", net::Mode::Accept, &[(64, 0)]),
+            _ => {}
+        }
+        for (b, ok) in &avail {
+            if let Err(why) = ok {
+                plan.na(w, &format!("ringport/{b}"), model_of(*b), why.clone());
+            }
+        }
+    }
+    if !cli.backend.is_empty() {
+        let want: Vec<String> = cli.backend.iter().map(|s| s.to_lowercase()).collect();
+        let keep = |w: &str, name: &str| {
+            name == baseline_of(w) || want.iter().any(|x| name.to_lowercase().contains(x))
+        };
+        plan.jobs.retain(|j| keep(j.workload, &j.backend));
+        plan.missing.retain(|r| keep(r.workload, &r.backend));
+    }
+    if !cli.variant.is_empty() {
+        plan.jobs
+            .retain(|j| cli.variant.iter().any(|v| j.variant.contains(v.as_str())));
+    }
+    let repeat = cli.repeat.max(1);
+    let dur = match cli.duration {
+        Some(d) if d > 0.0 => Duration::from_secs_f64(d),
+        Some(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--duration must be positive",
+            ))
+        }
+        None => {
+            // Network jobs cost more than their window (connects, the
+            // client's start, the warm-up): count them 1.8 times.
+            let weight: f64 = plan
+                .jobs
+                .iter()
+                .map(|j| if j.net { 1.8 } else { 1.3 })
+                .sum::<f64>()
+                * repeat as f64;
+            let budget = if cli.quick { 20.0 } else { 40.0 };
+            Duration::from_secs_f64((budget / weight.max(1.0)).clamp(0.1, 1.0))
+        }
+    };
+    let warmup = (dur / 4).max(Duration::from_millis(50));
+    let read_size: u64 = if cli.quick { 64 << 20 } else { 256 << 20 };
+    let write_size: u64 = if cli.quick { 8 << 20 } else { 32 << 20 };
+    let dir = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let machine = machine();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    eprintln!("compare: {machine}");
+    eprintln!(
+        "compare: {} configurations × {repeat}, {:.2} s each (+{:.2} s warm-up); load average {}",
+        plan.jobs.len(),
+        dur.as_secs_f64(),
+        warmup.as_secs_f64(),
+        loadavg()
+    );
+    let mut ctx = Ctx {
+        warmup,
+        dur,
+        read_file: None,
+        write_path: dir.join(format!("ringport-compare-{}-write.dat", std::process::id())),
+        write_size,
+    };
+    // A watchdog: a configuration that runs far past its time (a hung
+    // backend) ends the process with a message instead of hanging it. The
+    // load client, if any, ends by itself when its own time is up.
+    let current: Arc<Mutex<Option<(Instant, String)>>> = Arc::new(Mutex::new(None));
+    {
+        let current = current.clone();
+        let limit = warmup + dur + Duration::from_secs(60);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let g = current.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((t, what)) = g.as_ref() {
+                if t.elapsed() > limit {
+                    eprintln!(
+                        "\ncompare: {what} is still running after {:.0} s: giving up",
+                        t.elapsed().as_secs_f64()
+                    );
+                    std::process::exit(3);
+                }
+            }
+        });
+    }
+    let tty = io::stderr().is_terminal();
+    let total = plan.jobs.len() * repeat;
+    let mut done = 0usize;
+    let mut records: Vec<Record> = Vec::new();
+    for w in &workloads {
+        let idx: Vec<usize> = (0..plan.jobs.len())
+            .filter(|&i| plan.jobs[i].workload == *w)
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        if *w == "file-randread" {
+            eprintln!(
+                "compare: writing a {} MiB test file in {} ...",
+                read_size >> 20,
+                dir.display()
+            );
+            ctx.read_file = Some(file::TestFile::create(&dir, "read", read_size)?);
+        }
+        let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); idx.len()];
+        let mut errors: Vec<Option<String>> = vec![None; idx.len()];
+        for rep in 0..repeat {
+            for (k, &i) in idx.iter().enumerate() {
+                let j = &plan.jobs[i];
+                done += 1;
+                let line = format!(
+                    "[{done}/{total}] {} | {} | {}{} ({:.0} s)",
+                    j.workload,
+                    j.variant,
+                    j.backend,
+                    if repeat > 1 {
+                        format!(" | run {}", rep + 1)
+                    } else {
+                        String::new()
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+                *current.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), line.clone()));
+                let outcome = (j.run)(&ctx);
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                match outcome {
+                    Ok(m) => runs[k].push(m),
+                    Err(e) => errors[k] = Some(e.to_string()),
+                }
+            }
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            let j = &plan.jobs[i];
+            let runs = std::mem::take(&mut runs[k]);
+            let rec = match (median_run(runs), &errors[k]) {
+                (Some(mut m), Some(e)) => {
+                    m.note = format!("{} (a run failed: {e})", m.note);
+                    Record::ok(j.workload, &j.variant, &j.backend, j.model, m)
+                }
+                (Some(m), None) => Record::ok(j.workload, &j.variant, &j.backend, j.model, m),
+                (None, e) => Record::missing(
+                    j.workload,
+                    &j.variant,
+                    &j.backend,
+                    j.model,
+                    format!("error: {}", e.clone().unwrap_or_default()),
+                ),
+            };
+            records.push(rec);
+        }
+        records.extend(plan.missing.iter().filter(|r| r.workload == *w).cloned());
+        ctx.read_file = None;
+        let _ = std::fs::remove_file(&ctx.write_path);
+    }
+    if tty {
+        eprintln!();
+    }
+    for w in &workloads {
+        report::set_ratios(&mut records, w, baseline_of(w));
+    }
+    // Rows of a workload in order of variant (as planned), n/a rows last.
+    let table = report::table(&records);
+    println!("{table}");
+    println!(
+        "{machine}; {:.2} s per configuration (+{:.2} s warm-up), {repeat} run(s) each, median shown; \
+         load average at the end {}; total {:.0} s",
+        dur.as_secs_f64(),
+        warmup.as_secs_f64(),
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(p) = &cli.json {
+        report::write_json(p, &records, &machine, &command)?;
+        eprintln!("compare: wrote {}", p.display());
+    }
+    if let Some(p) = &cli.chart {
+        report::write_svg(p, &records, &format!("ringport compare — {machine}"))?;
+        eprintln!("compare: wrote {}", p.display());
     }
     Ok(())
 }

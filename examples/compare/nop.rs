@@ -1,82 +1,117 @@
 //! `nop`: op round-trips, through the raw io-uring crate (the physical limit),
 //! the ringport driver, and the async runtime.
 
+use crate::measure::{cpu_self, run_loop, Lat, Measured};
 use ringport::{Backend, Completion, Driver, Op};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Ops per second of the raw `io-uring` crate loop: push `batch` nops,
-/// submit-and-wait for all, drain.
-pub fn raw_uring(batch: usize, dur: Duration) -> std::io::Result<f64> {
+/// Batches per round of the timed loops (the clock is read once a round).
+const ROUND: usize = 64;
+
+/// The raw `io-uring` crate loop: push `batch` nops, submit-and-wait for all,
+/// drain. A default ring (no setup flags), as a program using the crate
+/// directly would have it.
+pub fn raw_uring(batch: usize, warmup: Duration, dur: Duration) -> io::Result<Measured> {
     let mut ring = io_uring::IoUring::new(256)?;
     let nop = io_uring::opcode::Nop::new().build();
-    let start = Instant::now();
-    let mut ops = 0u64;
-    while start.elapsed() < dur {
-        for _ in 0..256 {
+    run_loop(warmup, dur, |sample, lat| {
+        let mut ops = 0u64;
+        for k in 0..ROUND {
+            let t = (sample && k == 0).then(Instant::now);
             {
                 let mut sq = ring.submission();
                 for i in 0..batch {
                     // SAFETY: a nop references no memory.
-                    unsafe { sq.push(&nop.clone().user_data(i as u64)) }.expect("sq room");
+                    unsafe { sq.push(&nop.clone().user_data(i as u64)) }
+                        .map_err(|_| io::Error::other("submission queue full"))?;
                 }
             }
-            ring.submit_and_wait(batch)?;
-            let n = ring.completion().count();
-            ops += n as u64;
+            let mut got = 0;
+            while got < batch {
+                ring.submit_and_wait(batch - got)?;
+                got += ring.completion().count();
+            }
+            if let Some(t) = t {
+                lat.record(t.elapsed());
+            }
+            ops += got as u64;
         }
-    }
-    Ok(ops as f64 / start.elapsed().as_secs_f64())
+        Ok(ops)
+    })
 }
 
-/// Ops per second through a ringport `Driver`: submit `batch` nops, wait for all.
-pub fn driver(b: Backend, batch: usize, dur: Duration) -> std::io::Result<f64> {
+/// Through a ringport `Driver`: submit `batch` nops, wait for all.
+pub fn driver(b: Backend, batch: usize, warmup: Duration, dur: Duration) -> io::Result<Measured> {
     let mut d = ringport::driver(b)?;
-    run_driver(&mut *d, batch, dur)
+    run_driver(&mut *d, batch, warmup, dur)
 }
 
-pub fn run_driver(d: &mut dyn Driver, batch: usize, dur: Duration) -> std::io::Result<f64> {
+pub fn run_driver(
+    d: &mut dyn Driver,
+    batch: usize,
+    warmup: Duration,
+    dur: Duration,
+) -> io::Result<Measured> {
     let mut out: Vec<Completion> = Vec::with_capacity(batch);
-    let start = Instant::now();
-    let mut ops = 0u64;
-    while start.elapsed() < dur {
-        for _ in 0..256 {
+    run_loop(warmup, dur, |sample, lat| {
+        let mut ops = 0u64;
+        for k in 0..ROUND {
+            let t = (sample && k == 0).then(Instant::now);
             for i in 0..batch {
                 d.submit(Op::Nop, i as u64, None).map_err(|e| e.error)?;
             }
             while out.len() < batch {
                 let missing = batch - out.len();
-                d.wait(&mut out, missing, None)?;
+                d.wait(&mut out, missing, Some(Duration::from_secs(5)))?;
+            }
+            if let Some(t) = t {
+                lat.record(t.elapsed());
             }
             ops += out.len() as u64;
             out.clear();
         }
-    }
-    Ok(ops as f64 / start.elapsed().as_secs_f64())
+        Ok(ops)
+    })
 }
 
-/// Ops per second through the async runtime: `batch` tasks each awaiting nops.
-pub fn runtime(b: Backend, batch: usize, dur: Duration) -> std::io::Result<f64> {
+/// Through the async runtime: `tasks` tasks each awaiting one nop at a time.
+pub fn runtime(b: Backend, tasks: usize, warmup: Duration, dur: Duration) -> io::Result<Measured> {
     let rt = ringport::Runtime::with_backend(b)?;
     rt.block_on(async move {
-        let start = Instant::now();
+        let stop = Rc::new(Cell::new(false));
+        let count = Rc::new(Cell::new(0u64));
+        let lat = Rc::new(RefCell::new(Lat::new()));
         let mut handles = Vec::new();
-        for _ in 0..batch {
+        for _ in 0..tasks {
+            let (stop, count, lat) = (stop.clone(), count.clone(), lat.clone());
             handles.push(ringport::spawn(async move {
                 let mut n = 0u64;
-                while start.elapsed() < dur {
-                    for _ in 0..64 {
-                        let (r, _) = ringport::submit(Op::Nop, None).await;
-                        r.expect("nop");
-                        n += 1;
+                while !stop.get() {
+                    let t = (n % ROUND as u64 == 0).then(Instant::now);
+                    let (r, _) = ringport::submit(Op::Nop, None).await;
+                    r?;
+                    if let Some(t) = t {
+                        lat.borrow_mut().record(t.elapsed());
                     }
+                    n += 1;
+                    count.set(count.get() + 1);
                 }
-                n
+                Ok::<_, io::Error>(())
             }));
         }
-        let mut ops = 0;
+        ringport::sleep(warmup).await?;
+        lat.borrow_mut().reset();
+        let (c0, cpu0, t0) = (count.get(), cpu_self(), Instant::now());
+        ringport::sleep(dur).await?;
+        let (c1, cpu1, secs) = (count.get(), cpu_self(), t0.elapsed().as_secs_f64());
+        stop.set(true);
         for h in handles {
-            ops += h.await;
+            h.await?;
         }
-        Ok(ops as f64 / start.elapsed().as_secs_f64())
+        let lat = lat.borrow();
+        Ok(Measured::from_parts(c1 - c0, secs, Some(cpu1 - cpu0), &lat))
     })
 }

@@ -1,0 +1,627 @@
+//! `echo` and `accept`: one server thread in this process (pinned to the
+//! first CPU), the load client in a child process (this binary, hidden
+//! subcommand `load-client`, pinned to the second CPU). The client is the
+//! same for every server: raw io_uring, one request in flight per
+//! connection, latency measured at the client, CPU measured on the server's
+//! process.
+
+use crate::measure::{allowed_cpus, cpu_self, pin_thread, Lat, Measured};
+use io_uring::{opcode, types, IoUring};
+use std::io::{self, BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// What the server does with a connection.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Echo every byte back until the peer closes.
+    Echo,
+    /// Close it at once (the accept storm).
+    Accept,
+}
+
+/// What a server implementation is handed.
+pub struct ServerCtx {
+    pub mode: Mode,
+    /// Set when the server must stop; a connection is then made to wake its
+    /// accept.
+    pub stop: Arc<AtomicBool>,
+    port_tx: mpsc::Sender<u16>,
+}
+
+impl ServerCtx {
+    /// Tells the runner which port the server listens on.
+    pub fn ready(&self, port: u16) {
+        let _ = self.port_tx.send(port);
+    }
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A server: runs on its own (pinned) thread until `ctx.stop` is set.
+pub type ServeFn = Box<dyn FnOnce(&ServerCtx) -> io::Result<()> + Send>;
+
+/// Whether an accept error is transient (the loop goes on).
+pub fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EPROTO)
+    )
+}
+
+/// The load client's parameters.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub mode: Mode,
+    pub conns: usize,
+    pub size: usize,
+    pub warmup: Duration,
+    pub dur: Duration,
+}
+
+/// Kills and reaps the child when dropped, whatever happened.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `serve` on a pinned thread, the load client in a child process, and
+/// returns what the client measured with the server process's CPU time.
+pub fn run(serve: ServeFn, load: &Load) -> io::Result<Measured> {
+    let cpus = allowed_cpus();
+    let (server_cpu, client_cpu) = match cpus.as_slice() {
+        [a, b, ..] => (Some(*a), Some(*b)),
+        _ => (None, None),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port_tx, port_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<io::Result<()>>();
+    let ctx = ServerCtx {
+        mode: load.mode,
+        stop: stop.clone(),
+        port_tx,
+    };
+    let server = std::thread::Builder::new()
+        .name("compare-server".into())
+        .spawn(move || {
+            if let Some(c) = server_cpu {
+                let _ = pin_thread(c);
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&ctx)))
+                .unwrap_or_else(|_| Err(io::Error::other("the server panicked")));
+            let _ = done_tx.send(r);
+        })?;
+    let stop_server = |port: Option<u16>| -> io::Result<()> {
+        stop.store(true, Ordering::Relaxed);
+        if let Some(port) = port {
+            // Wake the accept so the loop sees the flag.
+            let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+        match done_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("the server did not stop within 10 s")),
+        }
+    };
+    let port = match port_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(p) => p,
+        Err(_) => {
+            // The server failed before listening: its error says why.
+            let r = stop_server(None);
+            let _ = server.join();
+            return Err(r
+                .err()
+                .unwrap_or_else(|| io::Error::other("the server did not start")));
+        }
+    };
+    let res = drive_client(port, load, client_cpu);
+    let stopped = stop_server(Some(port));
+    if stopped.is_ok() {
+        let _ = server.join();
+    }
+    let m = res?;
+    stopped?;
+    Ok(m)
+}
+
+fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measured> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("load-client")
+        .arg(format!("--port={port}"))
+        .arg(format!(
+            "--mode={}",
+            match load.mode {
+                Mode::Echo => "echo",
+                Mode::Accept => "accept",
+            }
+        ))
+        .arg(format!("--conns={}", load.conns))
+        .arg(format!("--size={}", load.size))
+        .arg(format!("--warmup-ms={}", load.warmup.as_millis()))
+        .arg(format!("--duration-ms={}", load.dur.as_millis()));
+    if let Some(c) = cpu {
+        cmd.arg(format!("--cpu={c}"));
+    }
+    let mut child = ChildGuard(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let limit = Instant::now() + load.warmup + load.dur + Duration::from_secs(20);
+    let next = |what: &str| -> io::Result<String> {
+        loop {
+            let left = limit.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with(what) => return Ok(l),
+                Ok(_) => continue,
+                Err(_) => {
+                    return Err(io::Error::other(format!(
+                        "the load client gave no {what} line (it failed or timed out)"
+                    )))
+                }
+            }
+        }
+    };
+    let outcome = (|| {
+        next("START")?;
+        let (cpu0, t0) = (cpu_self(), Instant::now());
+        next("STOP")?;
+        let (cpu1, _t) = (cpu_self(), t0.elapsed());
+        let result = next("RESULT")?;
+        Ok::<_, io::Error>((result, cpu1 - cpu0))
+    })();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            drop(child);
+            let _ = reader.join();
+            return Err(e);
+        }
+    };
+    // Reap the client (bounded: it exits right after RESULT).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = None;
+    while Instant::now() < deadline {
+        if let Some(s) = child.0.try_wait()? {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut err_text = String::new();
+    if status.map(|s| s.success()) != Some(true) {
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err_text);
+        }
+    }
+    drop(child);
+    let _ = reader.join();
+    let (line, cpu) = outcome;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let [ops, secs, p50, p99, p999, errors] = f[..] else {
+        return Err(io::Error::other(format!("bad client line: {line}")));
+    };
+    if ops == 0.0 {
+        return Err(io::Error::other(format!(
+            "the client completed nothing ({errors} errors) {err_text}"
+        )));
+    }
+    let us = |ns: f64| (ns > 0.0).then_some(ns / 1000.0);
+    Ok(Measured {
+        ops_per_sec: ops / secs,
+        p50_us: us(p50),
+        p99_us: us(p99),
+        p999_us: us(p999),
+        cpu_s_per_mop: Some(cpu / ops * 1e6),
+        // How busy the server's core was: near 100% means the server, not
+        // the client, set the pace.
+        note: if errors > 0.0 {
+            format!(
+                "server CPU {:.0}%; {errors} client errors",
+                cpu / secs * 100.0
+            )
+        } else {
+            format!("server CPU {:.0}%", cpu / secs * 100.0)
+        },
+    })
+}
+
+// ---------------------------------------------------------------- client --
+
+/// The hidden `load-client` subcommand: prints `START`, `STOP`, then
+/// `RESULT ops secs p50_ns p99_ns p999_ns errors`, and exits.
+pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()> {
+    if let Some(c) = cpu {
+        let _ = pin_thread(c);
+    }
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let (ops, secs, lat, errors) = match load.mode {
+        Mode::Echo => echo_client(addr, load)?,
+        Mode::Accept => accept_client(addr, load)?,
+    };
+    let q = |x: f64| lat.quantile_us(x).map(|u| u * 1000.0).unwrap_or(0.0);
+    println!(
+        "RESULT {ops} {secs:.6} {:.0} {:.0} {:.0} {errors}",
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    );
+    Ok(())
+}
+
+fn new_ring(entries: u32) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::new(entries))
+}
+
+/// Waits for at least one completion, at most 100 ms.
+fn enter(ring: &IoUring) -> io::Result<()> {
+    let ts = types::Timespec::new().nsec(100_000_000);
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The measuring phases of a client, on its own clock.
+struct Phases {
+    warm_end: Instant,
+    end: Instant,
+    measuring: bool,
+    t0: Instant,
+}
+
+impl Phases {
+    fn new(load: &Load) -> Phases {
+        let start = Instant::now();
+        Phases {
+            warm_end: start + load.warmup,
+            end: start + load.warmup + load.dur,
+            measuring: false,
+            t0: start,
+        }
+    }
+    /// Advances the phases; true when the run is over.
+    fn tick(&mut self, now: Instant, ops: &mut u64, lat: &mut Lat, errors: &mut u64) -> bool {
+        if !self.measuring && now >= self.warm_end {
+            self.measuring = true;
+            *ops = 0;
+            *errors = 0;
+            lat.reset();
+            self.t0 = now;
+            println!("START");
+        }
+        if now >= self.end {
+            self.end = now;
+            println!("STOP");
+            return true;
+        }
+        false
+    }
+    /// The measured window's length, once the run is over.
+    fn secs(&self) -> f64 {
+        (self.end - self.t0).as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Phase {
+    Send,
+    Recv,
+    Dead,
+}
+
+struct Conn {
+    fd: RawFd,
+    phase: Phase,
+    done: usize,
+    started: Instant,
+    buf: Vec<u8>,
+}
+
+fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
+    let mut fds = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fds.len() < n {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                fds.push(s.into_raw_fd());
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(fds)
+}
+
+type ClientOut = (u64, f64, Lat, u64);
+
+fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
+    let fds = connect_all(addr, load.conns)?;
+    let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
+    let mut ring = new_ring(entries)?;
+    let payload: Vec<u8> = (0..load.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let now = Instant::now();
+    let mut conns: Vec<Conn> = fds
+        .iter()
+        .map(|&fd| Conn {
+            fd,
+            phase: Phase::Send,
+            done: 0,
+            started: now,
+            buf: vec![0u8; load.size],
+        })
+        .collect();
+    let push_op = |ring: &mut IoUring, c: &mut Conn, i: usize| -> io::Result<()> {
+        let e = match c.phase {
+            Phase::Send => opcode::Send::new(
+                types::Fd(c.fd),
+                payload[c.done..].as_ptr(),
+                (payload.len() - c.done) as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build(),
+            Phase::Recv => opcode::Recv::new(
+                types::Fd(c.fd),
+                c.buf[c.done..].as_mut_ptr(),
+                (c.buf.len() - c.done) as u32,
+            )
+            .build(),
+            Phase::Dead => return Ok(()),
+        };
+        // SAFETY: the payload and the connection's buffer outlive the ring's
+        // use of them: both live until this function returns, after the
+        // ring is dropped (which waits for or cancels every request).
+        unsafe { ring.submission().push(&e.user_data(i as u64)) }
+            .map_err(|_| io::Error::other("submission queue full"))
+    };
+    for (i, c) in conns.iter_mut().enumerate() {
+        push_op(&mut ring, c, i)?;
+    }
+    let mut phases = Phases::new(load);
+    let (mut ops, mut errors, mut lat) = (0u64, 0u64, Lat::new());
+    let mut cqes: Vec<(usize, i32)> = Vec::with_capacity(entries as usize * 2);
+    loop {
+        enter(&ring)?;
+        cqes.extend(
+            ring.completion()
+                .map(|c| (c.user_data() as usize, c.result())),
+        );
+        let now = Instant::now();
+        for (i, res) in cqes.drain(..) {
+            let c = &mut conns[i];
+            if res <= 0 {
+                if res < 0 && -res == libc::EINTR {
+                    push_op(&mut ring, c, i)?;
+                    continue;
+                }
+                errors += 1;
+                c.phase = Phase::Dead;
+                continue;
+            }
+            c.done += res as usize;
+            match c.phase {
+                Phase::Send if c.done < load.size => {}
+                Phase::Send => {
+                    c.phase = Phase::Recv;
+                    c.done = 0;
+                }
+                Phase::Recv if c.done < load.size => {}
+                Phase::Recv => {
+                    if phases.measuring {
+                        ops += 1;
+                        lat.record(now - c.started);
+                    }
+                    c.started = now;
+                    c.phase = Phase::Send;
+                    c.done = 0;
+                }
+                Phase::Dead => continue,
+            }
+            push_op(&mut ring, c, i)?;
+        }
+        if phases.tick(Instant::now(), &mut ops, &mut lat, &mut errors) {
+            break;
+        }
+        if conns.iter().all(|c| c.phase == Phase::Dead) {
+            return Err(io::Error::other("every connection failed"));
+        }
+    }
+    let secs = phases.secs();
+    drop(ring);
+    for c in &conns {
+        // SAFETY: we own these fds; the ring that used them is gone.
+        unsafe { libc::close(c.fd) };
+    }
+    Ok((ops, secs, lat, errors))
+}
+
+fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
+    let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
+    let mut ring = new_ring(entries)?;
+    let sa = Box::new(libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    });
+    let salen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let mut conns: Vec<Conn> = (0..load.conns)
+        .map(|_| Conn {
+            fd: -1,
+            phase: Phase::Send,
+            done: 0,
+            started: Instant::now(),
+            buf: vec![0u8; 16],
+        })
+        .collect();
+    // Phase::Send = connecting, Phase::Recv = waiting for the server's close.
+    let start_one = |ring: &mut IoUring, c: &mut Conn, i: usize| -> io::Result<()> {
+        // SAFETY: plain syscall with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        c.fd = fd;
+        c.phase = Phase::Send;
+        c.started = Instant::now();
+        let e = opcode::Connect::new(
+            types::Fd(fd),
+            &*sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            salen,
+        )
+        .build()
+        .user_data(i as u64);
+        // SAFETY: the address lives in a Box until after the ring is dropped.
+        unsafe { ring.submission().push(&e) }.map_err(|_| io::Error::other("submission queue full"))
+    };
+    for (i, c) in conns.iter_mut().enumerate() {
+        start_one(&mut ring, c, i)?;
+    }
+    let mut phases = Phases::new(load);
+    let (mut ops, mut errors, mut lat) = (0u64, 0u64, Lat::new());
+    let mut cqes: Vec<(usize, i32)> = Vec::with_capacity(entries as usize * 2);
+    loop {
+        enter(&ring)?;
+        cqes.extend(
+            ring.completion()
+                .map(|c| (c.user_data() as usize, c.result())),
+        );
+        let now = Instant::now();
+        for (i, res) in cqes.drain(..) {
+            let c = &mut conns[i];
+            match c.phase {
+                Phase::Send if res < 0 => {
+                    errors += 1;
+                    // SAFETY: our socket; no request of the ring uses it now.
+                    unsafe { libc::close(c.fd) };
+                    start_one(&mut ring, c, i)?;
+                }
+                Phase::Send => {
+                    c.phase = Phase::Recv;
+                    let e = opcode::Recv::new(types::Fd(c.fd), c.buf.as_mut_ptr(), 16)
+                        .build()
+                        .user_data(i as u64);
+                    // SAFETY: the buffer lives until after the ring is dropped.
+                    unsafe { ring.submission().push(&e) }
+                        .map_err(|_| io::Error::other("submission queue full"))?;
+                }
+                Phase::Recv => {
+                    // EOF (0) or a reset: the server accepted and closed.
+                    if res > 0 {
+                        errors += 1;
+                    } else if phases.measuring {
+                        ops += 1;
+                        lat.record(now - c.started);
+                    }
+                    // SAFETY: our socket; its only request just completed.
+                    unsafe { libc::close(c.fd) };
+                    start_one(&mut ring, c, i)?;
+                }
+                Phase::Dead => {}
+            }
+        }
+        if phases.tick(Instant::now(), &mut ops, &mut lat, &mut errors) {
+            break;
+        }
+    }
+    let secs = phases.secs();
+    drop(ring);
+    drop(sa);
+    for c in &conns {
+        // SAFETY: we own these fds; the ring that used them is gone.
+        unsafe { libc::close(c.fd) };
+    }
+    Ok((ops, secs, lat, errors))
+}
+
+// ------------------------------------------------------ ringport servers --
+
+/// The ringport runtime server on backend `b`.
+pub fn ringport_server(b: ringport::Backend) -> ServeFn {
+    Box::new(move |ctx: &ServerCtx| {
+        let rt = ringport::Runtime::with_backend(b)?;
+        rt.block_on(async {
+            let l = ringport::TcpListener::bind("127.0.0.1:0".parse().expect("addr"))?;
+            ctx.ready(l.local_addr()?.port());
+            loop {
+                let s = match l.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) if transient(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                if ctx.stopped() {
+                    return Ok(());
+                }
+                match ctx.mode {
+                    Mode::Accept => drop(s),
+                    Mode::Echo => {
+                        ringport::spawn(async move {
+                            let _ = s.set_nodelay(true);
+                            let mut buf = Vec::with_capacity(4096);
+                            loop {
+                                let (r, b) = s.read(buf).await;
+                                buf = b;
+                                match r {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(_) => {}
+                                }
+                                let (r, b) = s.write_all(buf).await;
+                                buf = b;
+                                if r.is_err() {
+                                    break;
+                                }
+                                buf.clear();
+                            }
+                        });
+                    }
+                }
+            }
+        })
+    })
+}

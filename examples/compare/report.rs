@@ -1,0 +1,437 @@
+//! Records, the table, the JSON file and the SVG chart.
+
+use crate::measure::Measured;
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+/// How a row performs its I/O: the model it stands for in the chart.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Model {
+    /// Native completions (io_uring, POSIX aio).
+    Completion,
+    /// Readiness: epoll / poll / select / sigio (ringport shim, tokio, monoio legacy).
+    Readiness,
+    /// Blocking syscalls, on this thread or a thread pool.
+    Blocking,
+}
+
+impl Model {
+    fn color(self) -> &'static str {
+        match self {
+            Model::Completion => "#2b7bba",
+            Model::Readiness => "#e08214",
+            Model::Blocking => "#7f7f7f",
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Model::Completion => "completion",
+            Model::Readiness => "readiness",
+            Model::Blocking => "blocking / thread pool",
+        }
+    }
+}
+
+/// One row: a (workload, variant, backend or peer) and what it measured.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub workload: &'static str,
+    /// E.g. `batch 32`, `qd32`, `c500 128B`.
+    pub variant: String,
+    /// A ringport backend (`ringport-uring (driver)`...) or a peer (`tokio`...).
+    pub backend: String,
+    pub model: Model,
+    /// None when not run: then `note` says why (`n/a: ...` or `error: ...`).
+    pub result: Option<Measured>,
+    pub note: String,
+    /// Throughput divided by the baseline row's, when both exist.
+    pub ratio: Option<f64>,
+    /// The name of the row this one is compared with.
+    pub baseline: String,
+    /// Whether this row is the baseline of its group.
+    pub is_baseline: bool,
+}
+
+impl Record {
+    pub fn ok(
+        workload: &'static str,
+        variant: &str,
+        backend: &str,
+        model: Model,
+        m: Measured,
+    ) -> Record {
+        let note = m.note.clone();
+        Record {
+            workload,
+            variant: variant.to_string(),
+            backend: backend.to_string(),
+            model,
+            result: Some(m),
+            note,
+            ratio: None,
+            baseline: String::new(),
+            is_baseline: false,
+        }
+    }
+    pub fn missing(
+        workload: &'static str,
+        variant: &str,
+        backend: &str,
+        model: Model,
+        note: String,
+    ) -> Record {
+        Record {
+            workload,
+            variant: variant.to_string(),
+            backend: backend.to_string(),
+            model,
+            result: None,
+            note,
+            ratio: None,
+            baseline: String::new(),
+            is_baseline: false,
+        }
+    }
+    pub fn ops(&self) -> Option<f64> {
+        self.result.as_ref().map(|m| m.ops_per_sec)
+    }
+}
+
+/// Fills `ratio` and `baseline`: within each (workload, variant), every row
+/// is divided by the row named `base` (in the same variant or, for rows like
+/// the pread loop measured once, by the workload's only such row).
+pub fn set_ratios(recs: &mut [Record], workload: &str, base: &str) {
+    let groups: Vec<String> = {
+        let mut v: Vec<String> = recs
+            .iter()
+            .filter(|r| r.workload == workload)
+            .map(|r| r.variant.clone())
+            .collect();
+        v.dedup();
+        v
+    };
+    let any_base = recs
+        .iter()
+        .find(|r| r.workload == workload && r.backend == base && r.result.is_some())
+        .and_then(|r| r.ops());
+    for g in groups {
+        let base_ops = recs
+            .iter()
+            .find(|r| r.workload == workload && r.variant == g && r.backend == base)
+            .and_then(|r| r.ops())
+            .or(any_base);
+        for r in recs
+            .iter_mut()
+            .filter(|r| r.workload == workload && r.variant == g)
+        {
+            r.baseline = base.to_string();
+            r.is_baseline = r.backend == base;
+            r.ratio = match (r.ops(), base_ops) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+        }
+    }
+}
+
+fn fmt_ops(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v < 10.0 => format!("{v:.2}"),
+        Some(v) if v < 1000.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.0}"),
+    }
+}
+
+/// The table as Markdown (what the terminal shows and BENCHMARKS.md holds).
+pub fn table(recs: &[Record]) -> String {
+    let mut rows: Vec<[String; 10]> = Vec::new();
+    for r in recs {
+        let (ops, p50, p99, p999, cpu) = match &r.result {
+            Some(m) => (
+                fmt_ops(m.ops_per_sec),
+                fmt_us(m.p50_us),
+                fmt_us(m.p99_us),
+                fmt_us(m.p999_us),
+                m.cpu_s_per_mop
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            None => Default::default(),
+        };
+        let ratio = match (r.ratio, r.is_baseline) {
+            (_, true) => "1.00 (base)".to_string(),
+            (Some(x), _) => format!("{x:.2}"),
+            (None, _) => "-".into(),
+        };
+        let vs = if r.baseline.is_empty() || r.is_baseline || r.result.is_none() {
+            String::new()
+        } else {
+            r.baseline.clone()
+        };
+        let mut note = r.note.clone();
+        if r.result.is_none() && note.is_empty() {
+            note = "n/a".into();
+        }
+        rows.push([
+            r.workload.to_string(),
+            r.variant.clone(),
+            r.backend.clone(),
+            ops,
+            p50,
+            p99,
+            p999,
+            cpu,
+            if vs.is_empty() {
+                ratio
+            } else {
+                format!("{ratio} × {vs}")
+            },
+            note,
+        ]);
+    }
+    let head = [
+        "workload",
+        "variant",
+        "backend / peer",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "CPU s/Mop",
+        "ratio",
+        "note",
+    ];
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::from("|");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w[i] - c.chars().count();
+            if (3..=7).contains(&i) {
+                let _ = write!(s, " {}{} |", " ".repeat(pad), c);
+            } else {
+                let _ = write!(s, " {}{} |", c, " ".repeat(pad));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&head.map(String::from));
+    out.push('|');
+    for (i, wi) in w.iter().enumerate() {
+        if (3..=7).contains(&i) {
+            let _ = write!(out, " {}: |", "-".repeat(wi - 1));
+        } else {
+            let _ = write!(out, " {} |", "-".repeat(*wi));
+        }
+    }
+    out.push('\n');
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.4}"),
+        _ => "null".into(),
+    }
+}
+
+/// Writes `{"machine": ..., "command": ..., "records": [...]}`.
+pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) -> io::Result<()> {
+    let mut s = String::from("{\n");
+    let _ = writeln!(s, "  \"machine\": {},", json_str(machine));
+    let _ = writeln!(s, "  \"command\": {},", json_str(command));
+    s.push_str("  \"records\": [\n");
+    for (i, r) in recs.iter().enumerate() {
+        let m = r.result.as_ref();
+        let _ = write!(
+            s,
+            "    {{\"workload\": {}, \"variant\": {}, \"backend\": {}, \"model\": {}, \
+             \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
+             \"cpu_s_per_mop\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
+            json_str(r.workload),
+            json_str(&r.variant),
+            json_str(&r.backend),
+            json_str(r.model.name()),
+            json_num(m.map(|m| m.ops_per_sec)),
+            json_num(m.and_then(|m| m.p50_us)),
+            json_num(m.and_then(|m| m.p99_us)),
+            json_num(m.and_then(|m| m.p999_us)),
+            json_num(m.and_then(|m| m.cpu_s_per_mop)),
+            json_num(r.ratio),
+            json_str(&r.baseline),
+            json_str(&r.note),
+        );
+        s.push_str(if i + 1 < recs.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("  ]\n}\n");
+    std::fs::write(path, s)
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A hand-made SVG: one panel per (workload, variant), one horizontal bar per
+/// backend or peer (its own scale per panel), coloured by I/O model.
+pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
+    let mut panels: Vec<(String, Vec<&Record>)> = Vec::new();
+    for r in recs.iter().filter(|r| r.result.is_some()) {
+        let key = format!("{} — {}", r.workload, r.variant);
+        match panels.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(r),
+            None => panels.push((key, vec![r])),
+        }
+    }
+    // A panel without its baseline (the pread loop runs at qd1 only) shows
+    // the workload's baseline row as a reference bar.
+    for (key, rows) in panels.iter_mut() {
+        if rows.iter().any(|r| r.is_baseline) {
+            continue;
+        }
+        let w = rows[0].workload;
+        if let Some(b) = recs
+            .iter()
+            .find(|r| r.workload == w && r.is_baseline && r.result.is_some())
+        {
+            let _ = key;
+            rows.push(b);
+        }
+    }
+    let (pw, label_w, bar_w, row_h) = (560.0, 210.0, 250.0, 18.0);
+    let cols = 2usize;
+    let heights: Vec<f64> = panels
+        .iter()
+        .map(|(_, v)| 30.0 + v.len() as f64 * row_h + 12.0)
+        .collect();
+    let mut col_y = vec![70.0f64; cols];
+    let mut placed = Vec::new();
+    for h in &heights {
+        let c = if col_y[0] <= col_y[1] { 0 } else { 1 };
+        placed.push((c as f64 * (pw + 20.0) + 10.0, col_y[c]));
+        col_y[c] += h + 14.0;
+    }
+    let width = cols as f64 * (pw + 20.0) + 10.0;
+    let height = col_y.iter().cloned().fold(0.0, f64::max) + 10.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+         font-family=\"sans-serif\" font-size=\"11\">"
+    );
+    let _ = writeln!(
+        s,
+        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+         <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+        xml(title)
+    );
+    let mut lx = 10.0;
+    for m in [Model::Completion, Model::Readiness, Model::Blocking] {
+        let _ = writeln!(
+            s,
+            "<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{}\" y=\"44\">{}</text>",
+            m.color(),
+            lx + 16.0,
+            m.name()
+        );
+        lx += 180.0;
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{lx}\" y=\"44\" fill=\"#444\">bar = ops/s (each panel its own scale); \
+         dark outline = the baseline; bold = ringport</text>"
+    );
+    for ((key, rows), (x, y)) in panels.iter().zip(&placed) {
+        let max = rows
+            .iter()
+            .filter_map(|r| r.ops())
+            .fold(0.0f64, f64::max)
+            .max(1.0);
+        let h = 30.0 + rows.len() as f64 * row_h;
+        let _ = writeln!(
+            s,
+            "<g transform=\"translate({x},{y})\"><rect width=\"{pw}\" height=\"{h}\" \
+             fill=\"#fafafa\" stroke=\"#ccc\"/><text x=\"6\" y=\"18\" font-weight=\"bold\">{}</text>",
+            xml(key)
+        );
+        for (i, r) in rows.iter().enumerate() {
+            let ops = r.ops().unwrap_or(0.0);
+            let by = 28.0 + i as f64 * row_h;
+            let bw = (ops / max * bar_w).max(1.0);
+            let stroke = if r.is_baseline {
+                " stroke=\"#000\" stroke-width=\"1.5\""
+            } else {
+                ""
+            };
+            let ratio = r.ratio.map(|x| format!(" ({x:.2}×)")).unwrap_or_default();
+            let weight = if r.backend.starts_with("ringport/") {
+                " font-weight=\"bold\""
+            } else {
+                ""
+            };
+            let label = if r.variant != rows[0].variant {
+                format!("{} ({})", r.backend, r.variant)
+            } else {
+                r.backend.clone()
+            };
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\"{weight}>{}</text>\
+                 <rect x=\"{label_w}\" y=\"{}\" width=\"{bw:.1}\" height=\"{}\" fill=\"{}\"{stroke}/>\
+                 <text x=\"{}\" y=\"{}\">{}{}</text>",
+                label_w - 6.0,
+                by + 12.0,
+                xml(&label),
+                by + 2.0,
+                row_h - 4.0,
+                r.model.color(),
+                label_w + bw + 4.0,
+                by + 12.0,
+                fmt_ops(ops),
+                ratio
+            );
+        }
+        s.push_str("</g>\n");
+    }
+    s.push_str("</svg>\n");
+    std::fs::write(path, s)
+}
