@@ -52,6 +52,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,10 +161,14 @@ struct FdState {
 
 struct PipeWaker {
     w: OwnedFd,
+    /// Set by a caller's wake (the pool writes the same pipe without it), so
+    /// only a real wake ends a wait early.
+    woken: AtomicBool,
 }
 
 impl Wake for PipeWaker {
     fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
         let one = 1u8;
         // SAFETY: one byte to our non-blocking pipe; a full pipe already
         // holds a pending wake.
@@ -234,7 +239,10 @@ impl ShimDriver {
             ready: Vec::new(),
             timers: BinaryHeap::new(),
             pool: Pool::new(b.threads, w.as_raw_fd()),
-            waker: Arc::new(PipeWaker { w }),
+            waker: Arc::new(PipeWaker {
+                w,
+                woken: AtomicBool::new(false),
+            }),
             wake_r: r,
             waker_registered: false,
             events: Vec::with_capacity(256),
@@ -531,6 +539,9 @@ impl ShimDriver {
             if woken {
                 self.drain_waker();
                 self.take_pool_results();
+                // Pool results wake the poller too; only a caller's wake
+                // ends the wait early.
+                woken = self.waker.woken.swap(false, Ordering::AcqRel);
             }
             self.fire_timers();
             let left = end.map(|e| e.saturating_duration_since(Instant::now()));
