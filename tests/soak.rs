@@ -6,7 +6,9 @@
 //! ```
 //!
 //! `RINGPORT_SOAK_CONNS` (default 10000) and `RINGPORT_SOAK_SECS` (default 60)
-//! scale it. The clients run in a child process (this binary again), since one
+//! scale it; `RINGPORT_SOAK_PAUSE_MS` (default 200) is the longest random pause
+//! a client takes between messages (0 turns the soak into an echo benchmark).
+//! The server reports its throughput and CPU time. The clients run in a child process (this binary again), since one
 //! process holds at most 20,000 fds here.
 
 #[path = "conformance/harness.rs"]
@@ -53,6 +55,10 @@ mod epoll {
 
 mod poll {
     soak!(ringport::Backend::Poll, soak, clients_child);
+}
+
+mod select {
+    soak!(ringport::Backend::Select, soak, clients_child);
 }
 
 mod sigio {
@@ -153,15 +159,28 @@ fn server(b: Backend, child_test: &str) {
         let status = child.wait().unwrap();
         assert!(status.success(), "client process failed: {status:?}");
     });
+    let cpu = process_cpu();
     let lines = reader.join().unwrap();
     let report = lines
         .iter()
         .find(|l| l.contains("SOAK OK"))
         .unwrap_or_else(|| panic!("clients did not finish: {lines:?}"));
     println!(
-        "{b}: server echoed {} bytes; clients: {report}",
-        echoed.get()
+        "{b}: server echoed {} bytes ({:.1} MB/s over {secs} s), server CPU {:.2} s; clients: {report}",
+        echoed.get(),
+        echoed.get() as f64 / secs as f64 / 1e6,
+        cpu.as_secs_f64()
     );
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes one rusage struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn child_done(child: &mut std::process::Child) -> bool {
@@ -177,6 +196,7 @@ fn clients(b: Backend) {
     let addr = addr.parse().unwrap();
     let conns = env_or("RINGPORT_SOAK_CONNS", 10_000);
     let secs = env_or("RINGPORT_SOAK_SECS", 60);
+    let pause_ms = env_or("RINGPORT_SOAK_PAUSE_MS", 200);
     raise_nofile(conns + 100);
     let rt = harness::rt(b);
     let checked = Rc::new(Cell::new(0u64));
@@ -213,9 +233,11 @@ fn clients(b: Backend) {
                     checked.set(checked.get() + n as u64);
                     // Pause a little, so 10,000 connections stay open at once
                     // rather than racing each other.
-                    ringport::sleep(Duration::from_millis(rng.below(200)))
-                        .await
-                        .unwrap();
+                    if pause_ms > 0 {
+                        ringport::sleep(Duration::from_millis(rng.below(pause_ms)))
+                            .await
+                            .unwrap();
+                    }
                 }
             }));
         }
