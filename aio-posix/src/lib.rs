@@ -769,13 +769,7 @@ impl Driver for AioDriver {
                     }
                     None => {
                         self.entries[key].route = Route::CloseWaiting(op);
-                        self.finish(
-                            key,
-                            Err(io::Error::new(
-                                io::ErrorKind::NotFound,
-                                "no such operation in flight (it has completed)",
-                            )),
-                        );
+                        self.finish(key, Err(ringport_core::driver::not_in_flight()));
                     }
                 }
                 Ok(id)
@@ -836,19 +830,15 @@ impl Driver for AioDriver {
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        let before = out.len();
         let r = self.wait_inner(min, timeout);
-        out.append(&mut self.ready);
-        r.map(|_| out.len() - before)
+        let n = ringport_core::driver::deliver(out, &mut self.ready);
+        r.map(|_| n)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
-        let key = self.lookup(id).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "no such operation in flight (it has completed)",
-            )
-        })?;
+        let key = self
+            .lookup(id)
+            .ok_or_else(ringport_core::driver::not_in_flight)?;
         match self.entries[key].route {
             Route::Aio(_) => {
                 self.cancel_aio(key, false);

@@ -213,3 +213,30 @@ pub fn cancelled() -> io::Error {
 pub fn deadline_passed() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "the operation's deadline passed")
 }
+
+/// The error for an op, cancel or lookup whose target is no longer in flight.
+pub fn not_in_flight() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "no such operation in flight (it has completed)",
+    )
+}
+
+/// The error for an op submitted on an fd whose close is under way.
+pub fn fd_closing(fd: RawFd) -> io::Error {
+    io::Error::other(format!(
+        "fd {fd} is being closed; no new operation may start on it"
+    ))
+}
+
+/// Hands a driver's finished completions to the caller's vector (a swap
+/// when the caller's is empty, the usual case); returns how many.
+pub fn deliver(out: &mut Vec<Completion>, ready: &mut Vec<Completion>) -> usize {
+    let n = ready.len();
+    if out.is_empty() {
+        std::mem::swap(out, ready);
+    } else {
+        out.append(ready);
+    }
+    n
+}

@@ -580,9 +580,7 @@ impl Driver for ShimDriver {
                 .get(fd as usize)
                 .is_some_and(|s| s.closing.is_some())
             {
-                let error = io::Error::other(format!(
-                    "fd {fd} is being closed; no new operation may start on it"
-                ));
+                let error = ringport_core::driver::fd_closing(fd);
                 return Err(SubmitError { error, op });
             }
         }
@@ -620,18 +618,15 @@ impl Driver for ShimDriver {
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        let before = out.len();
         let r = self.wait_inner(min, timeout);
-        if out.is_empty() {
-            std::mem::swap(out, &mut self.ready);
-        } else {
-            out.append(&mut self.ready);
-        }
-        r.map(|_| out.len() - before)
+        let n = ringport_core::driver::deliver(out, &mut self.ready);
+        r.map(|_| n)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
-        let key = self.lookup(id).ok_or_else(not_found)?;
+        let key = self
+            .lookup(id)
+            .ok_or_else(ringport_core::driver::not_in_flight)?;
         self.abort(key, cancelled());
         Ok(())
     }
@@ -674,10 +669,10 @@ impl ShimDriver {
                             self.abort(k, cancelled());
                             Ok(1)
                         }
-                        _ => Err(not_found()),
+                        _ => Err(ringport_core::driver::not_in_flight()),
                     },
                     CancelTarget::Fd(f) => match self.cancel_all_on(f, Some(key)) {
-                        0 => Err(not_found()),
+                        0 => Err(ringport_core::driver::not_in_flight()),
                         n => Ok(n),
                     },
                 };
@@ -780,11 +775,4 @@ impl ShimDriver {
         }
         Ok(())
     }
-}
-
-fn not_found() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        "no such operation in flight (it has completed)",
-    )
 }

@@ -472,7 +472,7 @@ impl UringDriver {
                     Ok(slot.extra.as_ref().map_or(0, |e| e.reached))
                 }
                 (_, r) if r == -libc::ENOENT && queued > 0 => Ok(queued),
-                (_, r) if r == -libc::ENOENT => Err(not_found()),
+                (_, r) if r == -libc::ENOENT => Err(ringport_core::driver::not_in_flight()),
                 (_, r) => Err(ops::os_error(r)),
             };
             return self.finish(key, result);
@@ -620,9 +620,7 @@ impl Driver for UringDriver {
                 .get(fd as usize)
                 .is_some_and(|s| s.closing.is_some())
             {
-                let error = io::Error::other(format!(
-                    "fd {fd} is being closed; no new operation may start on it"
-                ));
+                let error = ringport_core::driver::fd_closing(fd);
                 return Err(SubmitError { error, op });
             }
         }
@@ -722,20 +720,15 @@ impl Driver for UringDriver {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         self.ensure_enabled()?;
-        let before = out.len();
         let r = self.wait_inner(min, timeout);
-        if out.is_empty() {
-            std::mem::swap(out, &mut self.ready);
-        } else {
-            out.append(&mut self.ready);
-        }
-        r.map(|_| out.len() - before)
+        let n = ringport_core::driver::deliver(out, &mut self.ready);
+        r.map(|_| n)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
         match self.lookup(id) {
             Some(key) => self.cancel_slot(key),
-            None => Err(not_found()),
+            None => Err(ringport_core::driver::not_in_flight()),
         }
     }
 
@@ -767,7 +760,7 @@ impl UringDriver {
                     self.issue(key)
                 }
                 None => {
-                    self.finish(key, Err(not_found()));
+                    self.finish(key, Err(ringport_core::driver::not_in_flight()));
                     Ok(())
                 }
             },
@@ -799,7 +792,7 @@ impl UringDriver {
                 }
                 if in_kernel == 0 {
                     let r = if queued.is_empty() {
-                        Err(not_found())
+                        Err(ringport_core::driver::not_in_flight())
                     } else {
                         Ok(queued.len())
                     };
@@ -1028,13 +1021,6 @@ pub(crate) fn abs_timespec(deadline: Instant) -> types::Timespec {
 
 fn sq_full() -> io::Error {
     io::Error::new(io::ErrorKind::WouldBlock, "io_uring submission queue full")
-}
-
-fn not_found() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        "no such operation in flight (it has completed)",
-    )
 }
 
 fn ignore_intr(e: io::Error) -> io::Result<usize> {
