@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 const POLL_TOKEN: u64 = u64::MAX;
 /// How often in-flight requests are swept while any is outstanding.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How soon the next sweep comes after one that found lost notifications
+/// (the signal queue is full, so more are likely).
+const SWEEP_SOON: Duration = Duration::from_millis(5);
 /// How long `Drop` waits for outstanding requests before leaking them.
 const DROP_GRACE: Duration = Duration::from_secs(2);
 
@@ -178,6 +181,8 @@ pub struct AioDriver {
     caps: Capabilities,
     /// Requests whose notification glibc could not send, issued again.
     reissued: u64,
+    /// The interval until the next sweep.
+    sweep_interval: Duration,
 }
 
 // SAFETY: the aiocbs hold raw pointers into buffers owned by the same boxed
@@ -225,6 +230,7 @@ impl AioDriver {
             last_sweep: Instant::now(),
             caps,
             reissued: 0,
+            sweep_interval: SWEEP_EVERY,
         })
     }
 
@@ -523,6 +529,7 @@ impl AioDriver {
     /// means the signal could not be queued, and the request is issued again.
     fn sweep(&mut self) {
         self.last_sweep = Instant::now();
+        let reissued_before = self.reissued;
         let keys: Vec<usize> = self
             .entries
             .iter()
@@ -557,6 +564,11 @@ impl AioDriver {
             }
             self.collect_aio(key);
         }
+        self.sweep_interval = if self.reissued > reissued_before {
+            SWEEP_SOON
+        } else {
+            SWEEP_EVERY
+        };
     }
 
     /// Collects every request whose signal arrived.
@@ -576,7 +588,7 @@ impl AioDriver {
             }
         }
         self.signalled = sig;
-        if overflow || (self.in_glibc > 0 && self.last_sweep.elapsed() >= SWEEP_EVERY) {
+        if overflow || (self.in_glibc > 0 && self.last_sweep.elapsed() >= self.sweep_interval) {
             self.sweep();
         }
     }
@@ -679,7 +691,8 @@ impl AioDriver {
             }
             let mut t = left;
             if self.in_glibc > 0 {
-                t = Some(t.map_or(SWEEP_EVERY, |x| x.min(SWEEP_EVERY)));
+                let s = self.sweep_interval;
+                t = Some(t.map_or(s, |x| x.min(s)));
             }
             if let Some(d) = next_deadline {
                 let dl = d.saturating_duration_since(now);
