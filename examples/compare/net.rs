@@ -8,6 +8,7 @@
 use crate::measure::{allowed_cpus, cpu_self, pin_thread, Lat, Measured};
 use io_uring::{opcode, types, IoUring};
 use std::io::{self, BufRead, BufReader};
+use std::mem::ManuallyDrop;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{IntoRawFd, RawFd};
 use std::process::{Child, Command, Stdio};
@@ -225,7 +226,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         .skip(1)
         .filter_map(|s| s.parse().ok())
         .collect();
-    let [ops, secs, p50, p99, p999, errors] = f[..] else {
+    let [ops, secs, p50, p99, p999, errors, client_cpu] = f[..] else {
         return Err(io::Error::other(format!("bad client line: {line}")));
     };
     if ops == 0.0 {
@@ -240,16 +241,18 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         p99_us: us(p99),
         p999_us: us(p999),
         cpu_s_per_mop: Some(cpu / ops * 1e6),
-        // How busy the server's core was: near 100% means the server, not
-        // the client, set the pace.
-        note: if errors > 0.0 {
-            format!(
-                "server CPU {:.0}%; {errors} client errors",
-                cpu / secs * 100.0
-            )
-        } else {
-            format!("server CPU {:.0}%", cpu / secs * 100.0)
-        },
+        // How busy the server's and the client's cores were: the one near
+        // 100% set the pace.
+        note: format!(
+            "CPU server {:.0}%, client {:.0}%{}",
+            cpu / secs * 100.0,
+            client_cpu / secs * 100.0,
+            if errors > 0.0 {
+                format!("; {errors} client errors")
+            } else {
+                String::new()
+            }
+        ),
     })
 }
 
@@ -262,13 +265,13 @@ pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()>
         let _ = pin_thread(c);
     }
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    let (ops, secs, lat, errors) = match load.mode {
+    let (ops, secs, lat, errors, cpu) = match load.mode {
         Mode::Echo => echo_client(addr, load)?,
         Mode::Accept => accept_client(addr, load)?,
     };
     let q = |x: f64| lat.quantile_us(x).map(|u| u * 1000.0).unwrap_or(0.0);
     println!(
-        "RESULT {ops} {secs:.6} {:.0} {:.0} {:.0} {errors}",
+        "RESULT {ops} {secs:.6} {:.0} {:.0} {:.0} {errors} {cpu:.6}",
         q(0.5),
         q(0.99),
         q(0.999)
@@ -308,6 +311,9 @@ struct Phases {
     end: Instant,
     measuring: bool,
     t0: Instant,
+    /// The client's own CPU time over the measured window.
+    cpu0: f64,
+    cpu: f64,
 }
 
 impl Phases {
@@ -318,6 +324,8 @@ impl Phases {
             end: start + load.warmup + load.dur,
             measuring: false,
             t0: start,
+            cpu0: 0.0,
+            cpu: 0.0,
         }
     }
     /// Advances the phases; true when the run is over.
@@ -328,10 +336,12 @@ impl Phases {
             *errors = 0;
             lat.reset();
             self.t0 = now;
+            self.cpu0 = cpu_self();
             println!("START");
         }
         if now >= self.end {
             self.end = now;
+            self.cpu = cpu_self() - self.cpu0;
             println!("STOP");
             return true;
         }
@@ -377,24 +387,28 @@ fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
     Ok(fds)
 }
 
-type ClientOut = (u64, f64, Lat, u64);
+/// Ops, seconds, latencies, errors, the client's CPU seconds.
+type ClientOut = (u64, f64, Lat, u64, f64);
 
 fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
-    let payload: Vec<u8> = (0..load.size).map(|i| b'a' + (i % 26) as u8).collect();
+    // Never freed (ManuallyDrop): requests may be in flight on any exit.
+    let payload: ManuallyDrop<Vec<u8>> =
+        ManuallyDrop::new((0..load.size).map(|i| b'a' + (i % 26) as u8).collect());
     let now = Instant::now();
-    let mut conns: Vec<Conn> = fds
-        .iter()
-        .map(|&fd| Conn {
-            fd,
-            phase: Phase::Send,
-            done: 0,
-            started: now,
-            buf: vec![0u8; load.size],
-        })
-        .collect();
+    let mut conns: ManuallyDrop<Vec<Conn>> = ManuallyDrop::new(
+        fds.iter()
+            .map(|&fd| Conn {
+                fd,
+                phase: Phase::Send,
+                done: 0,
+                started: now,
+                buf: vec![0u8; load.size],
+            })
+            .collect(),
+    );
     let push_op = |ring: &mut IoUring, c: &mut Conn, i: usize| -> io::Result<()> {
         let e = match c.phase {
             Phase::Send => opcode::Send::new(
@@ -412,9 +426,8 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
             .build(),
             Phase::Dead => return Ok(()),
         };
-        // SAFETY: the payload and the connection's buffer outlive the ring's
-        // use of them: both live until this function returns, after the
-        // ring is dropped (which waits for or cancels every request).
+        // SAFETY: the payload and the connection's buffer are never freed
+        // (ManuallyDrop), so they outlive every request.
         unsafe { ring.submission().push(&e.user_data(i as u64)) }
             .map_err(|_| io::Error::other("submission queue full"))
     };
@@ -472,34 +485,33 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     }
     let secs = phases.secs();
     drop(ring);
-    for c in &conns {
-        // SAFETY: we own these fds; the ring that used them is gone.
-        unsafe { libc::close(c.fd) };
-    }
-    Ok((ops, secs, lat, errors))
+    Ok((ops, secs, lat, errors, phases.cpu))
 }
 
 fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
-    let sa = Box::new(libc::sockaddr_in {
+    // Never freed (ManuallyDrop): requests may be in flight on any exit.
+    let sa = ManuallyDrop::new(Box::new(libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*addr.ip()).to_be(),
         },
         sin_zero: [0; 8],
-    });
+    }));
     let salen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let mut conns: Vec<Conn> = (0..load.conns)
-        .map(|_| Conn {
-            fd: -1,
-            phase: Phase::Send,
-            done: 0,
-            started: Instant::now(),
-            buf: vec![0u8; 16],
-        })
-        .collect();
+    let mut conns: ManuallyDrop<Vec<Conn>> = ManuallyDrop::new(
+        (0..load.conns)
+            .map(|_| Conn {
+                fd: -1,
+                phase: Phase::Send,
+                done: 0,
+                started: Instant::now(),
+                buf: vec![0u8; 16],
+            })
+            .collect(),
+    );
     // Phase::Send = connecting, Phase::Recv = waiting for the server's close.
     let start_one = |ring: &mut IoUring, c: &mut Conn, i: usize| -> io::Result<()> {
         // SAFETY: plain syscall with constant arguments.
@@ -512,12 +524,13 @@ fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
         c.started = Instant::now();
         let e = opcode::Connect::new(
             types::Fd(fd),
-            &*sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            &**sa as *const libc::sockaddr_in as *const libc::sockaddr,
             salen,
         )
         .build()
         .user_data(i as u64);
-        // SAFETY: the address lives in a Box until after the ring is dropped.
+        // SAFETY: the address is never freed (ManuallyDrop), so it outlives
+        // every request.
         unsafe { ring.submission().push(&e) }.map_err(|_| io::Error::other("submission queue full"))
     };
     for (i, c) in conns.iter_mut().enumerate() {
@@ -547,7 +560,8 @@ fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
                     let e = opcode::Recv::new(types::Fd(c.fd), c.buf.as_mut_ptr(), 16)
                         .build()
                         .user_data(i as u64);
-                    // SAFETY: the buffer lives until after the ring is dropped.
+                    // SAFETY: the buffer is never freed (ManuallyDrop), so it
+                    // outlives every request.
                     unsafe { ring.submission().push(&e) }
                         .map_err(|_| io::Error::other("submission queue full"))?;
                 }
@@ -572,12 +586,7 @@ fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     }
     let secs = phases.secs();
     drop(ring);
-    drop(sa);
-    for c in &conns {
-        // SAFETY: we own these fds; the ring that used them is gone.
-        unsafe { libc::close(c.fd) };
-    }
-    Ok((ops, secs, lat, errors))
+    Ok((ops, secs, lat, errors, phases.cpu))
 }
 
 // ------------------------------------------------------ ringport servers --

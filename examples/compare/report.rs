@@ -323,7 +323,7 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
     }
     // A panel without its baseline (the pread loop runs at qd1 only) shows
     // the workload's baseline row as a reference bar.
-    for (key, rows) in panels.iter_mut() {
+    for (_, rows) in panels.iter_mut() {
         if rows.iter().any(|r| r.is_baseline) {
             continue;
         }
@@ -332,7 +332,6 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
             .iter()
             .find(|r| r.workload == w && r.is_baseline && r.result.is_some())
         {
-            let _ = key;
             rows.push(b);
         }
     }
