@@ -291,6 +291,7 @@ impl UringDriver {
     }
 
     /// Pushes one SQE (and its link timeout), flushing the ring when full.
+    #[inline]
     fn push(
         &mut self,
         e: squeue::Entry,
@@ -369,6 +370,7 @@ impl UringDriver {
         OpId::new(key as u32, self.slots[key].generation).to_u64()
     }
 
+    #[inline]
     fn lookup(&self, id: OpId) -> Option<usize> {
         let key = id.slot();
         match self.slots.get(key) {
@@ -379,6 +381,7 @@ impl UringDriver {
 
     /// Ends slot `key` with `result`, frees its place in the fd's queue, and
     /// starts what waited behind it.
+    #[inline]
     fn finish(&mut self, key: usize, result: io::Result<usize>) {
         let slot = self.slots.remove(key);
         let id = OpId::new(key as u32, slot.generation);
