@@ -330,6 +330,15 @@ impl TcpListener {
         Ok(TcpListener { fd })
     }
 
+    /// Takes over a listening `std::net::TcpListener` (made non-blocking if
+    /// the running backend needs it).
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
+        l.set_nonblocking(want_nonblocking())?;
+        Ok(TcpListener {
+            fd: Fd::new(l.into_raw_fd()),
+        })
+    }
+
     /// Waits for a connection.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = accept_raw(self.fd.raw()).await?;
