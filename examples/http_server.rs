@@ -119,6 +119,8 @@ fn run(args: Args, root: PathBuf, fd: i32) -> io::Result<()> {
         let root = Rc::new(root);
         loop {
             let (conn, _) = listener.accept().await?;
+            // Responses are written whole; do not let Nagle hold the last part.
+            conn.set_nodelay(true)?;
             let root = root.clone();
             ringport::spawn(async move {
                 let _ = serve(conn, &root, idle).await;
@@ -256,28 +258,40 @@ async fn respond(
         extra.push(("Content-Range", cr));
     }
     let head = ringport_http::response_head(status, len, keep, &extra);
-    let (r, _) = conn.write_all(head).await;
-    r?;
     let mut chunk = chunk;
+    chunk.clear();
+    chunk.extend_from_slice(&head);
     if req.method == Method::Get {
+        // The head goes out with the first chunk of the file: one write for
+        // a small file.
         let mut pos = start;
         let end = start + len;
-        while pos < end {
-            chunk.clear();
-            let want = ((end - pos) as usize).min(CHUNK);
-            let (r, c) = file.read_at(chunk.slice(..want), pos).await;
-            chunk = c.into_inner();
-            let n = r?;
-            if n == 0 {
-                // The file shrank under us: the promised length cannot be
-                // kept, so the connection must end.
-                return Ok((false, chunk));
+        loop {
+            let at = chunk.len();
+            let want = ((end - pos) as usize).min(CHUNK.saturating_sub(at).max(1));
+            if pos < end {
+                let (r, c) = file.read_at(chunk.slice(at..at + want), pos).await;
+                chunk = c.into_inner();
+                let n = r?;
+                if n == 0 {
+                    // The file shrank under us: the promised length cannot
+                    // be kept, so the connection must end.
+                    return Ok((false, chunk));
+                }
+                pos += n as u64;
             }
             let (r, c) = conn.write_all(chunk).await;
             chunk = c;
             r?;
-            pos += n as u64;
+            chunk.clear();
+            if pos >= end {
+                break;
+            }
         }
+    } else {
+        let (r, c) = conn.write_all(chunk).await;
+        chunk = c;
+        r?;
     }
     file.close().await?;
     Ok((keep, chunk))
