@@ -441,12 +441,7 @@ fn median_run(mut runs: Vec<Measured>) -> Option<Measured> {
     let n = runs.len();
     let mut m = runs.swap_remove(n / 2);
     if n > 1 {
-        let note = format!("median of {n}");
-        m.note = if m.note.is_empty() {
-            note
-        } else {
-            format!("{}; {note}", m.note)
-        };
+        measure::add_note(&mut m.note, &format!("median of {n}"));
     }
     Some(m)
 }
