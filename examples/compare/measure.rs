@@ -82,6 +82,53 @@ fn rusage(who: libc::c_int) -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The whole machine's task CPU time (user + nice + system, every CPU) and
+/// the time the hypervisor stole, in seconds, from `/proc/stat`.
+pub fn machine_cpu() -> (f64, f64) {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return (0.0, 0.0);
+    };
+    let f: Vec<f64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0) / hz;
+    (get(0) + get(1) + get(2), get(7))
+}
+
+/// CPU used on this machine by anything but this run (`own` CPU seconds of
+/// the processes measured), between two [`machine_cpu`] readings, as a
+/// share of one CPU over `secs`; a note when it is large enough to matter.
+pub fn other_load_note(before: (f64, f64), after: (f64, f64), own: f64, secs: f64) -> String {
+    let others = ((after.0 - before.0) - own).max(0.0) / secs;
+    let steal = (after.1 - before.1).max(0.0) / secs;
+    let mut v = Vec::new();
+    if others >= 0.10 {
+        v.push(format!("other load {:.0}%", others * 100.0));
+    }
+    if steal >= 0.05 {
+        v.push(format!("steal {:.0}%", steal * 100.0));
+    }
+    v.join(", ")
+}
+
+/// Appends `extra` to a note, with a separator.
+pub fn add_note(note: &mut String, extra: &str) {
+    if extra.is_empty() {
+        return;
+    }
+    if !note.is_empty() {
+        note.push_str("; ");
+    }
+    note.push_str(extra);
+}
+
 /// The CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; all-zero is an empty set.
@@ -130,6 +177,7 @@ pub fn run_loop(
     }
     lat.reset();
     let cpu0 = cpu_self();
+    let m0 = machine_cpu();
     let start = Instant::now();
     let mut ops = 0u64;
     let mut n = 0u64;
@@ -142,7 +190,9 @@ pub fn run_loop(
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_self() - cpu0;
-    Ok(Measured::from_parts(ops, secs, Some(cpu), &lat))
+    let mut m = Measured::from_parts(ops, secs, Some(cpu), &lat);
+    m.note = other_load_note(m0, machine_cpu(), cpu, secs);
+    Ok(m)
 }
 
 /// A small deterministic PRNG (xorshift64*), for permutations and payloads.
@@ -182,6 +232,7 @@ pub struct Shared {
 pub struct Window {
     count: u64,
     cpu: f64,
+    machine: (f64, f64),
     at: Instant,
 }
 
@@ -227,6 +278,7 @@ impl Shared {
         Window {
             count: self.count.load(std::sync::atomic::Ordering::Relaxed),
             cpu: cpu_self(),
+            machine: machine_cpu(),
             at: Instant::now(),
         }
     }
@@ -237,6 +289,8 @@ impl Shared {
         let secs = w.at.elapsed().as_secs_f64();
         self.stop();
         let lat = self.lat.lock().unwrap_or_else(|e| e.into_inner());
-        Measured::from_parts(ops, secs, Some(cpu), &lat)
+        let mut m = Measured::from_parts(ops, secs, Some(cpu), &lat);
+        m.note = other_load_note(w.machine, machine_cpu(), cpu, secs);
+        m
     }
 }

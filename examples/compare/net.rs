@@ -5,7 +5,9 @@
 //! connection, latency measured at the client, CPU measured on the server's
 //! process.
 
-use crate::measure::{allowed_cpus, cpu_self, pin_thread, Lat, Measured};
+use crate::measure::{
+    add_note, allowed_cpus, cpu_self, machine_cpu, other_load_note, pin_thread, Lat, Measured,
+};
 use io_uring::{opcode, types, IoUring};
 use std::io::{self, BufRead, BufReader};
 use std::mem::ManuallyDrop;
@@ -188,11 +190,11 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     };
     let outcome = (|| {
         next("START")?;
-        let (cpu0, t0) = (cpu_self(), Instant::now());
+        let (cpu0, m0) = (cpu_self(), machine_cpu());
         next("STOP")?;
-        let (cpu1, _t) = (cpu_self(), t0.elapsed());
+        let (cpu1, m1) = (cpu_self(), machine_cpu());
         let result = next("RESULT")?;
-        Ok::<_, io::Error>((result, cpu1 - cpu0))
+        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1)))
     })();
     let outcome = match outcome {
         Ok(o) => o,
@@ -220,7 +222,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     }
     drop(child);
     let _ = reader.join();
-    let (line, cpu) = outcome;
+    let (line, cpu, (m0, m1)) = outcome;
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
@@ -243,16 +245,18 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         cpu_s_per_mop: Some(cpu / ops * 1e6),
         // How busy the server's and the client's cores were: the one near
         // 100% set the pace.
-        note: format!(
-            "CPU server {:.0}%, client {:.0}%{}",
-            cpu / secs * 100.0,
-            client_cpu / secs * 100.0,
+        note: {
+            let mut n = format!(
+                "CPU server {:.0}%, client {:.0}%",
+                cpu / secs * 100.0,
+                client_cpu / secs * 100.0
+            );
             if errors > 0.0 {
-                format!("; {errors} client errors")
-            } else {
-                String::new()
+                add_note(&mut n, &format!("{errors} client errors"));
             }
-        ),
+            add_note(&mut n, &other_load_note(m0, m1, cpu + client_cpu, secs));
+            n
+        },
     })
 }
 

@@ -1,7 +1,7 @@
 //! `nop`: op round-trips, through the raw io-uring crate (the physical limit),
 //! the ringport driver, and the async runtime.
 
-use crate::measure::{cpu_self, run_loop, Lat, Measured};
+use crate::measure::{cpu_self, machine_cpu, other_load_note, run_loop, Lat, Measured};
 use ringport::{Backend, Completion, Driver, Op};
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -105,6 +105,7 @@ pub fn runtime(b: Backend, tasks: usize, warmup: Duration, dur: Duration) -> io:
         ringport::sleep(warmup).await?;
         lat.borrow_mut().reset();
         let (c0, cpu0, t0) = (count.get(), cpu_self(), Instant::now());
+        let m0 = machine_cpu();
         ringport::sleep(dur).await?;
         let (c1, cpu1, secs) = (count.get(), cpu_self(), t0.elapsed().as_secs_f64());
         stop.set(true);
@@ -112,6 +113,8 @@ pub fn runtime(b: Backend, tasks: usize, warmup: Duration, dur: Duration) -> io:
             h.await?;
         }
         let lat = lat.borrow();
-        Ok(Measured::from_parts(c1 - c0, secs, Some(cpu1 - cpu0), &lat))
+        let mut m = Measured::from_parts(c1 - c0, secs, Some(cpu1 - cpu0), &lat);
+        m.note = other_load_note(m0, machine_cpu(), cpu1 - cpu0, secs);
+        Ok(m)
     })
 }
