@@ -31,10 +31,12 @@ use std::time::{Duration, Instant};
 
 const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
 
-/// Compare ringport's backends (io_uring, aio, epoll, poll, select, sigio)
-/// with each other and with tokio, monoio and compio.
+/// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
+/// with each other and with tokio, monoio and compio (built with
+/// `--features peers`), and prints one table. A progress line goes to stderr.
+/// See BENCHMARKS.md.
 #[derive(Parser, Debug)]
-#[command(name = "compare", version, about)]
+#[command(name = "compare", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
