@@ -29,8 +29,10 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod port;
 
 pub use backend::{driver, Backend, BACKEND_ENV};
+pub use port::CompletionPort;
 pub use ringport_core::buf::{self, AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use ringport_core::driver::{
     self as drv, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
@@ -38,6 +40,7 @@ pub use ringport_core::driver::{
 pub use ringport_core::op::{
     self, CancelTarget, FileStat, Op, OpId, OpKind, ShutdownHow, SockAddr, CURRENT_POSITION,
 };
+pub use ringport_core::port::{GetError, PortEntry};
 pub use ringport_core::runtime::{
     pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinHandle,
     OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener,

@@ -154,6 +154,11 @@ impl fmt::Debug for DriverWaker {
 ///   sent or on error;
 /// - dropping the driver with ops in flight does not hang; buffers of ops that
 ///   could not be finished are leaked, never freed while in use.
+///
+/// An fd used with a driver must be closed through it (`Op::Close`, which the
+/// runtime's types and the completion port use): drivers keep per-fd state
+/// (queues, poller registration, the fd's kind) that a bare `close(2)` would
+/// leave behind for the next fd that gets the same number.
 pub trait Driver: Send {
     /// The backend's name (`uring`, `epoll`, ...).
     fn name(&self) -> &'static str;

@@ -4,7 +4,8 @@
 //! - [`op`]: the operations ([`Op`]), defined once for every backend;
 //! - [`driver`]: the [`Driver`] trait every backend implements, and
 //!   [`Completion`];
-//! - [`runtime`]: a single-threaded async runtime over any driver.
+//! - [`runtime`]: a single-threaded async runtime over any driver;
+//! - [`port`]: the IOCP-style [`CompletionPort`] for worker-thread pools.
 //!
 //! This crate knows no backend: it never names io_uring, aio or epoll.
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod buf;
 pub mod driver;
 pub mod op;
+pub mod port;
 pub mod runtime;
 
 pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
@@ -19,4 +21,5 @@ pub use driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError, Sup
 pub use op::{
     CancelTarget, Direction, FileStat, Op, OpId, OpKind, ShutdownHow, SockAddr, CURRENT_POSITION,
 };
+pub use port::{CompletionPort, GetError, PortEntry};
 pub use runtime::{spawn, yield_now, JoinHandle, Runtime};
