@@ -125,7 +125,7 @@ pub(crate) fn prepare(
             addr.reset_len();
             let s = scratch(extra);
             // SAFETY: msghdr and iovec are plain data; zero is a valid start.
-            *s = Scratch::Msg(unsafe { std::mem::zeroed() }, unsafe { std::mem::zeroed() });
+            *s = unsafe { Scratch::Msg(std::mem::zeroed(), std::mem::zeroed()) };
             let Scratch::Msg(hdr, iov) = s else {
                 unreachable!()
             };
@@ -142,7 +142,7 @@ pub(crate) fn prepare(
         Op::SendTo { fd: f, buf, addr } => {
             let s = scratch(extra);
             // SAFETY: msghdr and iovec are plain data; zero is a valid start.
-            *s = Scratch::Msg(unsafe { std::mem::zeroed() }, unsafe { std::mem::zeroed() });
+            *s = unsafe { Scratch::Msg(std::mem::zeroed(), std::mem::zeroed()) };
             let Scratch::Msg(hdr, iov) = s else {
                 unreachable!()
             };
