@@ -297,6 +297,23 @@ impl UringDriver {
         e: squeue::Entry,
         deadline: Option<*const types::Timespec>,
     ) -> io::Result<()> {
+        if deadline.is_none() {
+            // SAFETY: the SQE points only at heap memory owned by the op's slot
+            // (or the driver), which stays put until its CQE is reaped.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return Ok(());
+            }
+        }
+        self.push_slow(e, deadline)
+    }
+
+    /// `push` when the ring is full or a link timeout comes along.
+    #[inline(never)]
+    fn push_slow(
+        &mut self,
+        e: squeue::Entry,
+        deadline: Option<*const types::Timespec>,
+    ) -> io::Result<()> {
         let need = if deadline.is_some() { 2 } else { 1 };
         loop {
             {
@@ -564,7 +581,9 @@ impl UringDriver {
     }
 
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The clock is read only when the wait must block (not at all when
+        // enough completions are already there).
+        let mut deadline: Option<Instant> = None;
         loop {
             self.reap();
             let woken = !self.waker_armed;
@@ -572,8 +591,16 @@ impl UringDriver {
                 // A wake ends the wait; re-arm for the next one.
                 self.ensure_enabled()?;
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if self.ready.len() >= min || woken || left == Some(Duration::ZERO) {
+            let enough = self.ready.len() >= min || woken;
+            let left = match (enough, timeout, deadline) {
+                (true, _, _) | (false, None, _) => timeout,
+                (false, Some(t), None) => {
+                    deadline = Some(Instant::now() + t);
+                    Some(t)
+                }
+                (false, Some(_), Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+            };
+            if enough || left == Some(Duration::ZERO) {
                 if !self.ring.submission().is_empty() || self.kernel_has_work() {
                     self.enter(0, self.defer, None).or_else(ignore_intr)?;
                     self.reap();

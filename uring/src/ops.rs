@@ -40,6 +40,7 @@ fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {
 /// The SQE for `op`, with `progress` bytes of a stream write already done.
 ///
 /// Unknown-to-uring ops never get here: `submit` refuses them first.
+#[inline]
 pub(crate) fn prepare(
     op: &mut Op,
     extra: &mut Option<Box<Extra>>,
@@ -219,6 +220,7 @@ pub(crate) fn prepare(
 
 /// Applies a successful result to the op's outputs (a read's initialised
 /// length, a peer address's length, metadata).
+#[inline]
 pub(crate) fn complete(op: &mut Op, extra: Option<&Extra>, n: usize) {
     let scratch = extra.map(|e| &e.scratch).unwrap_or(&Scratch::None);
     match op {
