@@ -47,6 +47,7 @@ pub use ringport_core::runtime::{
     UnixStream,
 };
 
+pub use ringport_shim::{PollerKind, ShimBuilder, ShimDriver};
 #[cfg(target_os = "linux")]
 pub use ringport_uring::{UringBuilder, UringDriver};
 
@@ -77,6 +78,18 @@ impl Runtime {
             inner: ringport_core::Runtime::from_driver(driver),
             backend: chosen,
             fallback_reason,
+        })
+    }
+
+    /// A runtime over a driver built by hand (to set builder options such as
+    /// [`UringBuilder::entries`] or [`ShimBuilder::nowait_reads`]). The
+    /// driver's name must be a backend's name.
+    pub fn from_driver(driver: Box<dyn Driver>) -> io::Result<Runtime> {
+        let backend: Backend = driver.name().parse()?;
+        Ok(Runtime {
+            inner: ringport_core::Runtime::from_driver(driver),
+            backend,
+            fallback_reason: None,
         })
     }
 
@@ -114,3 +127,29 @@ impl Runtime {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_driver_names_the_backend_and_runs() {
+        let d = ShimDriver::builder(PollerKind::Poll)
+            .nowait_reads(false)
+            .threads(1)
+            .build()
+            .unwrap();
+        let rt = Runtime::from_driver(Box::new(d)).unwrap();
+        assert_eq!(rt.backend(), Backend::Poll);
+        let path =
+            std::env::temp_dir().join(format!("ringport-from-driver-{}", std::process::id()));
+        std::fs::write(&path, b"hello from the pool").unwrap();
+        let got = rt.block_on(async {
+            let f = File::open(&path).await?;
+            let (r, buf) = f.read_at(Vec::with_capacity(64), 6).await;
+            r.map(|_| buf)
+        });
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(got.unwrap(), b"from the pool");
+    }
+}

@@ -2,7 +2,7 @@
 //! baselines, ringport (driver and runtime) on every backend, and fio.
 
 use crate::measure::{run_loop, Measured, Rng, Shared};
-use ringport::{Backend, Completion, Op};
+use ringport::{Backend, Completion, Driver, Op, PollerKind, ShimDriver};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -117,14 +117,36 @@ pub fn pread_loop(tf: &TestFile, warmup: Duration, dur: Duration) -> io::Result<
 
 /// Through a ringport `Driver`: keep `qd` reads in flight; each completion
 /// resubmits its buffer at the next offset.
+/// A driver for `b`; with `pool_only`, a shim whose file reads all go to its
+/// thread pool (no inline `RWF_NOWAIT` attempt), to measure that model.
+fn open_driver(b: Backend, pool_only: bool) -> io::Result<Box<dyn Driver>> {
+    if !pool_only {
+        return ringport::driver(b);
+    }
+    let kind = match b {
+        Backend::Epoll => PollerKind::Epoll,
+        Backend::Poll => PollerKind::Poll,
+        Backend::Select => PollerKind::Select,
+        Backend::Sigio => PollerKind::Sigio,
+        _ => {
+            return Err(io::Error::other(format!(
+                "{b} has no thread pool to measure alone"
+            )))
+        }
+    };
+    let d = ShimDriver::builder(kind).nowait_reads(false).build()?;
+    Ok(Box::new(d))
+}
+
 pub fn driver_randread(
     b: Backend,
+    pool_only: bool,
     tf: &TestFile,
     qd: usize,
     warmup: Duration,
     dur: Duration,
 ) -> io::Result<Measured> {
-    let mut d = ringport::driver(b)?;
+    let mut d = open_driver(b, pool_only)?;
     let f = std::fs::File::open(&tf.path)?;
     let fd = f.as_raw_fd();
     let offs = tf.offsets.clone();
@@ -196,12 +218,13 @@ pub fn driver_randread(
 /// Through the ringport runtime: `qd` tasks, each awaiting `File::read_at`.
 pub fn runtime_randread(
     b: Backend,
+    pool_only: bool,
     tf: &TestFile,
     qd: usize,
     warmup: Duration,
     dur: Duration,
 ) -> io::Result<Measured> {
-    let rt = ringport::Runtime::with_backend(b)?;
+    let rt = ringport::Runtime::from_driver(open_driver(b, pool_only)?)?;
     let sh = tf.shared();
     let path = tf.path.clone();
     rt.block_on(async move {

@@ -242,15 +242,34 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 &v,
                 &format!("ringport/{b} driver"),
                 model_of(b),
-                move |c| file::driver_randread(b, c.tf()?, qd, c.warmup, c.dur),
+                move |c| file::driver_randread(b, false, c.tf()?, qd, c.warmup, c.dur),
             );
             p.job(
                 W,
                 &v,
                 &format!("ringport/{b} runtime"),
                 model_of(b),
-                move |c| file::runtime_randread(b, c.tf()?, qd, c.warmup, c.dur),
+                move |c| file::runtime_randread(b, false, c.tf()?, qd, c.warmup, c.dur),
             );
+            // The shim first reads from the page cache inline (RWF_NOWAIT);
+            // these rows measure its thread pool alone, the readiness
+            // model's only way to do file I/O.
+            if b == Backend::Epoll {
+                p.job(
+                    W,
+                    &v,
+                    &format!("ringport/{b} driver, pool only"),
+                    Model::Blocking,
+                    move |c| file::driver_randread(b, true, c.tf()?, qd, c.warmup, c.dur),
+                );
+                p.job(
+                    W,
+                    &v,
+                    &format!("ringport/{b} runtime, pool only"),
+                    Model::Blocking,
+                    move |c| file::runtime_randread(b, true, c.tf()?, qd, c.warmup, c.dur),
+                );
+            }
         }
         #[cfg(feature = "peers")]
         {

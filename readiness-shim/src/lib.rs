@@ -40,7 +40,7 @@ mod sigio;
 
 pub use poller::{Event, Poller};
 
-use ops::Attempt;
+use ops::{Attempt, Nowait};
 use pool::{Job, Pool};
 use ringport_core::driver::{
     cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
@@ -103,12 +103,21 @@ impl PollerKind {
 pub struct ShimBuilder {
     kind: PollerKind,
     threads: usize,
+    nowait_reads: bool,
 }
 
 impl ShimBuilder {
     /// Threads in the file-op pool (default 4).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n.max(1);
+        self
+    }
+    /// Whether a file read at an explicit offset is first tried on the
+    /// calling thread with `preadv2(RWF_NOWAIT)` (Linux), which succeeds
+    /// only when every byte is in the page cache; otherwise (and always when
+    /// off) the read goes to the pool. Default on where the OS has it.
+    pub fn nowait_reads(mut self, on: bool) -> Self {
+        self.nowait_reads = on;
         self
     }
     /// Builds the driver.
@@ -199,6 +208,10 @@ pub struct ShimDriver {
     events: Vec<Event>,
     done: Vec<pool::Done>,
     caps: Capabilities,
+    /// Try page-cached file reads inline first (see `ShimBuilder::nowait_reads`).
+    nowait_reads: bool,
+    /// Jobs handed to the pool so far.
+    pool_jobs: u64,
 }
 
 impl ShimDriver {
@@ -213,9 +226,19 @@ impl ShimDriver {
         self.poller.rescans()
     }
 
-    /// A builder for `kind`.
+    /// How many ops this driver has handed to its thread pool (file ops that
+    /// were not completed inline from the page cache, opens, syncs, stats).
+    pub fn pool_jobs(&self) -> u64 {
+        self.pool_jobs
+    }
+
+    /// A builder for `kind`: the pool size and the inline-read policy.
     pub fn builder(kind: PollerKind) -> ShimBuilder {
-        ShimBuilder { kind, threads: 4 }
+        ShimBuilder {
+            kind,
+            threads: 4,
+            nowait_reads: ops::NOWAIT_READS,
+        }
     }
 
     fn with(b: ShimBuilder) -> io::Result<ShimDriver> {
@@ -248,6 +271,8 @@ impl ShimDriver {
             events: Vec::with_capacity(256),
             done: Vec::new(),
             caps,
+            nowait_reads: b.nowait_reads && ops::NOWAIT_READS,
+            pool_jobs: 0,
         })
     }
 
@@ -429,6 +454,7 @@ impl ShimDriver {
     }
 
     fn send_to_pool(&mut self, key: usize) -> io::Result<()> {
+        self.pool_jobs += 1;
         let slot = &mut self.slots[key];
         let op = slot.op.take().expect("op present");
         slot.state = State::Pool;
@@ -718,6 +744,18 @@ impl ShimDriver {
                 | Op::Stat { .. }
         );
         if (kind == FdKind::File && file_op) || matches!(op, Op::Fsync { .. } | Op::Stat { .. }) {
+            let mut op = op;
+            if self.nowait_reads {
+                match ops::read_nowait(&mut op) {
+                    Nowait::Done(n) => {
+                        self.slots[key].op = Some(op);
+                        self.complete(key, Ok(n));
+                        return Ok(());
+                    }
+                    Nowait::Unsupported => self.nowait_reads = false,
+                    Nowait::Pool => {}
+                }
+            }
             self.slots[key].op = Some(op);
             return self.send_to_pool(key);
         }

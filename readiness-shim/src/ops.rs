@@ -47,6 +47,54 @@ fn attempt_of(r: io::Result<usize>) -> Attempt {
     }
 }
 
+/// Whether this OS has `preadv2(RWF_NOWAIT)` for the inline file-read attempt.
+pub(crate) const NOWAIT_READS: bool = cfg!(target_os = "linux");
+
+/// The outcome of an inline file-read attempt.
+pub(crate) enum Nowait {
+    /// Every byte came from the page cache: the read is done with this count.
+    Done(usize),
+    /// Not (all) cached, or not a read at an explicit offset: use the pool.
+    Pool,
+    /// The kernel or file system refuses `RWF_NOWAIT`: stop trying.
+    Unsupported,
+}
+
+/// Tries a file read at an explicit offset without blocking: with
+/// `RWF_NOWAIT` the kernel reads only from the page cache and says `EAGAIN`
+/// otherwise. Only a complete read counts; a short one is redone by the pool
+/// (the pool overwrites the same bytes, and the offset is explicit, so nothing
+/// is lost or moved).
+pub(crate) fn read_nowait(op: &mut Op) -> Nowait {
+    #[cfg(target_os = "linux")]
+    if let Op::Read { fd, offset, buf } = op {
+        if *offset == CURRENT_POSITION {
+            return Nowait::Pool;
+        }
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.capacity(),
+        };
+        // SAFETY: the iovec points at the op's buffer, `capacity` writable
+        // bytes the op owns for the length of this call.
+        let r = unsafe { libc::preadv2(*fd, &iov, 1, *offset as libc::off_t, libc::RWF_NOWAIT) };
+        if r >= 0 && r as usize == iov.iov_len {
+            // SAFETY: the kernel wrote all r bytes at the buffer's start.
+            unsafe { buf.set_init(r as usize) };
+            return Nowait::Done(r as usize);
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error().raw_os_error();
+            if matches!(e, Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
+                return Nowait::Unsupported;
+            }
+        }
+        return Nowait::Pool;
+    }
+    let _ = op;
+    Nowait::Pool
+}
+
 /// One non-blocking attempt at a readiness op. `progress` carries state
 /// between attempts: bytes of a stream write already sent, or 1 once a
 /// connect is under way.
