@@ -114,6 +114,7 @@ impl Poller for Kqueue {
                 fd: ev.ident as RawFd,
                 readable: ev.filter == libc::EVFILT_READ || bad,
                 writable: ev.filter == libc::EVFILT_WRITE || bad,
+                hangup: bad,
             });
         }
         Ok(())
