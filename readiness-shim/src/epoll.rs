@@ -56,12 +56,6 @@ impl Poller for Epoll {
         Ok(())
     }
 
-    fn waits_after_short_read(&self) -> bool {
-        // Edge-triggered, but every new byte makes a new edge and a hang-up
-        // comes with EPOLLRDHUP (reported in `hangup`).
-        true
-    }
-
     fn remove(&mut self, fd: RawFd) {
         if self.registered.remove(&fd) {
             // SAFETY: removes fd from our epoll set; errors are harmless here.
@@ -105,7 +99,6 @@ impl Poller for Epoll {
                 fd: ev.u64 as RawFd,
                 readable: e & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | bad) != 0,
                 writable: e & (libc::EPOLLOUT as u32 | bad) != 0,
-                hangup: e & (libc::EPOLLRDHUP as u32 | bad) != 0,
             });
         }
         Ok(())

@@ -114,7 +114,6 @@ impl Poller for Kqueue {
                 fd: ev.ident as RawFd,
                 readable: ev.filter == libc::EVFILT_READ || bad,
                 writable: ev.filter == libc::EVFILT_WRITE || bad,
-                hangup: bad,
             });
         }
         Ok(())

@@ -104,7 +104,6 @@ pub struct ShimBuilder {
     kind: PollerKind,
     threads: usize,
     nowait_reads: bool,
-    short_read_waits: bool,
 }
 
 impl ShimBuilder {
@@ -119,16 +118,6 @@ impl ShimBuilder {
     /// off) the read goes to the pool. Default on where the OS has it.
     pub fn nowait_reads(mut self, on: bool) -> Self {
         self.nowait_reads = on;
-        self
-    }
-    /// Whether a short read on a byte stream (a `SOCK_STREAM` socket, a pipe
-    /// or FIFO) marks the fd drained, so that its next read waits for the
-    /// poller instead of first trying a syscall that would say `EAGAIN` (one
-    /// syscall saved per request/response exchange, as nginx does). Applies
-    /// only with pollers where this is safe (epoll, poll, select); default
-    /// on.
-    pub fn short_read_waits(mut self, on: bool) -> Self {
-        self.short_read_waits = on;
         self
     }
     /// Builds the driver.
@@ -173,13 +162,6 @@ enum FdKind {
 #[derive(Default)]
 struct FdState {
     kind: FdKind,
-    /// A byte stream whose short read means nothing more is buffered
-    /// (`SOCK_STREAM` socket, pipe or FIFO without packet mode).
-    stream_bytes: bool,
-    /// A short read emptied it; no readiness reported since.
-    drained: bool,
-    /// The poller reported a hang-up or error: never treat it as drained.
-    hangup: bool,
     queue: [VecDeque<usize>; 2],
     interest: (bool, bool),
     pool_ops: u32,
@@ -230,10 +212,6 @@ pub struct ShimDriver {
     nowait_reads: bool,
     /// Jobs handed to the pool so far.
     pool_jobs: u64,
-    /// Short stream reads may mark an fd drained (see `ShimBuilder`).
-    short_read_waits: bool,
-    /// Reads that waited for the poller without a first try.
-    skipped_tries: u64,
 }
 
 impl ShimDriver {
@@ -254,19 +232,12 @@ impl ShimDriver {
         self.pool_jobs
     }
 
-    /// How many stream reads went straight to the poller, without a first
-    /// try, because a short read had just emptied their fd.
-    pub fn skipped_tries(&self) -> u64 {
-        self.skipped_tries
-    }
-
     /// A builder for `kind`: the pool size and the inline-read policy.
     pub fn builder(kind: PollerKind) -> ShimBuilder {
         ShimBuilder {
             kind,
             threads: 4,
             nowait_reads: ops::NOWAIT_READS,
-            short_read_waits: true,
         }
     }
 
@@ -282,7 +253,6 @@ impl ShimDriver {
         let mut caps = Capabilities::all(Support::Emulated);
         caps.needs_nonblocking = true;
         caps.max_fd = poller.max_fd();
-        let short_read_waits = b.short_read_waits && poller.waits_after_short_read();
         Ok(ShimDriver {
             name: poller.name(),
             poller,
@@ -303,8 +273,6 @@ impl ShimDriver {
             caps,
             nowait_reads: b.nowait_reads && ops::NOWAIT_READS,
             pool_jobs: 0,
-            short_read_waits,
-            skipped_tries: 0,
         })
     }
 
@@ -339,26 +307,19 @@ impl ShimDriver {
             return Err(io::Error::last_os_error());
         }
         let t = st.st_mode & libc::S_IFMT;
-        let mut stream_bytes = false;
         let kind = if t == libc::S_IFREG || t == libc::S_IFBLK {
             FdKind::File
         } else {
             // SAFETY: fcntl on the caller's fd.
-            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-            if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
-                // SAFETY: as above.
-                unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
+            unsafe {
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+                    libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                }
             }
-            stream_bytes = match t {
-                libc::S_IFIFO => fl >= 0 && !packet_pipe(fl),
-                libc::S_IFSOCK => socket_type(fd) == Some(libc::SOCK_STREAM),
-                _ => false,
-            };
             FdKind::Stream
         };
-        let s = self.fd_state(fd);
-        s.kind = kind;
-        s.stream_bytes = stream_bytes;
+        self.fd_state(fd).kind = kind;
         Ok(kind)
     }
 
@@ -416,15 +377,6 @@ impl ShimDriver {
         }
     }
 
-    /// After a read on `fd` finished: a short one on a byte stream marks it
-    /// drained (when the poller allows waiting on that; see `ShimBuilder`).
-    fn note_read(&mut self, fd: RawFd, short: bool) {
-        if short && self.short_read_waits {
-            let st = self.fd_state(fd);
-            st.drained = st.stream_bytes && !st.hangup;
-        }
-    }
-
     /// Updates the poller's interest in `fd` from its queues.
     fn sync_interest(&mut self, fd: RawFd) -> io::Result<()> {
         let st = self.fd_state(fd);
@@ -444,8 +396,6 @@ impl ShimDriver {
             match ops::attempt(op, &mut slot.progress) {
                 Attempt::WouldBlock => break,
                 Attempt::Done(r) => {
-                    let short = d == 0 && ops::short_stream_read(op, &r);
-                    self.note_read(fd, short);
                     self.fd_state(fd).queue[d].pop_front();
                     self.complete(key, r);
                 }
@@ -605,9 +555,6 @@ impl ShimDriver {
                     continue;
                 }
                 if ev.readable {
-                    let st = &mut self.fds[ev.fd as usize];
-                    st.drained = false;
-                    st.hangup |= ev.hangup;
                     self.run_queue(ev.fd, 0);
                 }
                 if ev.writable {
@@ -848,17 +795,11 @@ impl ShimDriver {
         };
         self.slots[key].op = Some(op);
         self.slots[key].state = State::Queued(d);
-        let st = self.fd_state(fd);
-        if st.queue[d].is_empty() && d == 0 && st.drained {
-            // A short read emptied it: wait for the poller, skip the EAGAIN.
-            self.skipped_tries += 1;
-        } else if st.queue[d].is_empty() {
+        if self.fd_state(fd).queue[d].is_empty() {
             // Optimistic first try, only when nothing waits before it.
             let slot = &mut self.slots[key];
             let op = slot.op.as_mut().expect("op present");
             if let Attempt::Done(r) = ops::attempt(op, &mut slot.progress) {
-                let short = d == 0 && ops::short_stream_read(op, &r);
-                self.note_read(fd, short);
                 self.complete(key, r);
                 return Ok(());
             }
@@ -872,35 +813,4 @@ impl ShimDriver {
         }
         Ok(())
     }
-}
-
-/// Whether a pipe is in packet mode (`O_DIRECT`, Linux), where each read
-/// returns one write, so a short read does not mean the pipe is empty.
-fn packet_pipe(flags: i32) -> bool {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        flags & libc::O_DIRECT != 0
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let _ = flags;
-        false
-    }
-}
-
-/// A socket's `SO_TYPE`, or `None` if it cannot be read.
-fn socket_type(fd: RawFd) -> Option<i32> {
-    let mut ty: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `ty`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(ty)
 }

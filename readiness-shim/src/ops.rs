@@ -95,24 +95,6 @@ pub(crate) fn read_nowait(op: &mut Op) -> Nowait {
     Nowait::Pool
 }
 
-/// Whether a finished op was a plain stream read that returned fewer bytes
-/// than it asked for (and more than none): on a byte stream that means
-/// nothing more was buffered at that moment. `MSG_PEEK`, `MSG_WAITALL` and
-/// `MSG_OOB` reads do not count, nor does end-of-stream (0 bytes).
-pub(crate) fn short_stream_read(op: &Op, r: &io::Result<usize>) -> bool {
-    let n = match r {
-        Ok(n) if *n > 0 => *n,
-        _ => return false,
-    };
-    match op {
-        Op::Recv { buf, flags, .. } => {
-            flags & (libc::MSG_PEEK | libc::MSG_WAITALL | libc::MSG_OOB) == 0 && n < buf.capacity()
-        }
-        Op::Read { offset, buf, .. } => *offset == CURRENT_POSITION && n < buf.capacity(),
-        _ => false,
-    }
-}
-
 /// One non-blocking attempt at a readiness op. `progress` carries state
 /// between attempts: bytes of a stream write already sent, or 1 once a
 /// connect is under way.

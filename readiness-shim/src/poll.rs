@@ -46,11 +46,6 @@ impl Poller for Poll {
         Ok(())
     }
 
-    fn waits_after_short_read(&self) -> bool {
-        // Level-triggered: whatever is readable is reported at every wait.
-        true
-    }
-
     fn remove(&mut self, fd: RawFd) {
         if let Some(i) = self.index.remove(&fd) {
             self.fds.swap_remove(i);
@@ -84,7 +79,6 @@ impl Poller for Poll {
                     fd: p.fd,
                     readable: p.revents & (libc::POLLIN | libc::POLLRDHUP | bad) != 0,
                     writable: p.revents & (libc::POLLOUT | bad) != 0,
-                    hangup: p.revents & (libc::POLLRDHUP | bad) != 0,
                 });
             }
         }

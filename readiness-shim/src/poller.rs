@@ -15,9 +15,6 @@ pub struct Event {
     pub readable: bool,
     /// Writable, or in error (a write will not block).
     pub writable: bool,
-    /// The peer hung up (or shut down its side) or the fd is in error: a
-    /// state that stays, which an edge-triggered poller will not report again.
-    pub hangup: bool,
 }
 
 /// A readiness mechanism.
@@ -41,16 +38,6 @@ pub trait Poller: Send {
     /// Waits until an fd with interest is ready or `timeout` passes, and
     /// appends what is ready. `EINTR` is not an error: it returns early.
     fn wait(&mut self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()>;
-
-    /// Whether the shim may, after a short read on a stream, wait for this
-    /// poller before it reads that fd again instead of trying the read at
-    /// once (saving the syscall that would say `EAGAIN`). Safe when the
-    /// poller is level-triggered, or edge-triggered and sets
-    /// [`Event::hangup`] (so an end-of-stream it already reported is not
-    /// waited for). Default: no.
-    fn waits_after_short_read(&self) -> bool {
-        false
-    }
 
     /// The highest fd it can watch, if it has a limit.
     fn max_fd(&self) -> Option<RawFd> {

@@ -99,16 +99,10 @@ impl Poller for Select {
                     fd,
                     readable: r || e,
                     writable: w || e,
-                    hangup: e,
                 });
             }
         }
         Ok(())
-    }
-
-    fn waits_after_short_read(&self) -> bool {
-        // Level-triggered: whatever is readable is reported at every wait.
-        true
     }
 
     fn max_fd(&self) -> Option<RawFd> {

@@ -156,9 +156,6 @@ fn event_of(fd: RawFd, revents: i16) -> Event {
         fd,
         readable: revents & (libc::POLLIN | libc::POLLRDHUP | bad) != 0,
         writable: revents & (libc::POLLOUT | bad) != 0,
-        // A half-close raises only POLL_IN, so this is not reliable here and
-        // `waits_after_short_read` stays off.
-        hangup: revents & (libc::POLLRDHUP | bad) != 0,
     }
 }
 
