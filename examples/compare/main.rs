@@ -592,8 +592,25 @@ fn suite(cli: Cli) -> io::Result<()> {
         plan.missing.retain(|r| keep(r.workload, &r.backend));
     }
     if !cli.variant.is_empty() {
-        plan.jobs
-            .retain(|j| cli.variant.iter().any(|v| j.variant.contains(v.as_str())));
+        let wanted = |j: &Job| cli.variant.iter().any(|v| j.variant.contains(v.as_str()));
+        let is_base = |j: &Job| j.backend == baseline_of(j.workload);
+        // A workload whose baseline runs in another variant (file-randread's
+        // pread loop is its qd1 row) keeps that run, so its rows get ratios.
+        let kept: Vec<&str> = plan
+            .jobs
+            .iter()
+            .filter(|j| wanted(j))
+            .map(|j| j.workload)
+            .collect();
+        let based: Vec<&str> = plan
+            .jobs
+            .iter()
+            .filter(|j| wanted(j) && is_base(j))
+            .map(|j| j.workload)
+            .collect();
+        plan.jobs.retain(|j| {
+            wanted(j) || (is_base(j) && kept.contains(&j.workload) && !based.contains(&j.workload))
+        });
     }
     let repeat = cli.repeat.max(1);
     let dur = match cli.duration {

@@ -133,9 +133,13 @@ pub fn run(serve: ServeFn, load: &Load) -> io::Result<Measured> {
     if stopped.is_ok() {
         let _ = server.join();
     }
-    let m = res?;
-    stopped?;
-    Ok(m)
+    match (res, stopped) {
+        (Ok(m), Ok(())) => Ok(m),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        // The server's own failure usually explains the client's.
+        (Err(c), Err(s)) => Err(io::Error::other(format!("{c}; the server: {s}"))),
+    }
 }
 
 fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measured> {
@@ -199,9 +203,25 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
+            // Say why: the client's exit status and its last error line.
+            let status = match child.0.try_wait() {
+                Ok(Some(s)) => format!("; it exited with {s}"),
+                _ => String::new(),
+            };
+            let _ = child.0.kill();
+            let mut text = String::new();
+            if let Some(mut err) = child.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut text);
+            }
             drop(child);
             let _ = reader.join();
-            return Err(e);
+            let last = text.lines().last().unwrap_or("").trim();
+            let said = if last.is_empty() {
+                String::new()
+            } else {
+                format!(": {last}")
+            };
+            return Err(io::Error::other(format!("{e}{status}{said}")));
         }
     };
     // Reap the client (bounded: it exits right after RESULT).
