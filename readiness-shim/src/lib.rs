@@ -212,6 +212,10 @@ pub struct ShimDriver {
     nowait_reads: bool,
     /// Jobs handed to the pool so far.
     pool_jobs: u64,
+    /// How many fds have interest with the poller (ops waiting for readiness).
+    watched: usize,
+    /// Calls into the poller so far.
+    poller_waits: u64,
 }
 
 impl ShimDriver {
@@ -230,6 +234,13 @@ impl ShimDriver {
     /// were not completed inline from the page cache, opens, syncs, stats).
     pub fn pool_jobs(&self) -> u64 {
         self.pool_jobs
+    }
+
+    /// How many times `wait` has called into the poller (`epoll_wait`,
+    /// `poll`, ...). A wait that finds enough completions ready while no fd
+    /// waits for readiness returns without calling it.
+    pub fn poller_waits(&self) -> u64 {
+        self.poller_waits
     }
 
     /// A builder for `kind`: the pool size and the inline-read policy.
@@ -273,6 +284,8 @@ impl ShimDriver {
             caps,
             nowait_reads: b.nowait_reads && ops::NOWAIT_READS,
             pool_jobs: 0,
+            watched: 0,
+            poller_waits: 0,
         })
     }
 
@@ -368,6 +381,7 @@ impl ShimDriver {
 
     fn close_now(&mut self, fd: RawFd) -> io::Result<usize> {
         self.poller.remove(fd);
+        self.set_interest(fd, (false, false));
         *self.fd_state(fd) = FdState::default();
         // SAFETY: the fd was handed to us to close; nothing of ours uses it now.
         if unsafe { libc::close(fd) } < 0 {
@@ -382,10 +396,23 @@ impl ShimDriver {
         let st = self.fd_state(fd);
         let want = (!st.queue[0].is_empty(), !st.queue[1].is_empty());
         if want != st.interest {
-            st.interest = want;
+            self.set_interest(fd, want);
             self.poller.set(fd, want.0, want.1)?;
         }
         Ok(())
+    }
+
+    /// Records `fd`'s interest, keeping the count of watched fds.
+    fn set_interest(&mut self, fd: RawFd, want: (bool, bool)) {
+        let st = self.fd_state(fd);
+        let was = st.interest.0 || st.interest.1;
+        st.interest = want;
+        let is = want.0 || want.1;
+        match (was, is) {
+            (false, true) => self.watched += 1,
+            (true, false) => self.watched -= 1,
+            _ => {}
+        }
     }
 
     /// Runs `fd`'s queue for direction `d` front to back until one would block.
@@ -482,6 +509,9 @@ impl ShimDriver {
     }
 
     fn fire_timers(&mut self) -> Option<Instant> {
+        if self.timers.is_empty() {
+            return None;
+        }
         let now = Instant::now();
         while let Some(&Reverse((at, key, generation))) = self.timers.peek() {
             if at > now {
@@ -524,11 +554,20 @@ impl ShimDriver {
 
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
         self.ensure_waker()?;
-        let end = timeout.map(|t| Instant::now() + t);
+        // The clock is read only once the wait goes past its first check.
+        let mut end_at: Option<Option<Instant>> = None;
         let wake_fd = self.wake_r.as_raw_fd();
         loop {
             self.take_pool_results();
             let next_timer = self.fire_timers();
+            if self.ready.len() >= min && self.watched == 0 {
+                // Enough is ready and no fd waits for readiness: the poller
+                // could add nothing (a wake would end this wait anyway), so
+                // its syscall is skipped. Ops waiting on an fd always get
+                // their look, so they are never starved.
+                return Ok(());
+            }
+            let end = *end_at.get_or_insert_with(|| timeout.map(|t| Instant::now() + t));
             let now = Instant::now();
             let left = end.map(|e| e.saturating_duration_since(now));
             let done = self.ready.len() >= min;
@@ -544,6 +583,7 @@ impl ShimDriver {
             }
             let mut events = std::mem::take(&mut self.events);
             events.clear();
+            self.poller_waits += 1;
             self.poller.wait(&mut events, t)?;
             let mut woken = false;
             for ev in &events {
@@ -808,7 +848,7 @@ impl ShimDriver {
         if let Err(e) = self.sync_interest(fd) {
             // The poller cannot watch this fd: the op ends with that error.
             self.fd_state(fd).queue[d].retain(|&k| k != key);
-            self.fd_state(fd).interest = (false, false);
+            self.set_interest(fd, (false, false));
             self.complete(key, Err(e));
         }
         Ok(())
