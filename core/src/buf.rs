@@ -8,9 +8,12 @@
 //! long as the value lives, even when the value itself is moved.
 //!
 //! Drivers do not know the caller's type: they carry [`AnyBuf`] / [`AnyBufMut`],
-//! which erase it and give it back with [`AnyBufMut::downcast`].
+//! which erase it and give it back with [`AnyBufMut::downcast`]. A `Vec<u8>`
+//! is carried as its raw parts, without an allocation; other types are boxed
+//! (one small allocation per op).
 
 use std::any::Any;
+use std::mem::ManuallyDrop;
 use std::ops::{Bound, RangeBounds};
 
 /// A buffer an operation may read from (a write's source).
@@ -282,6 +285,31 @@ impl<T: IoBufMut> ErasedBufMut for T {
     }
 }
 
+/// Moves `t` into a `U` when they are the same type (decided at compile time
+/// for each instantiation, so the check costs nothing), else gives it back.
+fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
+    let mut slot = Some(t);
+    let taken = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take);
+    match (taken, slot) {
+        (Some(u), _) => Ok(u),
+        (None, Some(t)) => Err(t),
+        (None, None) => unreachable!("the value is taken only when the types match"),
+    }
+}
+
+/// Who owns an [`AnyBuf`]'s memory. A `Vec<u8>`, the most common buffer, is
+/// kept as its raw parts (no allocation per op); any other type is boxed.
+enum BufOwner {
+    /// The memory of a `Vec<u8>` with this capacity (`AnyBuf::len` is its
+    /// length, `AnyBuf::ptr` its pointer).
+    Vec {
+        cap: usize,
+    },
+    Boxed(Box<dyn ErasedBuf>),
+}
+
 /// A write buffer of any [`IoBuf`] type, as drivers carry it.
 ///
 /// The pointer and lengths are read once, at construction; they stay valid
@@ -289,22 +317,30 @@ impl<T: IoBufMut> ErasedBufMut for T {
 pub struct AnyBuf {
     ptr: *const u8,
     len: usize,
-    owner: Box<dyn ErasedBuf>,
+    owner: BufOwner,
 }
 
-// SAFETY: the raw pointer refers into memory owned by `owner`, which is Send;
-// sending the pair sends the owner with it.
+// SAFETY: the raw pointer refers into memory owned by `owner` (a Vec<u8> taken
+// apart, or a boxed buffer), which is Send; sending the pair sends the owner.
 unsafe impl Send for AnyBuf {}
 
 impl AnyBuf {
     /// Erases the type of `buf`; its initialised bytes are what a write sends.
     pub fn new<B: IoBuf>(buf: B) -> AnyBuf {
-        let ptr = buf.stable_ptr();
-        let len = buf.bytes_init();
-        AnyBuf {
-            ptr,
-            len,
-            owner: Box::new(buf),
+        match cast::<B, Vec<u8>>(buf) {
+            Ok(v) => {
+                let mut v = ManuallyDrop::new(v);
+                AnyBuf {
+                    ptr: v.as_mut_ptr(),
+                    len: v.len(),
+                    owner: BufOwner::Vec { cap: v.capacity() },
+                }
+            }
+            Err(buf) => AnyBuf {
+                ptr: buf.stable_ptr(),
+                len: buf.bytes_init(),
+                owner: BufOwner::Boxed(Box::new(buf)),
+            },
         }
     }
     /// The first byte to send.
@@ -327,14 +363,37 @@ impl AnyBuf {
     }
     /// Gives the caller's buffer back, or `self` if `B` is not its type.
     pub fn downcast<B: IoBuf>(self) -> Result<B, AnyBuf> {
-        let (ptr, len) = (self.ptr, self.len);
-        match self.owner.into_any().downcast::<B>() {
-            Ok(b) => Ok(*b),
-            Err(any) => Err(AnyBuf {
-                ptr,
-                len,
-                owner: Box::new(Reboxed(any)),
-            }),
+        let this = ManuallyDrop::new(self);
+        let (ptr, len) = (this.ptr, this.len);
+        // SAFETY: `this` is never dropped or used again, so the owner is moved
+        // out exactly once.
+        let owner = unsafe { std::ptr::read(&this.owner) };
+        match owner {
+            BufOwner::Vec { cap } => {
+                // SAFETY: ptr, len and cap are the raw parts of the Vec<u8>
+                // taken apart in `new`, which nothing else owns.
+                let v = unsafe { Vec::from_raw_parts(ptr as *mut u8, len, cap) };
+                cast::<Vec<u8>, B>(v).map_err(AnyBuf::new)
+            }
+            BufOwner::Boxed(b) => match b.into_any().downcast::<B>() {
+                Ok(b) => Ok(*b),
+                Err(any) => Err(AnyBuf {
+                    ptr,
+                    len,
+                    owner: BufOwner::Boxed(Box::new(Reboxed(any))),
+                }),
+            },
+        }
+    }
+}
+
+impl Drop for AnyBuf {
+    fn drop(&mut self) {
+        if let BufOwner::Vec { cap } = self.owner {
+            // SAFETY: the raw parts of the Vec<u8> taken apart in `new`; this
+            // value owns them, and drivers drop it only once no kernel or
+            // worker can touch the memory.
+            drop(unsafe { Vec::from_raw_parts(self.ptr as *mut u8, self.len, cap) });
         }
     }
 }
@@ -345,25 +404,45 @@ impl std::fmt::Debug for AnyBuf {
     }
 }
 
+/// Who owns an [`AnyBufMut`]'s memory: a `Vec<u8>` as its raw parts, any
+/// other type boxed.
+enum MutOwner {
+    /// The memory of a `Vec<u8>` of this length (`AnyBufMut::cap` is its
+    /// capacity, `AnyBufMut::ptr` its pointer).
+    Vec {
+        len: usize,
+    },
+    Boxed(Box<dyn ErasedBufMut>),
+}
+
 /// A read buffer of any [`IoBufMut`] type, as drivers carry it.
 pub struct AnyBufMut {
     ptr: *mut u8,
     cap: usize,
-    owner: Box<dyn ErasedBufMut>,
+    owner: MutOwner,
 }
 
-// SAFETY: the raw pointer refers into memory owned by `owner`, which is Send.
+// SAFETY: the raw pointer refers into memory owned by `owner` (a Vec<u8> taken
+// apart, or a boxed buffer), which is Send.
 unsafe impl Send for AnyBufMut {}
 
 impl AnyBufMut {
     /// Erases the type of `buf`; a read may fill all `bytes_total()` bytes.
-    pub fn new<B: IoBufMut>(mut buf: B) -> AnyBufMut {
-        let ptr = buf.stable_mut_ptr();
-        let cap = buf.bytes_total();
-        AnyBufMut {
-            ptr,
-            cap,
-            owner: Box::new(buf),
+    pub fn new<B: IoBufMut>(buf: B) -> AnyBufMut {
+        match cast::<B, Vec<u8>>(buf) {
+            Ok(v) => {
+                let mut v = ManuallyDrop::new(v);
+                AnyBufMut {
+                    ptr: v.as_mut_ptr(),
+                    cap: v.capacity(),
+                    owner: MutOwner::Vec { len: v.len() },
+                }
+            }
+            Err(mut buf) => AnyBufMut {
+                ptr: buf.stable_mut_ptr(),
+                cap: buf.bytes_total(),
+                owner: MutOwner::Boxed(Box::new(buf)),
+            },
         }
     }
     /// The first byte a read may fill.
@@ -391,18 +470,46 @@ impl AnyBufMut {
     ///
     /// The first `n` bytes must really have been written.
     pub unsafe fn set_init(&mut self, n: usize) {
-        self.owner.set_init(n)
+        match &mut self.owner {
+            // A Vec's length becomes exactly n, as `IoBufMut::set_init` says.
+            MutOwner::Vec { len } => *len = n.min(self.cap),
+            MutOwner::Boxed(b) => b.set_init(n),
+        }
     }
     /// Gives the caller's buffer back, or `self` if `B` is not its type.
     pub fn downcast<B: IoBufMut>(self) -> Result<B, AnyBufMut> {
-        let (ptr, cap) = (self.ptr, self.cap);
-        match self.owner.into_any().downcast::<B>() {
-            Ok(b) => Ok(*b),
-            Err(any) => Err(AnyBufMut {
-                ptr,
-                cap,
-                owner: Box::new(Rebox(any)),
-            }),
+        let this = ManuallyDrop::new(self);
+        let (ptr, cap) = (this.ptr, this.cap);
+        // SAFETY: `this` is never dropped or used again, so the owner is moved
+        // out exactly once.
+        let owner = unsafe { std::ptr::read(&this.owner) };
+        match owner {
+            MutOwner::Vec { len } => {
+                // SAFETY: ptr, len and cap are the raw parts of the Vec<u8>
+                // taken apart in `new` (len as `set_init` left it: initialised
+                // bytes), which nothing else owns.
+                let v = unsafe { Vec::from_raw_parts(ptr, len, cap) };
+                cast::<Vec<u8>, B>(v).map_err(AnyBufMut::new)
+            }
+            MutOwner::Boxed(b) => match b.into_any().downcast::<B>() {
+                Ok(b) => Ok(*b),
+                Err(any) => Err(AnyBufMut {
+                    ptr,
+                    cap,
+                    owner: MutOwner::Boxed(Box::new(Rebox(any))),
+                }),
+            },
+        }
+    }
+}
+
+impl Drop for AnyBufMut {
+    fn drop(&mut self) {
+        if let MutOwner::Vec { len } = self.owner {
+            // SAFETY: the raw parts of the Vec<u8> taken apart in `new`; this
+            // value owns them, and drivers drop it only once no kernel or
+            // worker can touch the memory.
+            drop(unsafe { Vec::from_raw_parts(self.ptr, len, self.cap) });
         }
     }
 }
@@ -484,5 +591,94 @@ mod tests {
         // SAFETY: the bytes are initialised (the Vec was full).
         unsafe { IoBufMut::set_init(&mut s, 2) };
         assert_eq!(s.into_inner().len(), 8);
+    }
+
+    #[test]
+    fn vec_write_buffer_keeps_its_allocation_length_and_capacity() {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(b"hello");
+        let ptr = v.as_ptr();
+        let a = AnyBuf::new(v);
+        assert_eq!((a.as_ptr(), a.len()), (ptr, 5));
+        assert_eq!(a.as_slice(), b"hello");
+        let v: Vec<u8> = a.downcast().unwrap();
+        assert_eq!((v.as_ptr(), v.len(), v.capacity()), (ptr, 5, 32));
+    }
+
+    #[test]
+    fn vec_read_buffer_wrong_downcast_keeps_the_bytes() {
+        let v: Vec<u8> = Vec::with_capacity(16);
+        let ptr = v.as_ptr();
+        let mut a = AnyBufMut::new(v);
+        // SAFETY: we write 4 bytes, then declare them initialised.
+        unsafe {
+            a.as_mut_slice()[..4].copy_from_slice(b"wxyz");
+            a.set_init(4);
+        }
+        let a = a.downcast::<Box<[u8]>>().unwrap_err();
+        assert_eq!(a.capacity(), 16);
+        let v: Vec<u8> = a.downcast().unwrap();
+        assert_eq!((v.as_ptr(), v.capacity()), (ptr, 16));
+        assert_eq!(v, b"wxyz");
+    }
+
+    #[test]
+    fn vec_read_buffer_set_init_is_clamped_to_the_capacity() {
+        let mut a = AnyBufMut::new(vec![7u8; 8]);
+        // SAFETY: all 8 bytes of the Vec are initialised; 100 is clamped to 8.
+        unsafe { a.set_init(100) };
+        let v: Vec<u8> = a.downcast().unwrap();
+        assert_eq!(v.len(), 8);
+        let mut a = AnyBufMut::new(vec![7u8; 8]);
+        // SAFETY: the first 3 bytes are initialised.
+        unsafe { a.set_init(3) };
+        let v: Vec<u8> = a.downcast().unwrap();
+        assert_eq!(v, [7, 7, 7]);
+    }
+
+    #[test]
+    fn buffers_dropped_without_downcast_drop_their_owner_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        // A buffer type that counts its drops (boxed path).
+        struct Counted(Vec<u8>, Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        // SAFETY: delegates to the inner Vec, whose heap memory is stable.
+        unsafe impl IoBuf for Counted {
+            fn stable_ptr(&self) -> *const u8 {
+                self.0.as_ptr()
+            }
+            fn bytes_init(&self) -> usize {
+                self.0.len()
+            }
+            fn bytes_total(&self) -> usize {
+                self.0.capacity()
+            }
+        }
+        // SAFETY: as above, uniquely owned.
+        unsafe impl IoBufMut for Counted {
+            fn stable_mut_ptr(&mut self) -> *mut u8 {
+                self.0.as_mut_ptr()
+            }
+            unsafe fn set_init(&mut self, n: usize) {
+                // SAFETY: the caller's promise, passed on.
+                unsafe { IoBufMut::set_init(&mut self.0, n) }
+            }
+        }
+        let drops = Arc::new(AtomicUsize::new(0));
+        drop(AnyBuf::new(Counted(vec![1; 4], drops.clone())));
+        drop(AnyBufMut::new(Counted(vec![1; 4], drops.clone())));
+        let a = AnyBufMut::new(Counted(vec![1; 4], drops.clone()));
+        let a = a.downcast::<Vec<u8>>().unwrap_err();
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        drop(a);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        // The Vec path has no drop hook; valgrind and Miri see its frees.
+        drop(AnyBuf::new(vec![1u8; 4]));
+        drop(AnyBufMut::new(Vec::<u8>::with_capacity(4)));
     }
 }
