@@ -596,21 +596,19 @@ fn suite(cli: Cli) -> io::Result<()> {
         let is_base = |j: &Job| j.backend == baseline_of(j.workload);
         // A workload whose baseline runs in another variant (file-randread's
         // pread loop is its qd1 row) keeps that run, so its rows get ratios.
-        let kept: Vec<&str> = plan
+        let has_base = |w: &str| {
+            plan.jobs
+                .iter()
+                .any(|j| j.workload == w && wanted(j) && is_base(j))
+        };
+        let need_base: Vec<&str> = plan
             .jobs
             .iter()
-            .filter(|j| wanted(j))
+            .filter(|j| wanted(j) && !has_base(j.workload))
             .map(|j| j.workload)
             .collect();
-        let based: Vec<&str> = plan
-            .jobs
-            .iter()
-            .filter(|j| wanted(j) && is_base(j))
-            .map(|j| j.workload)
-            .collect();
-        plan.jobs.retain(|j| {
-            wanted(j) || (is_base(j) && kept.contains(&j.workload) && !based.contains(&j.workload))
-        });
+        plan.jobs
+            .retain(|j| wanted(j) || (is_base(j) && need_base.contains(&j.workload)));
     }
     let repeat = cli.repeat.max(1);
     let dur = match cli.duration {

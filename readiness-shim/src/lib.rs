@@ -567,8 +567,8 @@ impl ShimDriver {
                 // their look, so they are never starved.
                 return Ok(());
             }
-            let end = *end_at.get_or_insert_with(|| timeout.map(|t| Instant::now() + t));
             let now = Instant::now();
+            let end = *end_at.get_or_insert_with(|| timeout.map(|t| now + t));
             let left = end.map(|e| e.saturating_duration_since(now));
             let done = self.ready.len() >= min;
             // Block only when nothing is ready yet and time remains.
