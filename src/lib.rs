@@ -38,7 +38,7 @@ pub use ringport_core::driver::{
     self as drv, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
 };
 pub use ringport_core::op::{
-    self, CancelTarget, FileStat, Op, OpId, OpKind, ShutdownHow, SockAddr, CURRENT_POSITION,
+    self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,
 };
 pub use ringport_core::port::{GetError, PortEntry};
 pub use ringport_core::runtime::{

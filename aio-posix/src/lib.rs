@@ -25,7 +25,7 @@ use notify::Notifier;
 use ringport_core::driver::{
     cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
 };
-use ringport_core::op::{CancelTarget, Op, OpId, OpKind, CURRENT_POSITION};
+use ringport_core::op::{CancelTarget, Offset, Op, OpId, OpKind};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
@@ -276,7 +276,7 @@ impl AioDriver {
     fn is_aio(&mut self, op: &Op) -> bool {
         match *op {
             Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. } => {
-                offset != CURRENT_POSITION && self.fd_kind(fd) == FdKind::File
+                offset != Offset::Current && self.fd_kind(fd) == FdKind::File
             }
             Op::Fsync { fd, .. } => self.fd_kind(fd) == FdKind::File,
             _ => false,
@@ -307,14 +307,14 @@ impl AioDriver {
         match &mut req.op {
             Op::Read { fd, offset, buf } => {
                 cb.aio_fildes = *fd;
-                cb.aio_offset = *offset as libc::off_t;
+                cb.aio_offset = offset.to_raw() as libc::off_t;
                 cb.aio_buf = buf.as_mut_ptr().cast();
                 cb.aio_nbytes = buf.capacity();
                 cb.aio_lio_opcode = libc::LIO_READ;
             }
             Op::Write { fd, offset, buf } => {
                 cb.aio_fildes = *fd;
-                cb.aio_offset = *offset as libc::off_t;
+                cb.aio_offset = offset.to_raw() as libc::off_t;
                 cb.aio_buf = buf.as_ptr() as *mut libc::c_void;
                 cb.aio_nbytes = buf.len();
                 cb.aio_lio_opcode = libc::LIO_WRITE;

@@ -3,7 +3,7 @@
 //! workspace's `tests/` runs every case on the facade's aio backend too.)
 
 use ringport_aio::AioDriver;
-use ringport_core::{AnyBuf, AnyBufMut, Completion, Driver, Op, CURRENT_POSITION};
+use ringport_core::{AnyBuf, AnyBufMut, Completion, Driver, Offset, Op};
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ fn read_write_fsync_through_aio() {
     d.submit(
         Op::Write {
             fd,
-            offset: 10,
+            offset: ringport_core::Offset::At(10),
             buf: AnyBuf::new(b"abc".to_vec()),
         },
         1,
@@ -81,7 +81,7 @@ fn read_write_fsync_through_aio() {
     d.submit(
         Op::Read {
             fd,
-            offset: 2,
+            offset: ringport_core::Offset::At(2),
             buf: AnyBufMut::new(Vec::with_capacity(64)),
         },
         4,
@@ -113,7 +113,7 @@ fn ten_thousand_requests_in_flight() {
         d.submit(
             Op::Read {
                 fd,
-                offset: off as u64,
+                offset: ringport_core::Offset::At(off as u64),
                 buf: AnyBufMut::new(Vec::with_capacity(256)),
             },
             i as u64,
@@ -147,7 +147,7 @@ fn pipes_go_to_the_delegate() {
     d.submit(
         Op::Read {
             fd: fds[0],
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBufMut::new(Vec::with_capacity(8)),
         },
         1,
@@ -157,7 +157,7 @@ fn pipes_go_to_the_delegate() {
     d.submit(
         Op::Write {
             fd: fds[1],
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBuf::new(b"hi".to_vec()),
         },
         2,
@@ -220,7 +220,7 @@ fn sigpending_child() {
         d.submit(
             Op::Read {
                 fd,
-                offset: off as u64,
+                offset: ringport_core::Offset::At(off as u64),
                 buf: AnyBufMut::new(Vec::with_capacity(128)),
             },
             i as u64,

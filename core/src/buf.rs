@@ -248,9 +248,22 @@ unsafe impl<T: IoBufMut> IoBufMut for Slice<T> {
     }
     unsafe fn set_init(&mut self, n: usize) {
         let upto = self.begin + n;
-        if upto > self.buf.bytes_init() {
-            // SAFETY: bytes before `begin` were initialised already or the view
-            // starts at 0; the caller vouches for the n bytes of the view.
+        let init = self.buf.bytes_init();
+        if upto > init {
+            if init < self.begin {
+                // The view starts past the buffer's initialised bytes: the
+                // gap between them was never written. Zero it, so that
+                // growing the buffer's length never exposes uninitialised
+                // memory to safe code.
+                // SAFETY: init < begin <= bytes_total, so the range is inside
+                // the buffer's memory, which we own uniquely (no op is in
+                // flight: set_init runs after the kernel or worker is done).
+                unsafe {
+                    std::ptr::write_bytes(self.buf.stable_mut_ptr().add(init), 0, self.begin - init)
+                }
+            }
+            // SAFETY: bytes before `begin` are initialised (they were, or
+            // were just zeroed); the caller vouches for the n bytes of the view.
             unsafe { self.buf.set_init(upto) }
         }
     }
@@ -581,6 +594,26 @@ mod tests {
         assert_eq!(a.as_slice(), &[1, 2, 3]);
         let v: Vec<u8> = a.downcast().unwrap();
         assert_eq!(v, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn slice_read_past_the_initialised_bytes_zeroes_the_gap() {
+        // A view that starts beyond the Vec's length: a read into it must not
+        // leave the bytes between the old length and the view uninitialised
+        // (Miri reports the read of them below as UB without the fix).
+        let mut v: Vec<u8> = Vec::with_capacity(64);
+        v.push(7);
+        let mut s = v.slice(16..32);
+        // SAFETY: we write the 16 bytes of the view, then declare them.
+        unsafe {
+            std::ptr::write_bytes(s.stable_mut_ptr(), 0xab, 16);
+            IoBufMut::set_init(&mut s, 16);
+        }
+        let v = s.into_inner();
+        assert_eq!(v.len(), 32);
+        assert_eq!(v[0], 7, "bytes before the gap are kept");
+        assert!(v[1..16].iter().all(|&b| b == 0), "the gap is zeroed");
+        assert!(v[16..].iter().all(|&b| b == 0xab));
     }
 
     #[test]

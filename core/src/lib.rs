@@ -18,8 +18,6 @@ pub mod runtime;
 
 pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError, Support, Wake};
-pub use op::{
-    CancelTarget, Direction, FileStat, Op, OpId, OpKind, ShutdownHow, SockAddr, CURRENT_POSITION,
-};
+pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
 pub use port::{CompletionPort, GetError, PortEntry};
 pub use runtime::{spawn, yield_now, JoinHandle, Runtime};

@@ -13,12 +13,71 @@ use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// `offset` value meaning "the fd's current position": a stream read or write
-/// (pipes, sockets, terminals). Such ops are performed in submission order per
-/// fd and direction.
-pub const CURRENT_POSITION: u64 = u64::MAX;
+/// Where a read or write happens in its fd.
+///
+/// `Current` is a stream read or write (pipes, sockets, terminals, or a file's
+/// own position): such ops are performed in submission order per fd and
+/// direction. `At(n)` is positional (`pread`/`pwrite`); `n` above
+/// `i64::MAX` (the largest `off_t`) is refused at submit with `InvalidInput`.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Offset {
+    /// At this byte offset, leaving the fd's position alone.
+    At(u64),
+    /// At the fd's current position, advancing it.
+    Current,
+}
+
+impl Offset {
+    /// The largest offset a file can have (`off_t` is signed).
+    pub const MAX: u64 = i64::MAX as u64;
+
+    /// The offset as the kernel's io_uring and `preadv2` take it: `-1` (all
+    /// ones) for the current position.
+    pub fn to_raw(self) -> u64 {
+        match self {
+            Offset::At(n) => n,
+            Offset::Current => u64::MAX,
+        }
+    }
+
+    /// The explicit offset, if there is one.
+    pub fn at(self) -> Option<u64> {
+        match self {
+            Offset::At(n) => Some(n),
+            Offset::Current => None,
+        }
+    }
+
+    /// `n` bytes further on (the current position stays the current position).
+    pub fn advanced(self, n: usize) -> Offset {
+        match self {
+            Offset::At(o) => Offset::At(o.saturating_add(n as u64)),
+            Offset::Current => Offset::Current,
+        }
+    }
+
+    fn validate(self) -> io::Result<()> {
+        match self {
+            Offset::At(n) if n > Offset::MAX => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "file offset {n} is beyond the largest file offset ({})",
+                    Offset::MAX
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl From<u64> for Offset {
+    fn from(n: u64) -> Offset {
+        Offset::At(n)
+    }
+}
 
 /// Identifies one submitted operation within one driver. It carries a
 /// generation, so an id whose op has completed never matches a later op.
@@ -304,22 +363,22 @@ impl FileStat {
 pub enum Op {
     /// Does nothing; completes with 0.
     Nop,
-    /// `pread` (or `read` at [`CURRENT_POSITION`]) into `buf`.
+    /// `pread` (or `read` at [`Offset::Current`]) into `buf`.
     Read {
         /// The fd.
         fd: RawFd,
-        /// File offset, or [`CURRENT_POSITION`].
-        offset: u64,
+        /// Where in the fd.
+        offset: Offset,
         /// Filled from its start; its initialised length becomes the count read.
         buf: AnyBufMut,
     },
-    /// `pwrite` (or `write` at [`CURRENT_POSITION`]) of `buf`'s initialised bytes.
+    /// `pwrite` (or `write` at [`Offset::Current`]) of `buf`'s initialised bytes.
     /// A stream write completes only when every byte is written, or on error.
     Write {
         /// The fd.
         fd: RawFd,
-        /// File offset, or [`CURRENT_POSITION`].
-        offset: u64,
+        /// Where in the fd.
+        offset: Offset,
         /// The bytes to write.
         buf: AnyBuf,
     },
@@ -327,8 +386,8 @@ pub enum Op {
     Readv {
         /// The fd.
         fd: RawFd,
-        /// File offset, or [`CURRENT_POSITION`].
-        offset: u64,
+        /// Where in the fd.
+        offset: Offset,
         /// The buffers.
         bufs: Vec<AnyBufMut>,
     },
@@ -336,8 +395,8 @@ pub enum Op {
     Writev {
         /// The fd.
         fd: RawFd,
-        /// File offset, or [`CURRENT_POSITION`].
-        offset: u64,
+        /// Where in the fd.
+        offset: Offset,
         /// The buffers.
         bufs: Vec<AnyBuf>,
     },
@@ -576,14 +635,14 @@ impl Op {
     }
 
     /// Which per-fd queue the op must wait in to keep submission order, if any:
-    /// reads and writes at [`CURRENT_POSITION`], and recv/send, are ordered per
+    /// reads and writes at [`Offset::Current`], and recv/send, are ordered per
     /// fd and direction.
     pub fn direction(&self) -> Option<Direction> {
         match self {
-            Op::Read { offset, .. } | Op::Readv { offset, .. } if *offset == CURRENT_POSITION => {
+            Op::Read { offset, .. } | Op::Readv { offset, .. } if *offset == Offset::Current => {
                 Some(Direction::Read)
             }
-            Op::Write { offset, .. } | Op::Writev { offset, .. } if *offset == CURRENT_POSITION => {
+            Op::Write { offset, .. } | Op::Writev { offset, .. } if *offset == Offset::Current => {
                 Some(Direction::Write)
             }
             Op::Recv { .. } | Op::RecvFrom { .. } => Some(Direction::Read),
@@ -613,9 +672,14 @@ impl Op {
     /// submit, so bad input gets the same error everywhere.
     pub fn validate(&self) -> io::Result<()> {
         if let Some(fd) = self.fd() {
-            if fd < 0 {
-                return Err(io::Error::from_raw_os_error(libc::EBADF));
-            }
+            check_fd(fd)?;
+        }
+        if let Op::Read { offset, .. }
+        | Op::Write { offset, .. }
+        | Op::Readv { offset, .. }
+        | Op::Writev { offset, .. } = self
+        {
+            offset.validate()?;
         }
         match self {
             Op::SendTo { addr, .. } | Op::Connect { addr, .. } => addr.validate(),
@@ -624,6 +688,44 @@ impl Op {
             _ => Ok(()),
         }
     }
+}
+
+/// The highest number of open files this process may have (the hard
+/// `RLIMIT_NOFILE`), read once and read again when an fd is at or above it
+/// (the limit may have been raised since).
+static FD_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+fn fd_limit(refresh: bool) -> u64 {
+    let cached = FD_LIMIT.load(Ordering::Relaxed);
+    if cached != 0 && !refresh {
+        return cached;
+    }
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one plain struct we own.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let limit = if r == 0 {
+        rl.rlim_max.max(rl.rlim_cur)
+    } else {
+        // Without a limit to read, trust the kernel's own ceiling.
+        1 << 20
+    };
+    let limit = limit.min(i32::MAX as u64 + 1);
+    FD_LIMIT.store(limit, Ordering::Relaxed);
+    limit
+}
+
+/// Whether `fd` can name an open file of this process: not negative, and
+/// below the hard open-file limit. Per-fd tables index by fd number, so a
+/// number far outside that range must be refused before it sizes a table.
+/// An fd that passes may still be closed; the syscall then says `EBADF`.
+pub fn check_fd(fd: RawFd) -> io::Result<()> {
+    if fd < 0 || (fd as u64 >= fd_limit(false) && fd as u64 >= fd_limit(true)) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(())
 }
 
 fn too_many_iovecs(n: usize) -> io::Error {

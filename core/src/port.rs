@@ -26,7 +26,7 @@
 
 use crate::buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut};
 use crate::driver::{Completion, Driver, DriverWaker};
-use crate::op::{Op, OpId, SockAddr};
+use crate::op::{Offset, Op, OpId, SockAddr};
 use slab::Slab;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -282,33 +282,35 @@ impl CompletionPort {
         Ok(())
     }
 
-    /// ReadFile at `offset` into `buf`.
+    /// ReadFile at `offset` into `buf` (`Offset::Current` for a stream; a
+    /// plain `u64` is an explicit offset).
     pub fn read<B: IoBufMut>(
         &self,
         fd: RawFd,
-        offset: u64,
+        offset: impl Into<Offset>,
         buf: B,
         overlapped: usize,
     ) -> io::Result<()> {
         let op = Op::Read {
             fd,
-            offset,
+            offset: offset.into(),
             buf: AnyBufMut::new(buf),
         };
         self.start(op, overlapped).map_err(|(e, _)| e)
     }
 
-    /// WriteFile of `buf` at `offset`.
+    /// WriteFile of `buf` at `offset` (`Offset::Current` for a stream; a
+    /// plain `u64` is an explicit offset).
     pub fn write<B: IoBuf>(
         &self,
         fd: RawFd,
-        offset: u64,
+        offset: impl Into<Offset>,
         buf: B,
         overlapped: usize,
     ) -> io::Result<()> {
         let op = Op::Write {
             fd,
-            offset,
+            offset: offset.into(),
             buf: AnyBuf::new(buf),
         };
         self.start(op, overlapped).map_err(|(e, _)| e)

@@ -159,7 +159,7 @@ pub fn driver_randread(
     for tok in 0..qd {
         let op = Op::Read {
             fd,
-            offset: next(),
+            offset: ringport::Offset::At(next()),
             buf: ringport::AnyBufMut::new(vec![0u8; BLOCK]),
         };
         d.submit(op, tok as u64, None).map_err(|e| e.error)?;
@@ -195,7 +195,7 @@ pub fn driver_randread(
                 }
                 let op = Op::Read {
                     fd,
-                    offset: next(),
+                    offset: ringport::Offset::At(next()),
                     buf,
                 };
                 d.submit(op, tok as u64, None).map_err(|e| e.error)?;

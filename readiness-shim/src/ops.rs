@@ -2,7 +2,7 @@
 //! wait on readiness, or a blocking call on a pool thread for file ops. One
 //! arm per op, so "how does the shim do X" is answered here.
 
-use ringport_core::op::{FileStat, Op, CURRENT_POSITION};
+use ringport_core::op::{FileStat, Offset, Op};
 use std::io;
 
 /// What a non-blocking attempt came to.
@@ -68,16 +68,16 @@ pub(crate) enum Nowait {
 pub(crate) fn read_nowait(op: &mut Op) -> Nowait {
     #[cfg(target_os = "linux")]
     if let Op::Read { fd, offset, buf } = op {
-        if *offset == CURRENT_POSITION {
+        let Offset::At(at) = *offset else {
             return Nowait::Pool;
-        }
+        };
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.capacity(),
         };
         // SAFETY: the iovec points at the op's buffer, `capacity` writable
         // bytes the op owns for the length of this call.
-        let r = unsafe { libc::preadv2(*fd, &iov, 1, *offset as libc::off_t, libc::RWF_NOWAIT) };
+        let r = unsafe { libc::preadv2(*fd, &iov, 1, at as libc::off_t, libc::RWF_NOWAIT) };
         if r >= 0 && r as usize == iov.iov_len {
             // SAFETY: the kernel wrote all r bytes at the buffer's start.
             unsafe { buf.set_init(r as usize) };
@@ -106,10 +106,9 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
             let r = retry(|| {
                 // SAFETY: p points at n writable bytes owned by the op.
                 unsafe {
-                    if *offset == CURRENT_POSITION {
-                        libc::read(f, p.cast(), n)
-                    } else {
-                        libc::pread(f, p.cast(), n, *offset as libc::off_t)
+                    match *offset {
+                        Offset::Current => libc::read(f, p.cast(), n),
+                        Offset::At(at) => libc::pread(f, p.cast(), n, at as libc::off_t),
                     }
                 }
             });
@@ -129,7 +128,7 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
             }
             attempt_of(r)
         }
-        Op::Write { fd, offset, buf } if *offset == CURRENT_POSITION => {
+        Op::Write { fd, offset, buf } if *offset == Offset::Current => {
             let (f, base, len) = (*fd, buf.as_ptr(), buf.len());
             // SAFETY: base + progress stays within the len bytes of the buffer.
             write_all(progress, len, |done| unsafe {
@@ -137,7 +136,7 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
             })
         }
         Op::Write { fd, offset, buf } => {
-            let (f, p, n, off) = (*fd, buf.as_ptr(), buf.len(), *offset);
+            let (f, p, n, off) = (*fd, buf.as_ptr(), buf.len(), offset.to_raw());
             // SAFETY: p points at n initialised bytes owned by the op.
             attempt_of(retry(|| unsafe {
                 libc::pwrite(f, p.cast(), n, off as libc::off_t)
@@ -292,10 +291,11 @@ fn perform_vectored(op: &mut Op) -> io::Result<usize> {
             let (f, off) = (*fd, *offset);
             // SAFETY: each iovec points into a buffer owned by the op.
             let r = retry(|| unsafe {
-                if off == CURRENT_POSITION {
-                    libc::readv(f, iov.as_ptr(), iov.len() as i32)
-                } else {
-                    libc::preadv(f, iov.as_ptr(), iov.len() as i32, off as libc::off_t)
+                match off {
+                    Offset::Current => libc::readv(f, iov.as_ptr(), iov.len() as i32),
+                    Offset::At(at) => {
+                        libc::preadv(f, iov.as_ptr(), iov.len() as i32, at as libc::off_t)
+                    }
                 }
             });
             if let Ok(n) = r {
@@ -320,10 +320,11 @@ fn perform_vectored(op: &mut Op) -> io::Result<usize> {
             let (f, off) = (*fd, *offset);
             // SAFETY: each iovec points into a buffer owned by the op.
             retry(|| unsafe {
-                if off == CURRENT_POSITION {
-                    libc::writev(f, iov.as_ptr(), iov.len() as i32)
-                } else {
-                    libc::pwritev(f, iov.as_ptr(), iov.len() as i32, off as libc::off_t)
+                match off {
+                    Offset::Current => libc::writev(f, iov.as_ptr(), iov.len() as i32),
+                    Offset::At(at) => {
+                        libc::pwritev(f, iov.as_ptr(), iov.len() as i32, at as libc::off_t)
+                    }
                 }
             })
         }

@@ -32,7 +32,7 @@ fn make_file(name: &str) -> (std::path::PathBuf, File) {
 fn read(d: &mut ShimDriver, fd: i32, offset: u64, len: usize) -> (usize, Vec<u8>) {
     let op = Op::Read {
         fd,
-        offset,
+        offset: ringport_core::Offset::At(offset),
         buf: AnyBufMut::new(Vec::with_capacity(len)),
     };
     d.submit(op, 7, None).map_err(|e| e.error).unwrap();

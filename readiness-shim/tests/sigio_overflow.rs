@@ -3,7 +3,7 @@
 //! must rescan every fd and lose nothing. Runs in a child process whose
 //! `RLIMIT_SIGPENDING` is lowered, so the overflow really happens.
 
-use ringport_core::{AnyBufMut, Driver, Op, CURRENT_POSITION};
+use ringport_core::{AnyBufMut, Driver, Offset, Op};
 use ringport_shim::{PollerKind, ShimDriver};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ fn overflow_child() {
         d.submit(
             Op::Read {
                 fd: fds[0],
-                offset: CURRENT_POSITION,
+                offset: Offset::Current,
                 buf: AnyBufMut::new(Vec::with_capacity(8)),
             },
             token as u64,

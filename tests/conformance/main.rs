@@ -85,6 +85,11 @@ macro_rules! conformance {
         case!($b, b2_fd_above_fd_setsize);
         case!($b, b3_zero_length_ops);
         case!($b, b4_bad_sockaddr);
+        // Lifecycle edges (core)
+        case!($b, l1_slice_read_past_init_zeroes_the_gap);
+        case!($b, l2_offset_out_of_range_is_invalid_input);
+        case!($b, l3_huge_fd_is_ebadf);
+        case!($b, l4_duration_max_means_never);
     };
 }
 

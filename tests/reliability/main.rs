@@ -7,7 +7,7 @@
 mod harness;
 
 use harness::{rt, thread_cpu, Drv, Pipe};
-use ringport::{AnyBufMut, Backend, Op, TcpListener, CURRENT_POSITION};
+use ringport::{AnyBufMut, Backend, Offset, Op, TcpListener};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::process::{Command, Stdio};
@@ -178,7 +178,7 @@ fn close_under_in_flight_read_never_reaches_reused_fd(b: Backend) {
     d.submit(
         Op::Read {
             fd: rfd,
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBufMut::new(Vec::with_capacity(16)),
         },
         1,
@@ -204,7 +204,7 @@ fn close_under_in_flight_read_never_reaches_reused_fd(b: Backend) {
     d.submit(
         Op::Read {
             fd: fresh.rfd(),
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBufMut::new(Vec::with_capacity(16)),
         },
         3,

@@ -3,7 +3,7 @@
 //! X" is answered here.
 
 use io_uring::{opcode, squeue, types};
-use ringport_core::op::{CancelTarget, FileStat, Op, OpKind, CURRENT_POSITION};
+use ringport_core::op::{CancelTarget, FileStat, Op, OpKind};
 use std::io;
 
 /// Memory the kernel reads or writes after submission that the `Op` does not
@@ -51,20 +51,15 @@ pub(crate) fn prepare(
         Op::Nop => opcode::Nop::new().build(),
         Op::Read { fd: f, offset, buf } => {
             opcode::Read::new(fd(*f), buf.as_mut_ptr(), clamp(buf.capacity()))
-                .offset(*offset)
+                .offset(offset.to_raw())
                 .build()
         }
         Op::Write { fd: f, offset, buf } => {
             let done = progress.min(buf.len());
             // SAFETY: done <= len, so the pointer stays inside the buffer.
             let ptr = unsafe { buf.as_ptr().add(done) };
-            let off = if *offset == CURRENT_POSITION {
-                CURRENT_POSITION
-            } else {
-                *offset + done as u64
-            };
             opcode::Write::new(fd(*f), ptr, clamp(buf.len() - done))
-                .offset(off)
+                .offset(offset.advanced(done).to_raw())
                 .build()
         }
         Op::Readv {
@@ -85,7 +80,7 @@ pub(crate) fn prepare(
                 unreachable!()
             };
             opcode::Readv::new(fd(*f), iov.as_ptr(), iov.len() as u32)
-                .offset(*offset)
+                .offset(offset.to_raw())
                 .build()
         }
         Op::Writev {
@@ -106,7 +101,7 @@ pub(crate) fn prepare(
                 unreachable!()
             };
             opcode::Writev::new(fd(*f), iov.as_ptr(), iov.len() as u32)
-                .offset(*offset)
+                .offset(offset.to_raw())
                 .build()
         }
         Op::Recv { fd: f, buf, flags } => {

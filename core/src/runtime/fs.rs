@@ -3,7 +3,7 @@
 use super::net::Fd;
 use super::op::submit;
 use crate::buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut};
-use crate::op::{FileStat, Op};
+use crate::op::{FileStat, Offset, Op};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
@@ -159,7 +159,7 @@ impl File {
     pub async fn read_at<B: IoBufMut>(&self, buf: B, pos: u64) -> (io::Result<usize>, B) {
         let op = Op::Read {
             fd: self.fd.raw(),
-            offset: pos,
+            offset: Offset::At(pos),
             buf: AnyBufMut::new(buf),
         };
         let (res, op) = submit(op, None).await;
@@ -174,7 +174,7 @@ impl File {
     pub async fn write_at<B: IoBuf>(&self, buf: B, pos: u64) -> (io::Result<usize>, B) {
         let op = Op::Write {
             fd: self.fd.raw(),
-            offset: pos,
+            offset: Offset::At(pos),
             buf: AnyBuf::new(buf),
         };
         let (res, op) = submit(op, None).await;
@@ -219,7 +219,7 @@ impl File {
     ) -> (io::Result<usize>, Vec<B>) {
         let op = Op::Readv {
             fd: self.fd.raw(),
-            offset: pos,
+            offset: Offset::At(pos),
             bufs: bufs.into_iter().map(AnyBufMut::new).collect(),
         };
         let (res, op) = submit(op, None).await;
@@ -240,7 +240,7 @@ impl File {
     pub async fn writev_at<B: IoBuf>(&self, bufs: Vec<B>, pos: u64) -> (io::Result<usize>, Vec<B>) {
         let op = Op::Writev {
             fd: self.fd.raw(),
-            offset: pos,
+            offset: Offset::At(pos),
             bufs: bufs.into_iter().map(AnyBuf::new).collect(),
         };
         let (res, op) = submit(op, None).await;

@@ -3,7 +3,7 @@
 use super::current;
 use super::op::submit;
 use crate::buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut};
-use crate::op::{Op, ShutdownHow, SockAddr, CURRENT_POSITION};
+use crate::op::{Offset, Op, ShutdownHow, SockAddr};
 use std::io;
 use std::mem;
 use std::net::{Shutdown, SocketAddr};
@@ -153,7 +153,7 @@ async fn read_stream<B: IoBufMut>(
     } else {
         Op::Read {
             fd,
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf,
         }
     };
@@ -174,7 +174,7 @@ async fn write_stream<B: IoBuf>(
     } else {
         Op::Write {
             fd,
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf,
         }
     };

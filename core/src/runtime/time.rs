@@ -8,9 +8,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Waits for `duration`.
+/// Waits for `duration`. A duration too long for the clock to express (such
+/// as `Duration::MAX`) waits forever, without holding a timer.
 pub async fn sleep(duration: Duration) -> io::Result<()> {
-    sleep_until(Instant::now() + duration).await
+    match Instant::now().checked_add(duration) {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until `deadline`.

@@ -1,7 +1,7 @@
 //! B1–B4: bad input.
 
 use crate::harness::{Drv, Pipe};
-use ringport::{AnyBuf, AnyBufMut, Backend, Op, OpKind, SockAddr, Support, CURRENT_POSITION};
+use ringport::{AnyBuf, AnyBufMut, Backend, Offset, Op, OpKind, SockAddr, Support};
 use std::io::ErrorKind;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ pub fn b2_fd_above_fd_setsize(b: Backend) {
     let r = d.try_submit(
         Op::Read {
             fd: high,
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBufMut::new(Vec::with_capacity(8)),
         },
         1,
@@ -71,7 +71,7 @@ pub fn b2_fd_above_fd_setsize(b: Backend) {
     d.submit(
         Op::Read {
             fd: p2.rfd(),
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBufMut::new(Vec::with_capacity(8)),
         },
         2,
@@ -95,7 +95,7 @@ pub fn b3_zero_length_ops(b: Backend) {
     d.submit(
         Op::Write {
             fd: p.wfd(),
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBuf::new(Vec::new()),
         },
         1,
@@ -107,7 +107,7 @@ pub fn b3_zero_length_ops(b: Backend) {
     d.submit(
         Op::Read {
             fd: file.as_raw_fd(),
-            offset: 0,
+            offset: ringport::Offset::At(0),
             buf: AnyBufMut::new(Vec::new()),
         },
         2,

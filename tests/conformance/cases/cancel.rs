@@ -1,7 +1,7 @@
 //! X1–X6: cancellation.
 
 use crate::harness::{rt, Counted, Drv, Pipe};
-use ringport::{AnyBufMut, Backend, CancelTarget, Op, CURRENT_POSITION};
+use ringport::{AnyBufMut, Backend, CancelTarget, Offset, Op};
 use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn pipe_read(fd: i32, cap: usize) -> Op {
     Op::Read {
         fd,
-        offset: CURRENT_POSITION,
+        offset: Offset::Current,
         buf: AnyBufMut::new(Vec::with_capacity(cap)),
     }
 }
@@ -24,7 +24,7 @@ pub fn x1_cancel_in_flight_read(b: Backend) {
     let id = d.submit(
         Op::Read {
             fd: p.rfd(),
-            offset: CURRENT_POSITION,
+            offset: Offset::Current,
             buf: AnyBufMut::new(v),
         },
         1,

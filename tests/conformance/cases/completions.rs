@@ -31,12 +31,12 @@ pub fn c2_one_completion_per_submission(b: Backend) {
         let op = match rng.below(5) {
             0 => Op::Read {
                 fd,
-                offset: rng.below(64 * 1024),
+                offset: ringport::Offset::At(rng.below(64 * 1024)),
                 buf: AnyBufMut::new(Vec::with_capacity(128)),
             },
             1 => Op::Write {
                 fd,
-                offset: 64 * 1024 + rng.below(4096),
+                offset: ringport::Offset::At(64 * 1024 + rng.below(4096)),
                 buf: AnyBuf::new(vec![7u8; 64]),
             },
             2 => Op::Nop,
@@ -81,7 +81,7 @@ pub fn c3_buffer_comes_back(b: Backend) {
     d.submit(
         Op::Read {
             fd: file.as_raw_fd(),
-            offset: 0,
+            offset: ringport::Offset::At(0),
             buf: AnyBufMut::new(v),
         },
         1,
@@ -103,7 +103,7 @@ pub fn c4_slice_read_stays_inside_view(b: Backend) {
     d.submit(
         Op::Read {
             fd: file.as_raw_fd(),
-            offset: 0,
+            offset: ringport::Offset::At(0),
             buf: AnyBufMut::new(view),
         },
         1,

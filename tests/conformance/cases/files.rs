@@ -102,19 +102,20 @@ pub fn f5_open_errors(b: Backend) {
 }
 
 pub fn f6_read_on_never_opened_fd(b: Backend) {
-    // An fd number at the soft limit can never be open in this process.
+    // The highest fd number the soft limit allows: in range (so not refused
+    // at submit, see L3) but never opened by this test process.
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    let fd = lim.rlim_cur.min(i32::MAX as u64) as i32;
+    let fd = lim.rlim_cur.min(i32::MAX as u64) as i32 - 1;
     let mut d = Drv::new(b);
     let r = d.try_submit(
         Op::Read {
             fd,
-            offset: 0,
+            offset: ringport::Offset::At(0),
             buf: AnyBufMut::new(Vec::with_capacity(16)),
         },
         1,
@@ -139,7 +140,7 @@ pub fn f7_many_reads_in_flight(b: Backend) {
         d.submit(
             Op::Read {
                 fd: file.as_raw_fd(),
-                offset: off,
+                offset: ringport::Offset::At(off),
                 buf: AnyBufMut::new(Vec::with_capacity(512)),
             },
             token,
@@ -190,7 +191,7 @@ pub fn f9_close_cancels_and_consumes(b: Backend) {
     d.submit(
         Op::Read {
             fd: rfd,
-            offset: ringport::CURRENT_POSITION,
+            offset: ringport::Offset::Current,
             buf: AnyBufMut::new(Vec::with_capacity(8)),
         },
         1,
