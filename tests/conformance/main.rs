@@ -90,6 +90,16 @@ macro_rules! conformance {
         case!($b, l2_offset_out_of_range_is_invalid_input);
         case!($b, l3_huge_fd_is_ebadf);
         case!($b, l4_duration_max_means_never);
+        case!(
+            $b,
+            l5_fd_dropped_outside_block_on_is_closed_through_the_driver
+        );
+        case!(
+            $b,
+            l6_fd_dropped_on_another_thread_is_closed_through_the_driver
+        );
+        case!($b, l7_fd_dropped_after_its_runtime_is_closed);
+        case!($b, l8_abandoned_open_does_not_leak_its_fd);
     };
 }
 

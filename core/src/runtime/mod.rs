@@ -34,6 +34,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,10 +57,41 @@ enum OpSlot {
     Orphaned,
 }
 
-/// What other threads share with the runtime: the queue of tasks they woke.
-struct Remote {
+/// What other threads share with the runtime: the queue of tasks they woke,
+/// and the fds dropped away from the runtime's thread that its driver must
+/// close.
+pub(crate) struct Remote {
     queue: Mutex<Vec<usize>>,
+    closes: Mutex<Closes>,
     driver: DriverWaker,
+}
+
+/// Fds waiting to be closed through the driver, and whether the runtime is
+/// still there to do it.
+struct Closes {
+    fds: Vec<RawFd>,
+    open: bool,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Remote")
+    }
+}
+
+impl Remote {
+    /// Queues `fd` to be closed through the runtime's driver and wakes it.
+    /// False when the runtime is gone (the caller closes the fd itself).
+    pub(crate) fn defer_close(&self, fd: RawFd) -> bool {
+        let mut c = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.open {
+            return false;
+        }
+        c.fds.push(fd);
+        drop(c);
+        self.driver.wake();
+        true
+    }
 }
 
 /// A task's waker: pushes the task id on the runtime's run queue.
@@ -183,7 +215,10 @@ impl Core {
                     id
                 }
                 Some(OpSlot::Done(_)) => {
-                    ops.remove(key);
+                    if let OpSlot::Done(c) = ops.remove(key) {
+                        drop(ops);
+                        self.discard(c);
+                    }
                     return;
                 }
                 _ => return,
@@ -213,7 +248,7 @@ impl Core {
                     Some(OpSlot::Orphaned) => {
                         ops.remove(key);
                         drop(ops);
-                        drop(c); // the kernel is done: the buffer may go now
+                        self.discard(c);
                         None
                     }
                     _ => None,
@@ -256,6 +291,46 @@ impl Core {
         if !q.is_empty() {
             self.run_queue.borrow_mut().extend(q.drain(..));
         }
+        drop(q);
+        self.close_deferred(false);
+    }
+
+    /// Closes, through the driver, the fds dropped away from this thread.
+    /// With `last`, no more are accepted afterwards (the runtime is going).
+    fn close_deferred(&self, last: bool) {
+        let fds = {
+            let mut c = self.remote.closes.lock().unwrap_or_else(|e| e.into_inner());
+            if last {
+                c.open = false;
+            }
+            if c.fds.is_empty() {
+                return;
+            }
+            std::mem::take(&mut c.fds)
+        };
+        for fd in fds {
+            if self.submit_detached(Op::Close { fd }).is_err() {
+                // The driver refused the close (say, a full queue at drop):
+                // close it plainly rather than leak it.
+                // SAFETY: the fd was handed over by its dropped owner.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+
+    /// Drops a completion nobody will collect. An fd it made (an accept or
+    /// open whose future was dropped) is closed through the driver, so it
+    /// is neither leaked nor closed behind the driver's back.
+    fn discard(&self, c: Completion) {
+        let made_fd = matches!(c.op, Op::Accept { .. } | Op::OpenAt { .. });
+        if let (true, Ok(fd)) = (made_fd, &c.result) {
+            let fd = *fd as RawFd;
+            if self.submit_detached(Op::Close { fd }).is_err() {
+                // SAFETY: the fd was made for this op and nobody else has it.
+                unsafe { libc::close(fd) };
+            }
+        }
+        drop(c); // the kernel is done: the buffer may go now
     }
 
     /// Waits for I/O: blocks only when no task is ready to run.
@@ -288,6 +363,10 @@ impl Runtime {
         let caps = driver.capabilities().clone();
         let remote = Arc::new(Remote {
             queue: Mutex::new(Vec::new()),
+            closes: Mutex::new(Closes {
+                fds: Vec::new(),
+                open: true,
+            }),
             driver: driver.waker(),
         });
         let main_wake = Arc::new(TaskWake {
@@ -384,6 +463,28 @@ impl Drop for Runtime {
         let tasks: Vec<Task> = self.core.tasks.borrow_mut().drain().collect();
         let _guard = Enter::new(self.core.clone(), &self.main_running);
         drop(tasks);
+        // Completions nobody collected may hold fds (an accept or open
+        // whose future was dropped without being polled again).
+        let done: Vec<Completion> = {
+            let mut ops = self.core.ops.borrow_mut();
+            let keys: Vec<usize> = ops
+                .iter()
+                .filter(|(_, s)| matches!(s, OpSlot::Done(_)))
+                .map(|(k, _)| k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| match ops.remove(k) {
+                    OpSlot::Done(c) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        };
+        for c in done {
+            self.core.discard(c);
+        }
+        // Fds dropped elsewhere are closed through the driver; from now on
+        // their owners close them plainly.
+        self.core.close_deferred(true);
         // The driver's own Drop cancels what is left, waits a bounded time for
         // the kernel, and leaks only buffers the kernel may still touch.
     }

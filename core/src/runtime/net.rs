@@ -1,7 +1,7 @@
 //! Sockets and pipes: each I/O call is one op; buffers go in and come back.
 
-use super::current;
 use super::op::submit;
+use super::{current, Remote};
 use crate::buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut};
 use crate::op::{Offset, Op, ShutdownHow, SockAddr};
 use std::io;
@@ -9,42 +9,79 @@ use std::mem;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-/// Closes an fd when dropped: through the runtime's driver (which first
-/// cancels and waits for the fd's ops) when one is running on this thread,
-/// else with `close(2)`.
+/// An fd owned by a runtime type (`File`, `TcpStream`, ...).
+///
+/// The fd belongs to the driver of the runtime that first uses it (or that
+/// was running when it was made), and is always closed through that driver,
+/// which first lets the fd's ops end and releases its per-fd state:
+/// - dropped on the runtime's own thread while it runs: an `Op::Close` is
+///   submitted at once;
+/// - dropped anywhere else (outside `block_on`, on another thread, under
+///   another runtime) while that runtime exists: the fd is queued for the
+///   runtime, which closes it through its driver at its next turn (or when
+///   the runtime is dropped);
+/// - dropped after that runtime is gone (its driver, and the driver's state
+///   for the fd, went with it), or never used with one: `close(2)`.
 #[derive(Debug)]
-pub(crate) struct Fd(RawFd);
+pub(crate) struct Fd {
+    fd: RawFd,
+    owner: OnceLock<Arc<Remote>>,
+}
 
 impl Fd {
     pub(crate) fn new(fd: RawFd) -> Fd {
-        Fd(fd)
+        let owner = OnceLock::new();
+        if let Some(core) = current() {
+            let _ = owner.set(core.remote.clone());
+        }
+        Fd { fd, owner }
     }
+    /// The fd number, for an op: binds the fd to the running runtime if no
+    /// runtime owns it yet.
     pub(crate) fn raw(&self) -> RawFd {
-        self.0
+        if self.owner.get().is_none() {
+            if let Some(core) = current() {
+                let _ = self.owner.set(core.remote.clone());
+            }
+        }
+        self.fd
     }
     pub(crate) fn into_raw(self) -> RawFd {
-        let fd = self.0;
-        mem::forget(self);
+        let fd = self.fd;
+        // The owner link is dropped; the fd is the caller's now.
+        let mut this = mem::ManuallyDrop::new(self);
+        drop(this.owner.take());
         fd
     }
     /// Closes through the driver and waits for it.
     pub(crate) async fn close(self) -> io::Result<()> {
-        let fd = self.into_raw();
+        let fd = self.raw();
+        let _ = self.into_raw();
         submit(Op::Close { fd }, None).await.0.map(|_| ())
     }
 }
 
 impl Drop for Fd {
     fn drop(&mut self) {
+        let fd = self.fd;
+        let owner = self.owner.take();
         if let Some(core) = current() {
-            if core.submit_detached(Op::Close { fd: self.0 }).is_ok() {
+            let mine = owner.as_ref().is_none_or(|o| Arc::ptr_eq(o, &core.remote));
+            if mine && core.submit_detached(Op::Close { fd }).is_ok() {
                 return;
             }
         }
-        // SAFETY: we own the fd and nothing of ours uses it any more.
-        unsafe { libc::close(self.0) };
+        if let Some(owner) = owner {
+            if owner.defer_close(fd) {
+                return;
+            }
+        }
+        // SAFETY: we own the fd, and no driver holds state for it: its
+        // runtime is gone (or it never had one), so nothing uses it any more.
+        unsafe { libc::close(fd) };
     }
 }
 

@@ -109,3 +109,120 @@ pub fn l4_duration_max_means_never(b: Backend) {
         assert!(r.is_err(), "a sleep of Duration::MAX does not end");
     });
 }
+
+/// How many of this process's fds refer to `path` (exact, so parallel tests
+/// opening other files do not disturb the count).
+fn fds_open_on(path: &std::path::Path) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+        .count()
+}
+
+/// A pipe whose reader the driver has state for (a read waited on it).
+async fn used_pipe() -> (ringport::PipeReader, ringport::PipeWriter) {
+    let (r, w) = ringport::pipe().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_millis(30);
+    let (res, _) = r.read_deadline(Vec::with_capacity(8), deadline).await;
+    assert_eq!(res.unwrap_err().kind(), ErrorKind::TimedOut);
+    (r, w)
+}
+
+/// Reads `msg` through a fresh pipe: works whatever fd numbers it gets,
+/// including ones a dropped stream had.
+async fn fresh_pipe_reads() -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    let (r, w) = ringport::pipe().unwrap();
+    let num = r.as_raw_fd();
+    // The read waits for readiness first (the data comes later), so the
+    // driver must really watch this fd number.
+    let reader = ringport::spawn(async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        r.read_deadline(Vec::with_capacity(8), deadline).await
+    });
+    ringport::sleep(Duration::from_millis(20)).await.unwrap();
+    let (res, _) = w.write_all(&b"hello"[..]).await;
+    res.unwrap();
+    let (res, buf) = reader.await;
+    assert_eq!(res.expect("a read on a reused fd number completes"), 5);
+    assert_eq!(buf, b"hello");
+    num
+}
+
+/// A stream dropped outside `block_on` is closed through its runtime's
+/// driver, so the driver's state for that fd number is released and the next
+/// fd with the number works (a bare close left it unregistered on epoll and
+/// sigio: the read stalled until its deadline).
+pub fn l5_fd_dropped_outside_block_on_is_closed_through_the_driver(b: Backend) {
+    use std::os::fd::AsRawFd;
+    let rt = rt(b);
+    let (r, w) = rt.block_on(used_pipe());
+    let num = r.as_raw_fd();
+    drop(r); // outside block_on
+    drop(w);
+    let reused = rt.block_on(async {
+        // The deferred closes run at the runtime's next turn.
+        ringport::sleep(Duration::from_millis(1)).await.unwrap();
+        fresh_pipe_reads().await
+    });
+    eprintln!("fd {num} dropped, the fresh pipe's reader is fd {reused}");
+}
+
+/// The same for a stream dropped on another thread: the runtime closes it,
+/// and a peer sees the end of the stream.
+pub fn l6_fd_dropped_on_another_thread_is_closed_through_the_driver(b: Backend) {
+    let rt = rt(b);
+    let (r, w) = rt.block_on(used_pipe());
+    std::thread::spawn(move || drop(r)).join().unwrap();
+    rt.block_on(async {
+        ringport::sleep(Duration::from_millis(1)).await.unwrap();
+        fresh_pipe_reads().await;
+        // The reader is closed: a write to the pipe now fails (EPIPE).
+        let (res, _) = w.write_all(&b"x"[..]).await;
+        assert_eq!(res.unwrap_err().kind(), ErrorKind::BrokenPipe);
+    });
+}
+
+/// A stream that outlives its runtime is closed plainly when dropped (no
+/// driver is left to hold state for it), and is not leaked.
+pub fn l7_fd_dropped_after_its_runtime_is_closed(b: Backend) {
+    let f = TempFile::with(b"abc");
+    let file = {
+        let rt = rt(b);
+        rt.block_on(async {
+            let file = File::open(&f.path).await.unwrap();
+            let (r, _) = file.read_at(Vec::with_capacity(4), 0).await;
+            assert_eq!(r.unwrap(), 3);
+            file
+        })
+    };
+    assert_eq!(fds_open_on(&f.path), 1);
+    drop(file);
+    assert_eq!(fds_open_on(&f.path), 0, "the fd was closed");
+}
+
+/// An open abandoned by `timeout` (its future dropped, the open still
+/// completing) does not leak the fd it opened: the runtime closes it.
+pub fn l8_abandoned_open_does_not_leak_its_fd(b: Backend) {
+    let f = TempFile::with(b"abc");
+    {
+        let rt = rt(b);
+        rt.block_on(async {
+            for i in 0..200u64 {
+                let t = Duration::from_micros(i % 20 * 5);
+                if let Ok(file) = ringport::timeout(t, File::open(&f.path)).await {
+                    drop(file.unwrap());
+                }
+            }
+            // Let every abandoned open complete and be closed.
+            ringport::sleep(Duration::from_millis(50)).await.unwrap();
+        });
+    }
+    assert_eq!(
+        fds_open_on(&f.path),
+        0,
+        "fds of abandoned opens were leaked"
+    );
+}
