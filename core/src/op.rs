@@ -511,107 +511,62 @@ pub enum Op {
     },
 }
 
-/// The kind of an [`Op`], for capability tables and error messages.
-#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
-#[allow(missing_docs)]
-pub enum OpKind {
-    Nop,
-    Read,
-    Write,
-    Readv,
-    Writev,
-    Recv,
-    Send,
-    RecvFrom,
-    SendTo,
-    Accept,
-    Connect,
-    Shutdown,
-    Close,
-    Fsync,
-    OpenAt,
-    Stat,
-    Timeout,
-    Cancel,
-    Poll,
+/// Defines [`OpKind`], its `ALL` list and its names from one table, so the
+/// three can never disagree.
+macro_rules! op_kinds {
+    ($($kind:ident => $name:literal: $doc:literal,)*) => {
+        /// The kind of an [`Op`], for capability tables and error messages.
+        #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+        pub enum OpKind {
+            $(#[doc = $doc] $kind,)*
+        }
+
+        impl OpKind {
+            /// Every kind, in declaration order.
+            pub const ALL: [OpKind; [$(OpKind::$kind),*].len()] = [$(OpKind::$kind),*];
+
+            /// The name used in messages (`read`, `sendto`, ...).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(OpKind::$kind => $name,)*
+                }
+            }
+        }
+
+        impl Op {
+            /// The kind of this op.
+            pub fn kind(&self) -> OpKind {
+                match self {
+                    $(Op::$kind { .. } => OpKind::$kind,)*
+                }
+            }
+        }
+    };
 }
 
-impl OpKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [OpKind; 19] = [
-        OpKind::Nop,
-        OpKind::Read,
-        OpKind::Write,
-        OpKind::Readv,
-        OpKind::Writev,
-        OpKind::Recv,
-        OpKind::Send,
-        OpKind::RecvFrom,
-        OpKind::SendTo,
-        OpKind::Accept,
-        OpKind::Connect,
-        OpKind::Shutdown,
-        OpKind::Close,
-        OpKind::Fsync,
-        OpKind::OpenAt,
-        OpKind::Stat,
-        OpKind::Timeout,
-        OpKind::Cancel,
-        OpKind::Poll,
-    ];
-
-    /// The name used in messages (`read`, `sendto`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            OpKind::Nop => "nop",
-            OpKind::Read => "read",
-            OpKind::Write => "write",
-            OpKind::Readv => "readv",
-            OpKind::Writev => "writev",
-            OpKind::Recv => "recv",
-            OpKind::Send => "send",
-            OpKind::RecvFrom => "recvfrom",
-            OpKind::SendTo => "sendto",
-            OpKind::Accept => "accept",
-            OpKind::Connect => "connect",
-            OpKind::Shutdown => "shutdown",
-            OpKind::Close => "close",
-            OpKind::Fsync => "fsync",
-            OpKind::OpenAt => "openat",
-            OpKind::Stat => "stat",
-            OpKind::Timeout => "timeout",
-            OpKind::Cancel => "cancel",
-            OpKind::Poll => "poll",
-        }
-    }
+op_kinds! {
+    Nop => "nop": "[`Op::Nop`]",
+    Read => "read": "[`Op::Read`]",
+    Write => "write": "[`Op::Write`]",
+    Readv => "readv": "[`Op::Readv`]",
+    Writev => "writev": "[`Op::Writev`]",
+    Recv => "recv": "[`Op::Recv`]",
+    Send => "send": "[`Op::Send`]",
+    RecvFrom => "recvfrom": "[`Op::RecvFrom`]",
+    SendTo => "sendto": "[`Op::SendTo`]",
+    Accept => "accept": "[`Op::Accept`]",
+    Connect => "connect": "[`Op::Connect`]",
+    Shutdown => "shutdown": "[`Op::Shutdown`]",
+    Close => "close": "[`Op::Close`]",
+    Fsync => "fsync": "[`Op::Fsync`]",
+    OpenAt => "openat": "[`Op::OpenAt`]",
+    Stat => "stat": "[`Op::Stat`]",
+    Timeout => "timeout": "[`Op::Timeout`]",
+    Cancel => "cancel": "[`Op::Cancel`]",
+    Poll => "poll": "[`Op::Poll`]",
 }
 
 impl Op {
-    /// The kind of this op.
-    pub fn kind(&self) -> OpKind {
-        match self {
-            Op::Nop => OpKind::Nop,
-            Op::Read { .. } => OpKind::Read,
-            Op::Write { .. } => OpKind::Write,
-            Op::Readv { .. } => OpKind::Readv,
-            Op::Writev { .. } => OpKind::Writev,
-            Op::Recv { .. } => OpKind::Recv,
-            Op::Send { .. } => OpKind::Send,
-            Op::RecvFrom { .. } => OpKind::RecvFrom,
-            Op::SendTo { .. } => OpKind::SendTo,
-            Op::Accept { .. } => OpKind::Accept,
-            Op::Connect { .. } => OpKind::Connect,
-            Op::Shutdown { .. } => OpKind::Shutdown,
-            Op::Close { .. } => OpKind::Close,
-            Op::Fsync { .. } => OpKind::Fsync,
-            Op::OpenAt { .. } => OpKind::OpenAt,
-            Op::Stat { .. } => OpKind::Stat,
-            Op::Timeout { .. } => OpKind::Timeout,
-            Op::Cancel { .. } => OpKind::Cancel,
-            Op::Poll { .. } => OpKind::Poll,
-        }
-    }
-
     /// The fd the op works on, if any.
     pub fn fd(&self) -> Option<RawFd> {
         match *self {
