@@ -1,4 +1,4 @@
-//! The conformance suite: every case of `shared/CONFORMANCE.md`, written once
+//! The conformance suite: every case of `docs/conformance.md`, written once
 //! (in `cases/`) and run on every backend this build has, each as its own
 //! test named `<backend>::<case>` (e.g. `uring::f2_short_read_at_eof`).
 //!

@@ -1,4 +1,4 @@
-//! The case bodies, one function per CONFORMANCE.md case, each taking the
+//! The case bodies, one function per case of `docs/conformance.md`, each taking the
 //! backend to run on.
 
 mod bad_input;
