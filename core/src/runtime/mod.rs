@@ -39,7 +39,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
 
 /// Task id of the future given to `block_on`.
@@ -47,10 +47,37 @@ const MAIN: usize = usize::MAX;
 /// How many tasks run between two looks at the driver.
 const TASK_BUDGET: usize = 128;
 
+/// Who to wake when an op completes.
+enum Waiter {
+    /// A task of this runtime, by id ([`MAIN`] for `block_on`'s future):
+    /// queued directly, without going through a `Waker`.
+    Task(usize),
+    /// Any other waker (a future polled by a foreign executor or combinator).
+    Other(Waker),
+}
+
+impl Waiter {
+    /// The waiter for `waker`, recognising this runtime's own task wakers.
+    fn of(waker: &Waker, remote: &Arc<Remote>) -> Waiter {
+        match TaskWake::local_task(waker, remote) {
+            Some(task) => Waiter::Task(task),
+            None => Waiter::Other(waker.clone()),
+        }
+    }
+
+    /// Whether waking this waiter wakes what `waker` wakes.
+    fn same_as(&self, waker: &Waker, remote: &Arc<Remote>) -> bool {
+        match self {
+            Waiter::Task(t) => TaskWake::local_task(waker, remote) == Some(*t),
+            Waiter::Other(w) => w.will_wake(waker),
+        }
+    }
+}
+
 /// The state of one op the runtime submitted.
 enum OpSlot {
-    /// In flight; wake this task on completion.
-    Waiting { id: OpId, waker: Option<Waker> },
+    /// In flight; wake this waiter on completion.
+    Waiting { id: OpId, waker: Option<Waiter> },
     /// Completed; the future has not collected it yet.
     Done(Completion),
     /// The future was dropped: discard the completion (and its buffer) on arrival.
@@ -101,11 +128,75 @@ struct TaskWake {
     remote: Arc<Remote>,
 }
 
-impl Wake for TaskWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref()
+/// The vtable of task wakers: `Waker`s whose data is an `Arc<TaskWake>`
+/// (made by `Arc::into_raw`). Having our own lets the runtime recognise its
+/// own wakers (`TaskWake::local_task`) and make a borrowed one for a poll.
+static TASK_WAKER: RawWakerVTable = RawWakerVTable::new(
+    task_waker_clone,
+    task_waker_wake,
+    task_waker_wake_by_ref,
+    task_waker_drop,
+);
+
+unsafe fn task_waker_clone(data: *const ()) -> RawWaker {
+    // SAFETY: data came from Arc::into_raw of an Arc<TaskWake> that is alive
+    // (the waker being cloned holds, or borrows, one count).
+    unsafe { Arc::increment_strong_count(data as *const TaskWake) };
+    RawWaker::new(data, &TASK_WAKER)
+}
+
+unsafe fn task_waker_wake(data: *const ()) {
+    // SAFETY: the waker owns one count, which this takes over and drops.
+    let w = unsafe { Arc::from_raw(data as *const TaskWake) };
+    w.wake_by_ref();
+}
+
+unsafe fn task_waker_wake_by_ref(data: *const ()) {
+    // SAFETY: the waker holds (or borrows) a count for the call's length.
+    let w = unsafe { &*(data as *const TaskWake) };
+    w.wake_by_ref();
+}
+
+unsafe fn task_waker_drop(data: *const ()) {
+    // SAFETY: the waker owns one count, which this drops.
+    drop(unsafe { Arc::from_raw(data as *const TaskWake) });
+}
+
+impl TaskWake {
+    /// An owning waker for this task.
+    fn waker(self: Arc<Self>) -> Waker {
+        let data = Arc::into_raw(self) as *const ();
+        // SAFETY: the vtable's functions treat data as the Arc just leaked
+        // into it, and keep its count balanced.
+        unsafe { Waker::from_raw(RawWaker::new(data, &TASK_WAKER)) }
     }
-    fn wake_by_ref(self: &Arc<Self>) {
+
+    /// A waker for this task that borrows `self` instead of holding a count:
+    /// no reference-count traffic per poll. It must not outlive `self`;
+    /// clones of it are owning wakers as usual.
+    fn borrowed_waker(&self) -> std::mem::ManuallyDrop<Waker> {
+        // `self` is the pointee of an Arc (tasks are always made in one), so
+        // its address is what `Arc::into_raw` would give.
+        let data = self as *const TaskWake as *const ();
+        // SAFETY: as for `waker`, except that this waker owns no count, so it
+        // is wrapped in ManuallyDrop (its drop would release a count it does
+        // not have); the caller keeps `self` alive while it is used.
+        std::mem::ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(data, &TASK_WAKER)) })
+    }
+
+    /// The task `waker` wakes, if it is a task waker of the runtime `remote`
+    /// belongs to.
+    fn local_task(waker: &Waker, remote: &Arc<Remote>) -> Option<usize> {
+        if !std::ptr::eq(waker.vtable(), &TASK_WAKER) {
+            return None;
+        }
+        // SAFETY: a waker with our vtable has an Arc<TaskWake> as data, alive
+        // for as long as `waker` is.
+        let w = unsafe { &*(waker.data() as *const TaskWake) };
+        Arc::ptr_eq(&w.remote, remote).then_some(w.task)
+    }
+
+    fn wake_by_ref(&self) {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -166,7 +257,7 @@ impl Core {
         let id = self.driver.borrow_mut().submit(op, key as u64, deadline)?;
         entry.insert(OpSlot::Waiting {
             id,
-            waker: Some(waker.clone()),
+            waker: Some(Waiter::of(waker, &self.remote)),
         });
         Ok(key)
     }
@@ -188,8 +279,8 @@ impl Core {
         match ops.get_mut(key) {
             Some(OpSlot::Waiting { waker: w, .. }) => {
                 match w {
-                    Some(old) if old.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
+                    Some(old) if old.same_as(waker, &self.remote) => {}
+                    _ => *w = Some(Waiter::of(waker, &self.remote)),
                 }
                 None
             }
@@ -254,9 +345,45 @@ impl Core {
                     _ => None,
                 }
             };
-            if let Some(w) = waker {
-                w.wake();
+            match waker {
+                Some(Waiter::Task(task)) => self.wake_local(task),
+                Some(Waiter::Other(w)) => w.wake(),
+                None => {}
             }
+        }
+    }
+
+    /// Queues task `task` of this runtime to run (once, however often woken).
+    fn wake_local(&self, task: usize) {
+        let queued = if task == MAIN {
+            &self.main_wake.queued
+        } else {
+            match self.tasks.try_borrow() {
+                Ok(tasks) => match tasks.get(task) {
+                    // Only this thread sets `queued` to false, so a plain
+                    // load then store cannot lose a wake; at worst a remote
+                    // wake races in and the task is queued twice, which
+                    // costs one spurious poll.
+                    Some(t) if t.wake.queued.load(Ordering::Acquire) => return,
+                    Some(t) => {
+                        t.wake.queued.store(true, Ordering::Release);
+                        drop(tasks);
+                        self.run_queue.borrow_mut().push_back(task);
+                        return;
+                    }
+                    None => return,
+                },
+                Err(_) => {
+                    // The task table is busy (a spawn in progress): the
+                    // queue takes duplicates, so queue without the flag.
+                    self.run_queue.borrow_mut().push_back(task);
+                    return;
+                }
+            }
+        };
+        if !queued.load(Ordering::Acquire) {
+            queued.store(true, Ordering::Release);
+            self.run_queue.borrow_mut().push_back(task);
         }
     }
 
@@ -269,10 +396,16 @@ impl Core {
             let Some(fut) = task.future.take() else {
                 return;
             };
-            (fut, task.wake.clone())
+            (fut, Arc::as_ptr(&task.wake))
         };
+        // SAFETY: the task's entry holds an Arc of this TaskWake and stays in
+        // the table until this poll has returned: entries are removed only
+        // below, after the poll, and by `Runtime::drop`, which never runs
+        // during a poll. (A spawn during the poll may move the entry, not the
+        // TaskWake it points at.)
+        let wake = unsafe { &*wake };
         wake.queued.store(false, Ordering::Release);
-        let waker = Waker::from(wake);
+        let waker = wake.borrowed_waker();
         let mut cx = Context::from_waker(&waker);
         match fut.as_mut().poll(&mut cx) {
             Poll::Ready(()) => {
@@ -420,7 +553,7 @@ impl Runtime {
         let _guard = Enter::new(self.core.clone(), &self.main_running);
         let core = &self.core;
         let mut future = std::pin::pin!(future);
-        let main_waker = Waker::from(core.main_wake.clone());
+        let main_waker = core.main_wake.clone().waker();
         core.main_wake.queued.store(true, Ordering::Release);
         loop {
             if core.main_wake.queued.swap(false, Ordering::AcqRel) {
