@@ -3,9 +3,7 @@
 //! waiters and ops in flight, a real socket round trip, and `iocp_echo`
 //! serving 200 clients.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use ringport_testkit::harness;
 
 use harness::Counted;
 use ringport::{Backend, CompletionPort, GetError};
@@ -20,7 +18,7 @@ macro_rules! case {
     ($b:expr, $name:ident) => {
         #[test]
         fn $name() {
-            if crate::harness::available($b, stringify!($name)) {
+            if ringport_testkit::harness::available($b, stringify!($name)) {
                 crate::$name($b)
             }
         }

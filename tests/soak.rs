@@ -11,9 +11,7 @@
 //! The server reports its throughput and CPU time. The clients run in a child process (this binary again), since one
 //! process holds at most 20,000 fds here.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use ringport_testkit::harness;
 
 use harness::Rng;
 use ringport::{Backend, TcpListener, TcpStream};
@@ -28,7 +26,7 @@ macro_rules! soak {
         #[test]
         #[ignore = "soak: 60 s and 10,000 connections; run with --ignored"]
         fn $name() {
-            if crate::harness::available($b, stringify!($name)) {
+            if ringport_testkit::harness::available($b, stringify!($name)) {
                 crate::server($b, stringify!($child))
             }
         }

@@ -8,9 +8,7 @@
 //! `RINGPORT_STRESS_OPS` sets the op count per backend (default 20,000); the
 //! full run is `RINGPORT_STRESS_OPS=1000000 cargo test --release --test stress`.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use ringport_testkit::harness;
 
 use harness::{rt, Counted, Rng};
 use ringport::{Backend, TcpListener, TcpStream};
@@ -24,7 +22,7 @@ macro_rules! case {
     ($b:expr, $name:ident) => {
         #[test]
         fn $name() {
-            if crate::harness::available($b, stringify!($name)) {
+            if ringport_testkit::harness::available($b, stringify!($name)) {
                 crate::$name($b)
             }
         }

@@ -2,9 +2,7 @@
 //! on accept, fds closed under in-flight ops, peers resetting mid-read.
 //! (Completion-queue overflow on uring is in `uring/tests/overflow.rs`.)
 
-#[path = "../conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use ringport_testkit::harness;
 
 use harness::{rt, thread_cpu, Drv, Pipe};
 use ringport::{AnyBufMut, Backend, Offset, Op, TcpListener};
@@ -17,7 +15,7 @@ macro_rules! case {
     ($b:expr, $name:ident) => {
         #[test]
         fn $name() {
-            if crate::harness::available($b, stringify!($name)) {
+            if ringport_testkit::harness::available($b, stringify!($name)) {
                 crate::$name($b)
             }
         }

@@ -1,14 +1,14 @@
 //! F1–F9: files.
 
-use crate::harness::{pattern, pattern_vec, rt, Drv, Pipe, Rng, TempFile};
-use ringport::{AnyBufMut, Backend, File, Op, OpenOptions};
+use crate::harness::{pattern, pattern_vec, rt, Drv, Pipe, Rng, Target, TempFile};
+use ringport::{AnyBufMut, File, Op, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-pub fn f1_read_at_offset(b: Backend) {
+pub fn f1_read_at_offset(b: Target) {
     let data = pattern_vec(8192);
     let f = TempFile::with(&data);
     rt(b).block_on(async {
@@ -19,7 +19,7 @@ pub fn f1_read_at_offset(b: Backend) {
     });
 }
 
-pub fn f2_short_read_at_eof(b: Backend) {
+pub fn f2_short_read_at_eof(b: Target) {
     let f = TempFile::with(b"0123456789");
     rt(b).block_on(async {
         let file = File::open(&f.path).await.unwrap();
@@ -32,7 +32,7 @@ pub fn f2_short_read_at_eof(b: Backend) {
     });
 }
 
-pub fn f3_write_then_read_back_and_sync(b: Backend) {
+pub fn f3_write_then_read_back_and_sync(b: Target) {
     let f = TempFile::with(b"..........");
     rt(b).block_on(async {
         let file = OpenOptions::new()
@@ -52,7 +52,7 @@ pub fn f3_write_then_read_back_and_sync(b: Backend) {
     assert_eq!(std::fs::read(&f.path).unwrap(), b".....hello");
 }
 
-pub fn f4_readv_writev(b: Backend) {
+pub fn f4_readv_writev(b: Target) {
     let f = TempFile::with(&[]);
     rt(b).block_on(async {
         let file = OpenOptions::new()
@@ -82,7 +82,7 @@ pub fn f4_readv_writev(b: Backend) {
     });
 }
 
-pub fn f5_open_errors(b: Backend) {
+pub fn f5_open_errors(b: Target) {
     let f = TempFile::with(b"x");
     let dir = std::env::temp_dir();
     rt(b).block_on(async {
@@ -101,7 +101,7 @@ pub fn f5_open_errors(b: Backend) {
     });
 }
 
-pub fn f6_read_on_never_opened_fd(b: Backend) {
+pub fn f6_read_on_never_opened_fd(b: Target) {
     // The highest fd number the soft limit allows: in range (so not refused
     // at submit, see L3) but never opened by this test process.
     let mut lim = libc::rlimit {
@@ -127,7 +127,7 @@ pub fn f6_read_on_never_opened_fd(b: Backend) {
     assert!(c.op.into_buf_mut().is_some(), "the buffer comes back");
 }
 
-pub fn f7_many_reads_in_flight(b: Backend) {
+pub fn f7_many_reads_in_flight(b: Target) {
     const SIZE: usize = 1 << 20;
     let f = TempFile::with(&pattern_vec(SIZE));
     let file = f.raw_fd();
@@ -159,7 +159,7 @@ pub fn f7_many_reads_in_flight(b: Backend) {
     }
 }
 
-pub fn f8_stat_matches_std(b: Backend) {
+pub fn f8_stat_matches_std(b: Target) {
     let f = TempFile::with(&pattern_vec(12345));
     let want = std::fs::metadata(&f.path).unwrap();
     rt(b).block_on(async {
@@ -174,7 +174,7 @@ pub fn f8_stat_matches_std(b: Backend) {
     });
 }
 
-pub fn f9_close_cancels_and_consumes(b: Backend) {
+pub fn f9_close_cancels_and_consumes(b: Target) {
     // Runtime level: close consumes the handle (no later op can name the fd).
     let f = TempFile::with(b"abc");
     rt(b).block_on(async {

@@ -1,7 +1,8 @@
 //! X1–X6: cancellation.
 
 use crate::harness::{rt, Counted, Drv, Pipe};
-use ringport::{AnyBufMut, Backend, CancelTarget, Offset, Op};
+use crate::Target;
+use ringport::{AnyBufMut, CancelTarget, Offset, Op};
 use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ fn pipe_read(fd: i32, cap: usize) -> Op {
     }
 }
 
-pub fn x1_cancel_in_flight_read(b: Backend) {
+pub fn x1_cancel_in_flight_read(b: Target) {
     let mut d = Drv::new(b);
     let p = Pipe::new(d.nonblocking());
     let v: Vec<u8> = Vec::with_capacity(32);
@@ -54,7 +55,7 @@ pub fn x1_cancel_in_flight_read(b: Backend) {
     assert_eq!(v.as_ptr(), ptr, "the buffer comes back");
 }
 
-pub fn x2_cancel_after_completion(b: Backend) {
+pub fn x2_cancel_after_completion(b: Target) {
     let mut d = Drv::new(b);
     let p = Pipe::new(d.nonblocking());
     p.put(b"ready");
@@ -72,7 +73,7 @@ pub fn x2_cancel_after_completion(b: Backend) {
     assert_eq!(d.d.cancel(id).unwrap_err().kind(), ErrorKind::NotFound);
 }
 
-pub fn x3_dropped_read_frees_buffer_once(b: Backend) {
+pub fn x3_dropped_read_frees_buffer_once(b: Target) {
     let rt = rt(b);
     rt.block_on(async {
         let (r, w) = ringport::pipe().unwrap();
@@ -104,7 +105,7 @@ pub fn x3_dropped_read_frees_buffer_once(b: Backend) {
     });
 }
 
-pub fn x4_read_after_dropped_read(b: Backend) {
+pub fn x4_read_after_dropped_read(b: Target) {
     let rt = rt(b);
     rt.block_on(async {
         let (r, w) = ringport::pipe().unwrap();
@@ -130,7 +131,7 @@ pub fn x4_read_after_dropped_read(b: Backend) {
     });
 }
 
-pub fn x5_shutdown_with_ops_in_flight(b: Backend) {
+pub fn x5_shutdown_with_ops_in_flight(b: Target) {
     let mut counters = Vec::new();
     let mut pipes = Vec::new();
     let t0 = Instant::now();
@@ -165,7 +166,7 @@ pub fn x5_shutdown_with_ops_in_flight(b: Backend) {
     drop(pipes);
 }
 
-pub fn x6_cancel_all_on_fd(b: Backend) {
+pub fn x6_cancel_all_on_fd(b: Target) {
     let mut d = Drv::new(b);
     let p = Pipe::new(d.nonblocking());
     for token in 0..3 {

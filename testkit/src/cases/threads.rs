@@ -1,10 +1,10 @@
 //! W1 (W2 and W3 arrive with the CompletionPort).
 
 use crate::harness::Drv;
-use ringport::Backend;
+use crate::Target;
 use std::time::{Duration, Instant};
 
-pub fn w1_wake_from_another_thread(b: Backend) {
+pub fn w1_wake_from_another_thread(b: Target) {
     let mut d = Drv::new(b);
     // Settle the driver (first use) before timing.
     d.d.wait(&mut d.done, 0, Some(Duration::ZERO)).unwrap();

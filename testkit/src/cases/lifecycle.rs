@@ -1,8 +1,8 @@
 //! L-cases: the lifecycle rules at their edges — buffers, caller input, and
 //! fd ownership (see `docs/conformance.md`).
 
-use crate::harness::{rt, Drv, TempFile};
-use ringport::{AnyBuf, AnyBufMut, Backend, File, IoBuf, Offset, Op, OpenOptions};
+use crate::harness::{rt, Drv, Target, TempFile};
+use ringport::{AnyBuf, AnyBufMut, File, IoBuf, Offset, Op, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -11,7 +11,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A read into a view that starts past the buffer's initialised bytes leaves
 /// no uninitialised (or stale) bytes between them: the gap reads as zeros.
-pub fn l1_slice_read_past_init_zeroes_the_gap(b: Backend) {
+pub fn l1_slice_read_past_init_zeroes_the_gap(b: Target) {
     let f = TempFile::with(&[b'x'; 100]);
     rt(b).block_on(async {
         let file = File::open(&f.path).await.unwrap();
@@ -29,7 +29,7 @@ pub fn l1_slice_read_past_init_zeroes_the_gap(b: Backend) {
 
 /// An offset beyond the largest file offset is `InvalidInput` at submit; it
 /// never means "the current position", so nothing is written.
-pub fn l2_offset_out_of_range_is_invalid_input(b: Backend) {
+pub fn l2_offset_out_of_range_is_invalid_input(b: Target) {
     let f = TempFile::with(b"0123456789");
     rt(b).block_on(async {
         let file = OpenOptions::new()
@@ -69,7 +69,7 @@ pub fn l2_offset_out_of_range_is_invalid_input(b: Backend) {
 
 /// An fd number far beyond the open-file limit gets `EBADF`, without the
 /// driver sizing a table by it (which aborted the process).
-pub fn l3_huge_fd_is_ebadf(b: Backend) {
+pub fn l3_huge_fd_is_ebadf(b: Target) {
     let mut d = Drv::new(b);
     for (i, fd) in [i32::MAX, i32::MAX - 1, 1 << 30].into_iter().enumerate() {
         let ops = [
@@ -101,7 +101,7 @@ pub fn l3_huge_fd_is_ebadf(b: Backend) {
 
 /// `sleep` and `timeout` with `Duration::MAX` mean "never": no panic, and the
 /// timed future still runs to its end.
-pub fn l4_duration_max_means_never(b: Backend) {
+pub fn l4_duration_max_means_never(b: Target) {
     rt(b).block_on(async {
         let r = ringport::timeout(Duration::MAX, async { 5 }).await;
         assert_eq!(r.unwrap(), 5);
@@ -155,7 +155,7 @@ async fn fresh_pipe_reads() -> std::os::fd::RawFd {
 /// driver, so the driver's state for that fd number is released and the next
 /// fd with the number works (a bare close left it unregistered on epoll and
 /// sigio: the read stalled until its deadline).
-pub fn l5_fd_dropped_outside_block_on_is_closed_through_the_driver(b: Backend) {
+pub fn l5_fd_dropped_outside_block_on_is_closed_through_the_driver(b: Target) {
     use std::os::fd::AsRawFd;
     let rt = rt(b);
     let (r, w) = rt.block_on(used_pipe());
@@ -172,7 +172,7 @@ pub fn l5_fd_dropped_outside_block_on_is_closed_through_the_driver(b: Backend) {
 
 /// The same for a stream dropped on another thread: the runtime closes it,
 /// and a peer sees the end of the stream.
-pub fn l6_fd_dropped_on_another_thread_is_closed_through_the_driver(b: Backend) {
+pub fn l6_fd_dropped_on_another_thread_is_closed_through_the_driver(b: Target) {
     let rt = rt(b);
     let (r, w) = rt.block_on(used_pipe());
     std::thread::spawn(move || drop(r)).join().unwrap();
@@ -187,7 +187,7 @@ pub fn l6_fd_dropped_on_another_thread_is_closed_through_the_driver(b: Backend) 
 
 /// A stream that outlives its runtime is closed plainly when dropped (no
 /// driver is left to hold state for it), and is not leaked.
-pub fn l7_fd_dropped_after_its_runtime_is_closed(b: Backend) {
+pub fn l7_fd_dropped_after_its_runtime_is_closed(b: Target) {
     let f = TempFile::with(b"abc");
     let file = {
         let rt = rt(b);
@@ -205,7 +205,7 @@ pub fn l7_fd_dropped_after_its_runtime_is_closed(b: Backend) {
 
 /// An open abandoned by `timeout` (its future dropped, the open still
 /// completing) does not leak the fd it opened: the runtime closes it.
-pub fn l8_abandoned_open_does_not_leak_its_fd(b: Backend) {
+pub fn l8_abandoned_open_does_not_leak_its_fd(b: Target) {
     let f = TempFile::with(b"abc");
     {
         let rt = rt(b);

@@ -1,7 +1,8 @@
 //! B1–B4: bad input.
 
 use crate::harness::{Drv, Pipe};
-use ringport::{AnyBuf, AnyBufMut, Backend, Offset, Op, OpKind, SockAddr, Support};
+use crate::Target;
+use ringport::{AnyBuf, AnyBufMut, Offset, Op, OpKind, SockAddr, Support};
 use std::io::ErrorKind;
 use std::time::Duration;
 
@@ -103,7 +104,7 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
 /// backend, and every kind it reports as native or emulated is accepted and
 /// completes without `Unsupported` (other errors, such as `ENOTSOCK` for an
 /// accept on a pipe, are the kernel's answer and fine).
-pub fn b1_unsupported_op(b: Backend) {
+pub fn b1_unsupported_op(b: Target) {
     let mut d = Drv::new(b);
     let caps = d.d.capabilities().clone();
     let p = Pipe::new(d.nonblocking());
@@ -158,7 +159,7 @@ pub fn b1_unsupported_op(b: Backend) {
     assert_eq!(d.d.in_flight(), 0, "every accepted op completed");
 }
 
-pub fn b2_fd_above_fd_setsize(b: Backend) {
+pub fn b2_fd_above_fd_setsize(b: Target) {
     let mut d = Drv::new(b);
     let p = Pipe::new(d.nonblocking());
     // SAFETY: duplicates our own fd to a number at or above 1100.
@@ -201,7 +202,7 @@ pub fn b2_fd_above_fd_setsize(b: Backend) {
     unsafe { libc::close(high) };
 }
 
-pub fn b3_zero_length_ops(b: Backend) {
+pub fn b3_zero_length_ops(b: Target) {
     let mut d = Drv::new(b);
     let p = Pipe::new(d.nonblocking());
     d.submit(
@@ -227,7 +228,7 @@ pub fn b3_zero_length_ops(b: Backend) {
     assert_eq!(d.wait_token(2, WAIT).result.unwrap(), 0);
 }
 
-pub fn b4_bad_sockaddr(b: Backend) {
+pub fn b4_bad_sockaddr(b: Target) {
     let mut d = Drv::new(b);
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     use std::os::fd::AsRawFd;

@@ -1,11 +1,11 @@
 //! T1–T3: time.
 
-use crate::harness::{rt, Drv, Rng};
-use ringport::{Backend, Op, PipeReader};
+use crate::harness::{rt, Drv, Rng, Target};
+use ringport::{Op, PipeReader};
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-pub fn t1_timeout(b: Backend) {
+pub fn t1_timeout(b: Target) {
     let mut d = Drv::new(b);
     let t0 = Instant::now();
     d.submit(
@@ -25,7 +25,7 @@ pub fn t1_timeout(b: Backend) {
     assert!(took < Duration::from_millis(200), "fired late: {took:?}");
 }
 
-pub fn t2_read_deadline(b: Backend) {
+pub fn t2_read_deadline(b: Target) {
     rt(b).block_on(async {
         let (r, w) = ringport::pipe().unwrap();
         let buf: Vec<u8> = Vec::with_capacity(64);
@@ -41,7 +41,7 @@ pub fn t2_read_deadline(b: Backend) {
     });
 }
 
-pub fn t3_timers_in_deadline_order(b: Backend) {
+pub fn t3_timers_in_deadline_order(b: Target) {
     let mut d = Drv::new(b);
     let mut rng = Rng::new(3);
     let base = Instant::now() + Duration::from_millis(20);

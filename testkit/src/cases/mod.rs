@@ -1,5 +1,5 @@
-//! The case bodies, one function per case of `docs/conformance.md`, each taking the
-//! backend to run on.
+//! The case bodies, one function per case of `docs/conformance.md`, each
+//! taking the [`Target`](crate::Target) to run on.
 
 mod bad_input;
 mod cancel;

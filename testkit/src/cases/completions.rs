@@ -1,14 +1,15 @@
 //! C1–C7: completions and buffers.
 
 use crate::harness::{pattern_vec, Drv, Rng, TempFile};
-use ringport::{AnyBuf, AnyBufMut, Backend, CancelTarget, IoBuf, Op, OpId};
+use crate::Target;
+use ringport::{AnyBuf, AnyBufMut, CancelTarget, IoBuf, Op, OpId};
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-pub fn c1_nop_completes_with_token(b: Backend) {
+pub fn c1_nop_completes_with_token(b: Target) {
     let mut d = Drv::new(b);
     let id = d.submit(Op::Nop, 42);
     let c = d.collect(1, WAIT);
@@ -19,7 +20,7 @@ pub fn c1_nop_completes_with_token(b: Backend) {
     assert!(matches!(c[0].op, Op::Nop));
 }
 
-pub fn c2_one_completion_per_submission(b: Backend) {
+pub fn c2_one_completion_per_submission(b: Target) {
     const N: u64 = 10_000;
     let f = TempFile::with(&pattern_vec(64 * 1024));
     let file = f.raw_fd();
@@ -72,7 +73,7 @@ pub fn c2_one_completion_per_submission(b: Backend) {
     assert_eq!(d.d.in_flight(), 0);
 }
 
-pub fn c3_buffer_comes_back(b: Backend) {
+pub fn c3_buffer_comes_back(b: Target) {
     let f = TempFile::with(b"0123456789");
     let file = f.raw_fd();
     let mut d = Drv::new(b);
@@ -95,7 +96,7 @@ pub fn c3_buffer_comes_back(b: Backend) {
     assert_eq!(&v, b"0123456789");
 }
 
-pub fn c4_slice_read_stays_inside_view(b: Backend) {
+pub fn c4_slice_read_stays_inside_view(b: Target) {
     let f = TempFile::with(&[b'x'; 100]);
     let file = f.raw_fd();
     let mut d = Drv::new(b);
@@ -124,7 +125,7 @@ pub fn c4_slice_read_stays_inside_view(b: Backend) {
     );
 }
 
-pub fn c5_buffer_types_round_trip(b: Backend) {
+pub fn c5_buffer_types_round_trip(b: Target) {
     let f = TempFile::with(&[]);
     let rt = crate::harness::rt(b);
     rt.block_on(async {
@@ -159,7 +160,7 @@ pub fn c5_buffer_types_round_trip(b: Backend) {
     });
 }
 
-pub fn c6_submission_back_pressure(b: Backend) {
+pub fn c6_submission_back_pressure(b: Target) {
     // io_uring's SQ here is 256 entries; the shim's and aio's limits are
     // smaller than this too. Half the ops stay pending (timers) so the
     // backend cannot simply finish each before the next arrives.
@@ -180,7 +181,7 @@ pub fn c6_submission_back_pressure(b: Backend) {
     assert_eq!(tokens.len(), N as usize);
 }
 
-pub fn c7_completion_queue_pressure(b: Backend) {
+pub fn c7_completion_queue_pressure(b: Target) {
     // More completions than the CQ holds (512 by default on uring), with
     // nobody reaping for a while.
     const N: u64 = 3000;

@@ -1,8 +1,8 @@
-//! What every case shares: backend availability (skip or fail), a driver
-//! wrapper that collects completions, temp files, pipes, a drop-counting
-//! buffer, and child processes.
+//! What every case shares: the target under test and whether it can run
+//! here (skip or fail), a driver wrapper that collects completions, temp
+//! files, pipes, a drop-counting buffer, and child processes.
 
-use ringport::{Backend, Completion, Driver, IoBuf, IoBufMut, Op, OpId, SubmitError};
+use ringport::{Completion, Driver, IoBuf, IoBufMut, Op, OpId, SubmitError};
 use std::io;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -13,25 +13,76 @@ use std::time::{Duration, Instant};
 /// The variable listing backends whose absence fails the suite (comma-separated).
 pub const REQUIRE_ENV: &str = "RINGPORT_REQUIRE_BACKENDS";
 
+/// What the cases run against: a named factory of drivers. Every case makes
+/// the drivers (and runtimes) it needs from it.
+#[derive(Copy, Clone)]
+pub struct Target {
+    name: &'static str,
+    make: fn() -> io::Result<Box<dyn Driver>>,
+}
+
+impl Target {
+    /// A target called `name` whose drivers `make` builds. `name` must be the
+    /// name of the module the [`conformance!`](crate::conformance) macro is
+    /// expanded in: the cases that run in a child process find their child
+    /// test as `<name>::<child>`.
+    pub const fn new(name: &'static str, make: fn() -> io::Result<Box<dyn Driver>>) -> Target {
+        Target { name, make }
+    }
+    /// The target's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// A new driver.
+    pub fn driver(&self) -> io::Result<Box<dyn Driver>> {
+        (self.make)()
+    }
+}
+
+/// The target of one of this repository's backends.
+impl From<ringport::Backend> for Target {
+    fn from(b: ringport::Backend) -> Target {
+        use ringport::Backend as B;
+        // Each arm's closure captures nothing, so it is a plain `fn`.
+        match b {
+            B::Auto => Target::new("auto", || ringport::driver(B::Auto)),
+            B::Uring => Target::new("uring", || ringport::driver(B::Uring)),
+            B::Aio => Target::new("aio", || ringport::driver(B::Aio)),
+            B::Epoll => Target::new("epoll", || ringport::driver(B::Epoll)),
+            B::Poll => Target::new("poll", || ringport::driver(B::Poll)),
+            B::Select => Target::new("select", || ringport::driver(B::Select)),
+            B::Sigio => Target::new("sigio", || ringport::driver(B::Sigio)),
+            B::Kqueue => Target::new("kqueue", || ringport::driver(B::Kqueue)),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// Whether `b` can run here. When it cannot, the case is reported as skipped
 /// by name on stderr, or fails if `RINGPORT_REQUIRE_BACKENDS` lists `b`.
-pub fn available(b: Backend, case: &str) -> bool {
-    match ringport::driver(b) {
+pub fn available(b: impl Into<Target>, case: &str) -> bool {
+    let b: Target = b.into();
+    match b.driver() {
         Ok(_) => true,
         Err(e) => {
             let required = std::env::var(REQUIRE_ENV).unwrap_or_default();
             if required.split(',').any(|r| r.trim() == b.name()) {
-                panic!("backend {b} is required by {REQUIRE_ENV} but cannot run: {e}");
+                panic!("{b} is required by {REQUIRE_ENV} but cannot run: {e}");
             }
-            eprintln!("SKIPPED {b}::{case}: backend unavailable: {e}");
+            eprintln!("SKIPPED {b}::{case}: unavailable: {e}");
             false
         }
     }
 }
 
-/// A runtime on `b` (the caller checked availability).
-pub fn rt(b: Backend) -> ringport::Runtime {
-    ringport::Runtime::with_backend(b).expect("runtime")
+/// A runtime over a new driver of `b` (the caller checked availability).
+pub fn rt(b: impl Into<Target>) -> ringport_core::Runtime {
+    ringport_core::Runtime::from_driver(b.into().driver().expect("driver"))
 }
 
 /// A driver plus the completions it has handed back and nobody took yet.
@@ -41,9 +92,9 @@ pub struct Drv {
 }
 
 impl Drv {
-    pub fn new(b: Backend) -> Drv {
+    pub fn new(b: impl Into<Target>) -> Drv {
         Drv {
-            d: ringport::driver(b).expect("driver"),
+            d: b.into().driver().expect("driver"),
             done: Vec::new(),
         }
     }
@@ -298,6 +349,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed | 1)
     }
+    #[allow(clippy::should_implement_trait)] // a generator, not an iterator
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

@@ -1,0 +1,129 @@
+//! ringport's conformance cases as a library: every case of
+//! `docs/conformance.md`, written once, runnable against any [`Driver`] —
+//! the backends of this repository (`tests/conformance`) or a driver of
+//! your own:
+//!
+//! ```ignore
+//! mod mydriver {
+//!     ringport_testkit::conformance!(ringport_testkit::Target::new("mydriver", || {
+//!         Ok(Box::new(MyDriver::new()?) as Box<dyn ringport::Driver>)
+//!     }));
+//! }
+//! ```
+//!
+//! The module's name must be the target's name (the cases that run in a
+//! child process re-run the test binary on `<name>::<child>`). Each case
+//! becomes a test named `<name>::<case>`. A target whose factory fails is
+//! reported as `SKIPPED <name>::<case>` on stderr, or fails the case when
+//! `RINGPORT_REQUIRE_BACKENDS` lists its name.
+//!
+//! [`Driver`]: ringport::Driver
+
+pub mod cases;
+pub mod harness;
+
+pub use harness::Target;
+
+/// One case as a test (used by [`conformance!`]).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! case {
+    ($t:expr, $name:ident) => {
+        #[test]
+        fn $name() {
+            let t: $crate::Target = $t;
+            if $crate::harness::available(t, stringify!($name)) {
+                $crate::cases::$name(t)
+            }
+        }
+    };
+}
+
+/// A helper that runs only in a child process (a re-executed test binary),
+/// started by the case that needs it (used by [`conformance!`]).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! child {
+    ($t:expr, $name:ident) => {
+        #[test]
+        #[ignore = "runs only as a child process of its case"]
+        fn $name() {
+            $crate::cases::$name($t)
+        }
+    };
+}
+
+/// Expands to one `#[test]` per conformance case, run against the target
+/// `$t` (a [`Target`] expression). Expand it inside a module named after the
+/// target.
+#[macro_export]
+macro_rules! conformance {
+    ($t:expr) => {
+        // Completions and buffers
+        $crate::case!($t, c1_nop_completes_with_token);
+        $crate::case!($t, c2_one_completion_per_submission);
+        $crate::case!($t, c3_buffer_comes_back);
+        $crate::case!($t, c4_slice_read_stays_inside_view);
+        $crate::case!($t, c5_buffer_types_round_trip);
+        $crate::case!($t, c6_submission_back_pressure);
+        $crate::case!($t, c7_completion_queue_pressure);
+        // Files
+        $crate::case!($t, f1_read_at_offset);
+        $crate::case!($t, f2_short_read_at_eof);
+        $crate::case!($t, f3_write_then_read_back_and_sync);
+        $crate::case!($t, f4_readv_writev);
+        $crate::case!($t, f5_open_errors);
+        $crate::case!($t, f6_read_on_never_opened_fd);
+        $crate::case!($t, f7_many_reads_in_flight);
+        $crate::case!($t, f8_stat_matches_std);
+        $crate::case!($t, f9_close_cancels_and_consumes);
+        // Sockets
+        $crate::case!($t, s1_tcp_accept_connect);
+        $crate::case!($t, s2_echo_one_mib);
+        $crate::case!($t, s3_recv_after_peer_close);
+        $crate::case!($t, s4_recv_after_reset);
+        $crate::case!($t, s5_connect_refused);
+        $crate::case!($t, s6_send_to_gone_peer);
+        $crate::child!($t, s6_child);
+        $crate::case!($t, s7_stream_order);
+        $crate::case!($t, s8_udp);
+        $crate::case!($t, s9_unix_stream_echo);
+        $crate::case!($t, s10_shutdown_write);
+        $crate::case!($t, s11_many_connections);
+        $crate::child!($t, s11_client_child);
+        $crate::case!($t, s12_pending_accept_is_idle);
+        // Time
+        $crate::case!($t, t1_timeout);
+        $crate::case!($t, t2_read_deadline);
+        $crate::case!($t, t3_timers_in_deadline_order);
+        // Cancellation
+        $crate::case!($t, x1_cancel_in_flight_read);
+        $crate::case!($t, x2_cancel_after_completion);
+        $crate::case!($t, x3_dropped_read_frees_buffer_once);
+        $crate::case!($t, x4_read_after_dropped_read);
+        $crate::case!($t, x5_shutdown_with_ops_in_flight);
+        $crate::case!($t, x6_cancel_all_on_fd);
+        // Threads and wake-ups
+        $crate::case!($t, w1_wake_from_another_thread);
+        // Bad input
+        $crate::case!($t, b1_unsupported_op);
+        $crate::case!($t, b2_fd_above_fd_setsize);
+        $crate::case!($t, b3_zero_length_ops);
+        $crate::case!($t, b4_bad_sockaddr);
+        // Lifecycle edges (core)
+        $crate::case!($t, l1_slice_read_past_init_zeroes_the_gap);
+        $crate::case!($t, l2_offset_out_of_range_is_invalid_input);
+        $crate::case!($t, l3_huge_fd_is_ebadf);
+        $crate::case!($t, l4_duration_max_means_never);
+        $crate::case!(
+            $t,
+            l5_fd_dropped_outside_block_on_is_closed_through_the_driver
+        );
+        $crate::case!(
+            $t,
+            l6_fd_dropped_on_another_thread_is_closed_through_the_driver
+        );
+        $crate::case!($t, l7_fd_dropped_after_its_runtime_is_closed);
+        $crate::case!($t, l8_abandoned_open_does_not_leak_its_fd);
+    };
+}

@@ -1,0 +1,57 @@
+//! The testkit runs against a driver that is not one of this repository's
+//! backends: `Wrapped` is a `Driver` written here, as a user would write one
+//! outside the repository (it forwards to the epoll shim under its own
+//! name), and the whole conformance suite runs on it through
+//! `ringport_testkit::conformance!`.
+
+use ringport::{Capabilities, Completion, Driver, DriverWaker, Op, OpId, SubmitError};
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// A driver of "someone else's": the epoll shim behind a name of its own.
+struct Wrapped(Box<dyn Driver>);
+
+impl Driver for Wrapped {
+    fn name(&self) -> &'static str {
+        "wrapped"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.0.capabilities()
+    }
+    fn submit(
+        &mut self,
+        op: Op,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<OpId, SubmitError> {
+        self.0.submit(op, token, deadline)
+    }
+    fn wait(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.0.wait(out, min, timeout)
+    }
+    fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        self.0.cancel(id)
+    }
+    fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.0.cancel_fd(fd)
+    }
+    fn waker(&self) -> DriverWaker {
+        self.0.waker()
+    }
+    fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+}
+
+mod wrapped {
+    ringport_testkit::conformance!(ringport_testkit::Target::new("wrapped", || {
+        let inner = ringport::driver(ringport::Backend::Epoll)?;
+        Ok(Box::new(super::Wrapped(inner)) as Box<dyn ringport::Driver>)
+    }));
+}
