@@ -104,34 +104,21 @@ pub fn driver(backend: Backend) -> io::Result<Box<dyn Driver>> {
         #[cfg(not(target_os = "linux"))]
         Backend::Uring => unavailable("io_uring exists only on Linux"),
         Backend::Auto => unavailable("auto is not a concrete backend"),
-        #[cfg(any(
-            target_os = "macos",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly"
-        ))]
-        Backend::Kqueue => ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Kqueue)
-            .map(|d| Box::new(d) as Box<dyn Driver>),
-        #[cfg(not(any(
-            target_os = "macos",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly"
-        )))]
-        Backend::Kqueue => unavailable("kqueue exists only on BSD and macOS"),
         #[cfg(target_os = "linux")]
         Backend::Aio => ringport_aio::AioDriver::new()
             .map(|d| Box::new(d) as Box<dyn Driver>)
             .map_err(|e| io::Error::new(e.kind(), format!("backend aio: {e}"))),
         #[cfg(not(target_os = "linux"))]
         Backend::Aio => unavailable("POSIX aio is built for Linux/glibc only so far"),
-        Backend::Epoll | Backend::Poll | Backend::Select | Backend::Sigio => {
+        // Which pollers this OS has is decided in one place, the shim: a
+        // poller it does not have (kqueue on Linux, epoll elsewhere) is an
+        // `Unsupported` error naming it.
+        Backend::Epoll | Backend::Poll | Backend::Select | Backend::Sigio | Backend::Kqueue => {
             let kind = match backend {
                 Backend::Epoll => ringport_shim::PollerKind::Epoll,
                 Backend::Poll => ringport_shim::PollerKind::Poll,
                 Backend::Select => ringport_shim::PollerKind::Select,
+                Backend::Kqueue => ringport_shim::PollerKind::Kqueue,
                 _ => ringport_shim::PollerKind::Sigio,
             };
             ringport_shim::ShimDriver::new(kind)
