@@ -90,6 +90,12 @@ macro_rules! conformance {
         case!($b, l2_offset_out_of_range_is_invalid_input);
         case!($b, l3_huge_fd_is_ebadf);
         case!($b, l4_duration_max_means_never);
+        // Stream order and lifecycle edges (uring found them first)
+        case!($b, st1_cancelled_queued_write_keeps_stream_order);
+        case!($b, st2_cancel_ends_a_partial_send);
+        case!($b, st3_ops_after_close_refused_or_completed);
+        case!($b, st4_drop_with_ops_in_flight_closes_the_fd);
+        case!($b, st5_runtime_drop_closes_a_blocked_file);
     };
 }
 
