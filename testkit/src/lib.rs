@@ -36,6 +36,12 @@ macro_rules! case {
                 $crate::cases::$name(t)
             }
         }
+        // Stream order and lifecycle edges (uring found them first)
+        $crate::case!($t, st1_cancelled_queued_write_keeps_stream_order);
+        $crate::case!($t, st2_cancel_ends_a_partial_send);
+        $crate::case!($t, st3_ops_after_close_refused_or_completed);
+        $crate::case!($t, st4_drop_with_ops_in_flight_closes_the_fd);
+        $crate::case!($t, st5_runtime_drop_closes_a_blocked_file);
     };
 }
 
@@ -50,6 +56,12 @@ macro_rules! child {
         fn $name() {
             $crate::cases::$name($t)
         }
+        // Stream order and lifecycle edges (uring found them first)
+        $crate::case!($t, st1_cancelled_queued_write_keeps_stream_order);
+        $crate::case!($t, st2_cancel_ends_a_partial_send);
+        $crate::case!($t, st3_ops_after_close_refused_or_completed);
+        $crate::case!($t, st4_drop_with_ops_in_flight_closes_the_fd);
+        $crate::case!($t, st5_runtime_drop_closes_a_blocked_file);
     };
 }
 
@@ -125,5 +137,11 @@ macro_rules! conformance {
         );
         $crate::case!($t, l7_fd_dropped_after_its_runtime_is_closed);
         $crate::case!($t, l8_abandoned_open_does_not_leak_its_fd);
+        // Stream order and lifecycle edges (uring found them first)
+        $crate::case!($t, st1_cancelled_queued_write_keeps_stream_order);
+        $crate::case!($t, st2_cancel_ends_a_partial_send);
+        $crate::case!($t, st3_ops_after_close_refused_or_completed);
+        $crate::case!($t, st4_drop_with_ops_in_flight_closes_the_fd);
+        $crate::case!($t, st5_runtime_drop_closes_a_blocked_file);
     };
 }

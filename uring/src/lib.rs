@@ -282,7 +282,11 @@ impl UringDriver {
         Ok(())
     }
 
+    /// The per-fd state of `fd`, growing the table to reach it. Only fds of
+    /// ops that passed [`Op::validate`] at submit get here: never negative,
+    /// never beyond the hard open-file limit, so the table stays bounded.
     fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
+        debug_assert!(fd >= 0, "fd_state of an unvalidated fd {fd}");
         let i = fd as usize;
         if i >= self.fds.len() {
             self.fds.resize_with(i + 1, FdState::default);
@@ -402,6 +406,9 @@ impl UringDriver {
     fn finish(&mut self, key: usize, result: io::Result<usize>) {
         let slot = self.slots.remove(key);
         let id = OpId::new(key as u32, slot.generation);
+        // Only the op running in its direction frees the direction; a queued
+        // op that ends (cancelled) leaves the running one where it is.
+        let was_running = slot.state != State::Queued;
         let fd = slot.op.fd();
         let (dir, is_close) = match fd {
             Some(_) => (slot.op.direction(), matches!(slot.op, Op::Close { .. })),
@@ -423,10 +430,15 @@ impl UringDriver {
         let mut next = None;
         if let Some(d) = dir {
             let i = dir_index(d);
-            next = st.queue[i].pop_front();
-            st.busy[i] = next.is_some();
+            if was_running {
+                next = st.queue[i].pop_front();
+                st.busy[i] = next.is_some();
+            }
         }
-        let close = if st.ops == 0 { st.closing.take() } else { None };
+        // A close parked behind this fd's ops starts when the last one ends
+        // (one already in the kernel stays recorded until its CQE).
+        let close = if st.ops == 0 { st.closing } else { None };
+        let close = close.filter(|&c| self.slots[c].state == State::Closing);
         if let Some(n) = next {
             if let Err(e) = self.issue(n) {
                 self.finish(n, Err(e));
@@ -475,6 +487,11 @@ impl UringDriver {
                     let err = self.error_for(key, res);
                     return self.finish(key, Err(err));
                 }
+                if slot.cancel_requested {
+                    // The cancel may have missed the poll (it was already
+                    // done): the op ends here rather than starting again.
+                    return self.finish_cancelled(key);
+                }
                 if let Err(e) = self.issue(key) {
                     self.finish(key, Err(e));
                 }
@@ -499,6 +516,9 @@ impl UringDriver {
         }
         if res == -libc::EAGAIN {
             if let Some(d) = slot.op.direction() {
+                if slot.cancel_requested {
+                    return self.finish_cancelled(key);
+                }
                 if let Err(e) = self.issue_poll(key, d) {
                     self.finish(key, Err(e));
                 }
@@ -506,16 +526,22 @@ impl UringDriver {
             }
         }
         if res < 0 {
+            if res == -libc::ECANCELED && slot.cancel_requested && slot.progress > 0 {
+                // A cancelled stream write reports the bytes that went out.
+                let done = slot.progress;
+                return self.finish(key, Ok(done));
+            }
             let err = self.error_for(key, res);
             return self.finish(key, Err(err));
         }
         let n = res as usize;
-        // A stream write completes only when every byte is out.
+        // A stream write completes only when every byte is out (or when it
+        // was cancelled meanwhile: then with the bytes that went out).
         if slot.op.direction() == Some(Direction::Write) {
             if let Op::Write { buf, .. } | Op::Send { buf, .. } = &slot.op {
                 let total = buf.len();
                 slot.progress += n;
-                if n > 0 && slot.progress < total {
+                if n > 0 && slot.progress < total && !slot.cancel_requested {
                     if let Err(e) = self.issue(key) {
                         self.finish(key, Err(e));
                     }
@@ -527,6 +553,19 @@ impl UringDriver {
         }
         ops::complete(&mut slot.op, slot.extra.as_deref(), n);
         self.finish(key, Ok(n))
+    }
+
+    /// Ends slot `key`, whose cancel was asked for, without starting it
+    /// again: a stream write with bytes out reports them, anything else
+    /// `ECANCELED`.
+    fn finish_cancelled(&mut self, key: usize) {
+        let slot = &self.slots[key];
+        let r = if slot.progress > 0 && slot.op.direction() == Some(Direction::Write) {
+            Ok(slot.progress)
+        } else {
+            Err(cancelled())
+        };
+        self.finish(key, r)
     }
 
     /// The error for a failed CQE: `ECANCELED` caused by the op's own deadline
@@ -547,8 +586,7 @@ impl UringDriver {
         slot.cancel_requested = true;
         match slot.state {
             State::Queued => {
-                let fd = slot.op.fd().unwrap_or(-1);
-                if let Some(d) = slot.op.direction() {
+                if let (Some(fd), Some(d)) = (slot.op.fd(), slot.op.direction()) {
                     let q = &mut self.fd_state(fd).queue[dir_index(d)];
                     q.retain(|&k| k != key);
                 }
@@ -705,9 +743,10 @@ impl Driver for UringDriver {
             self.start_cancel(key, target)
         } else if let Some(fd) = fd {
             if is_close {
+                // From now on the fd takes no new op (see the check above).
                 let st = self.fd_state(fd);
+                st.closing = Some(key);
                 if st.ops > 0 {
-                    st.closing = Some(key);
                     self.slots[key].state = State::Closing;
                     self.cancel_all_on(fd).map(|_| ())
                 } else {
@@ -842,6 +881,9 @@ impl UringDriver {
 
 impl Drop for UringDriver {
     fn drop(&mut self) {
+        // Closes parked behind their fd's ops: the fd is ours to close, after
+        // those ops end (below), or the number would stay open for good.
+        let mut parked_closes: Vec<RawFd> = Vec::new();
         // Ops still queued never reached the kernel: they can go now.
         let queued: Vec<usize> = self
             .slots
@@ -850,7 +892,15 @@ impl Drop for UringDriver {
             .map(|(k, _)| k)
             .collect();
         for k in queued {
-            drop(self.slots.remove(k));
+            let s = self.slots.remove(k);
+            if let (State::Closing, Op::Close { fd }) = (s.state, &s.op) {
+                parked_closes.push(*fd);
+            }
+        }
+        // What still reaches the kernel ends when it comes back: a partial
+        // send or a poll is not started again.
+        for (_, s) in self.slots.iter_mut() {
+            s.cancel_requested = true;
         }
         // Nothing may start any more: forget the per-fd queues.
         self.fds.clear();
@@ -887,6 +937,13 @@ impl Drop for UringDriver {
                 }
             }
             cleanly = self.slots.is_empty() && !self.waker_armed;
+        }
+        // The fds' ops have ended (or the grace ran out: then the kernel keeps
+        // its own reference to the file until they do), so the numbers go now.
+        for fd in parked_closes {
+            // SAFETY: the close was submitted to us, so the fd is ours; no op of
+            // ours will start on it again.
+            unsafe { libc::close(fd) };
         }
         if !cleanly {
             // The kernel may still write into these: leak them, never free early.

@@ -7,6 +7,7 @@ mod completions;
 mod files;
 mod lifecycle;
 mod sockets;
+mod streams;
 mod threads;
 mod time;
 
@@ -16,5 +17,6 @@ pub use completions::*;
 pub use files::*;
 pub use lifecycle::*;
 pub use sockets::*;
+pub use streams::*;
 pub use threads::*;
 pub use time::*;
