@@ -36,12 +36,6 @@ macro_rules! case {
                 $crate::cases::$name(t)
             }
         }
-        // Stream order and lifecycle edges (uring found them first)
-        $crate::case!($t, st1_cancelled_queued_write_keeps_stream_order);
-        $crate::case!($t, st2_cancel_ends_a_partial_send);
-        $crate::case!($t, st3_ops_after_close_refused_or_completed);
-        $crate::case!($t, st4_drop_with_ops_in_flight_closes_the_fd);
-        $crate::case!($t, st5_runtime_drop_closes_a_blocked_file);
     };
 }
 
@@ -56,12 +50,6 @@ macro_rules! child {
         fn $name() {
             $crate::cases::$name($t)
         }
-        // Stream order and lifecycle edges (uring found them first)
-        $crate::case!($t, st1_cancelled_queued_write_keeps_stream_order);
-        $crate::case!($t, st2_cancel_ends_a_partial_send);
-        $crate::case!($t, st3_ops_after_close_refused_or_completed);
-        $crate::case!($t, st4_drop_with_ops_in_flight_closes_the_fd);
-        $crate::case!($t, st5_runtime_drop_closes_a_blocked_file);
     };
 }
 

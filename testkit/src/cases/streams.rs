@@ -2,8 +2,8 @@
 //! queued write, a cancel that meets a partial send, ops after a close, and
 //! fds a dropped driver or runtime still owed a close.
 
-use crate::Target;
 use crate::harness::{rt, Drv, Pipe};
+use crate::Target;
 use ringport::{AnyBuf, AnyBufMut, File, Offset, Op, TcpListener, TcpStream};
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr};
