@@ -87,3 +87,44 @@ fn cancel_meets_partial_send_defer_taskrun() {
 fn cancel_meets_partial_send_coop_taskrun() {
     cancel_meets_partial_send(false);
 }
+
+/// No fd number reaches the per-fd table unvalidated: cancels by a negative
+/// or huge fd (through `cancel_fd` and through `Op::Cancel`) end with an
+/// error instead of sizing a table by the number.
+#[test]
+fn cancel_by_bad_fd_sizes_no_table() {
+    use ringport_core::CancelTarget;
+    let mut d = UringDriver::new().expect("ring");
+    for fd in [-1, i32::MAX, 1 << 30] {
+        assert_eq!(
+            d.cancel_fd(fd).unwrap_or(0),
+            0,
+            "cancel_fd({fd}) finds nothing"
+        );
+        match d.submit(
+            Op::Cancel {
+                target: CancelTarget::Fd(fd),
+            },
+            7,
+            None,
+        ) {
+            Err(e) => assert_ne!(
+                e.error.kind(),
+                std::io::ErrorKind::WouldBlock,
+                "{}",
+                e.error
+            ),
+            Ok(_) => {
+                let mut out = Vec::new();
+                while out.is_empty() {
+                    d.wait(&mut out, 1, Some(Duration::from_secs(5))).unwrap();
+                }
+                assert!(
+                    out[0].result.is_err(),
+                    "a cancel of fd {fd} reaches nothing"
+                );
+            }
+        }
+    }
+    assert_eq!(d.in_flight(), 0);
+}

@@ -283,7 +283,14 @@ pub fn st5_runtime_drop_closes_a_blocked_file(b: Target) {
         .unwrap();
     let rt = rt(b);
     let ended = rt.block_on(async {
-        let file = File::from_std(f);
+        let file = Rc::new(File::from_std(f));
+        // A positional read too: io_uring ignores the offset on a FIFO and
+        // blocks; pool and readiness backends end it with ESPIPE. Either way
+        // the drop below must leave no reader.
+        let f2 = file.clone();
+        ringport::spawn(async move {
+            let _ = f2.read_at(Vec::with_capacity(64), 0).await;
+        });
         let task = ringport::spawn(async move {
             // At the current position: a FIFO has no offsets (`pread` says
             // ESPIPE), and this is the read that blocks on every backend.

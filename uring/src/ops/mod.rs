@@ -1,0 +1,166 @@
+//! How io_uring performs each [`Op`]: the SQE it becomes, and what its CQE
+//! result means. `prepare` and `complete` dispatch by op to the group files
+//! (`rw`, `net`, `fs`, `ctl`), which hold everything specific to one op; this
+//! file holds what they share: the scratch memory an SQE points at, the
+//! stream-write rule, the probe list.
+
+mod ctl;
+mod fs;
+mod net;
+mod rw;
+
+pub(crate) use ctl::cancel_result;
+
+use io_uring::{opcode, squeue, types};
+use ringport_core::op::{Op, OpKind};
+use std::io;
+
+/// Memory the kernel reads or writes after submission that the `Op` does not
+/// hold itself. It lives in the slot's boxed [`Extra`], so it never moves while
+/// the op is in flight.
+#[derive(Default)]
+pub(crate) enum Scratch {
+    #[default]
+    None,
+    Iovecs(Vec<libc::iovec>),
+    Msg(libc::msghdr, libc::iovec),
+    Statx(libc::statx),
+    Time(types::Timespec),
+}
+
+/// What only some ops need, boxed so the common slot stays small.
+#[derive(Default)]
+pub(crate) struct Extra {
+    pub(crate) scratch: Scratch,
+    /// The per-op deadline (an absolute CLOCK_MONOTONIC time) for a linked timeout.
+    pub(crate) deadline: Option<types::Timespec>,
+    /// For a cancel by fd: how many ops it reached in all.
+    pub(crate) reached: usize,
+}
+
+// SAFETY: the raw pointers inside point into the op's own heap memory (its
+// buffers and boxes) or into this box, which travel with the op.
+unsafe impl Send for Extra {}
+
+pub(super) fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {
+    &mut extra.get_or_insert_with(Box::default).scratch
+}
+
+/// What a successful result means for the op.
+pub(crate) enum Step {
+    /// It is done, with this result.
+    Done(usize),
+    /// A stream write with bytes left: issue it again (from `progress`).
+    Again,
+}
+
+/// The SQE for `op`, with `progress` bytes of a stream write already done.
+///
+/// Unknown-to-uring ops never get here: `submit` refuses them first.
+#[inline]
+pub(crate) fn prepare(
+    op: &mut Op,
+    extra: &mut Option<Box<Extra>>,
+    progress: usize,
+) -> squeue::Entry {
+    match op {
+        Op::Nop => ctl::nop(),
+        Op::Read { fd, offset, buf } => rw::read(*fd, *offset, buf),
+        Op::Write { fd, offset, buf } => rw::write(*fd, *offset, buf, progress),
+        Op::Readv { fd, offset, bufs } => rw::readv(*fd, *offset, bufs, extra),
+        Op::Writev { fd, offset, bufs } => rw::writev(*fd, *offset, bufs, extra),
+        Op::Recv { fd, buf, flags } => net::recv(*fd, buf, *flags),
+        Op::Send { fd, buf, flags } => net::send(*fd, buf, *flags, progress),
+        Op::RecvFrom { fd, buf, addr } => net::recvfrom(*fd, buf, addr, extra),
+        Op::SendTo { fd, buf, addr } => net::sendto(*fd, buf, addr, extra),
+        Op::Accept { fd, addr } => net::accept(*fd, addr),
+        Op::Connect { fd, addr } => net::connect(*fd, addr),
+        Op::Shutdown { fd, how } => net::shutdown(*fd, *how),
+        Op::Close { fd } => ctl::close(*fd),
+        Op::Fsync { fd, data_only } => fs::fsync(*fd, *data_only),
+        Op::OpenAt {
+            dir,
+            path,
+            flags,
+            mode,
+        } => fs::openat(*dir, path, *flags, *mode),
+        Op::Stat { fd, .. } => fs::stat(*fd, extra),
+        Op::Timeout { deadline } => ctl::timeout(*deadline, extra),
+        Op::Cancel { target } => ctl::cancel(*target),
+        Op::Poll { fd, events } => ctl::poll(*fd, *events),
+    }
+}
+
+/// Applies a successful result of `n` to the op's outputs (a read's
+/// initialised length, a peer address's length, metadata), or says that a
+/// stream write goes again; `progress` counts a stream write's bytes out.
+#[inline]
+pub(crate) fn complete(
+    op: &mut Op,
+    extra: Option<&Extra>,
+    progress: &mut usize,
+    n: usize,
+    cancel_requested: bool,
+) -> Step {
+    match op {
+        Op::Read { buf, .. } => rw::read_done(buf, n),
+        Op::Recv { buf, .. } => net::recv_done(buf, n),
+        Op::RecvFrom { buf, addr, .. } => net::recvfrom_done(buf, addr, extra, n),
+        Op::Readv { bufs, .. } => rw::readv_done(bufs, n),
+        Op::Stat { stat, .. } => fs::stat_done(stat, extra),
+        Op::Write { offset, buf, .. } => {
+            return rw::write_done(*offset, buf, progress, n, cancel_requested)
+        }
+        Op::Send { buf, .. } => return net::send_done(buf, progress, n, cancel_requested),
+        _ => {}
+    }
+    Step::Done(n)
+}
+
+/// The stream-write rule (a write at the current position, a send): it
+/// completes only when all `total` bytes are out — or when it made no
+/// progress, or was cancelled meanwhile: then with the bytes that went out.
+#[inline]
+fn stream_write_step(total: usize, progress: &mut usize, n: usize, cancel_requested: bool) -> Step {
+    *progress += n;
+    if n > 0 && *progress < total && !cancel_requested {
+        Step::Again
+    } else {
+        Step::Done(*progress)
+    }
+}
+
+/// The opcode each op kind needs, for the start-up probe.
+pub(crate) fn opcode_of(kind: OpKind) -> u8 {
+    match kind {
+        OpKind::Nop => opcode::Nop::CODE,
+        OpKind::Read => opcode::Read::CODE,
+        OpKind::Write => opcode::Write::CODE,
+        OpKind::Readv => opcode::Readv::CODE,
+        OpKind::Writev => opcode::Writev::CODE,
+        OpKind::Recv => opcode::Recv::CODE,
+        OpKind::Send => opcode::Send::CODE,
+        OpKind::RecvFrom => opcode::RecvMsg::CODE,
+        OpKind::SendTo => opcode::SendMsg::CODE,
+        OpKind::Accept => opcode::Accept::CODE,
+        OpKind::Connect => opcode::Connect::CODE,
+        OpKind::Shutdown => opcode::Shutdown::CODE,
+        OpKind::Close => opcode::Close::CODE,
+        OpKind::Fsync => opcode::Fsync::CODE,
+        OpKind::OpenAt => opcode::OpenAt::CODE,
+        OpKind::Stat => opcode::Statx::CODE,
+        OpKind::Timeout => opcode::Timeout::CODE,
+        OpKind::Cancel => opcode::AsyncCancel::CODE,
+        OpKind::Poll => opcode::PollAdd::CODE,
+    }
+}
+
+/// io_uring lengths are 32-bit; a larger buffer is used up to 4 GiB - 1.
+fn clamp(n: usize) -> u32 {
+    n.min(u32::MAX as usize) as u32
+}
+
+/// The error of a result code, as `io::Error`.
+pub(crate) fn os_error(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}

@@ -1,0 +1,108 @@
+//! Reads and writes on an fd: `read`, `write`, `readv`, `writev`, at an
+//! offset or at the current position. A write at the current position is a
+//! stream write: resubmitted from where it stopped until every byte is out.
+
+use super::{clamp, scratch, stream_write_step, Extra, Scratch, Step};
+use io_uring::{opcode, squeue, types};
+use ringport_core::buf::{AnyBuf, AnyBufMut};
+use ringport_core::op::Offset;
+use std::os::fd::RawFd;
+
+#[inline]
+pub(super) fn read(fd: RawFd, offset: Offset, buf: &mut AnyBufMut) -> squeue::Entry {
+    opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), clamp(buf.capacity()))
+        .offset(offset.to_raw())
+        .build()
+}
+
+/// `progress` bytes of the write are already done.
+#[inline]
+pub(super) fn write(fd: RawFd, offset: Offset, buf: &AnyBuf, progress: usize) -> squeue::Entry {
+    let done = progress.min(buf.len());
+    // SAFETY: done <= len, so the pointer stays inside the buffer.
+    let ptr = unsafe { buf.as_ptr().add(done) };
+    opcode::Write::new(types::Fd(fd), ptr, clamp(buf.len() - done))
+        .offset(offset.advanced(done).to_raw())
+        .build()
+}
+
+pub(super) fn readv(
+    fd: RawFd,
+    offset: Offset,
+    bufs: &mut [AnyBufMut],
+    extra: &mut Option<Box<Extra>>,
+) -> squeue::Entry {
+    let iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.capacity(),
+        })
+        .collect();
+    let s = scratch(extra);
+    *s = Scratch::Iovecs(iov);
+    let Scratch::Iovecs(iov) = s else {
+        unreachable!()
+    };
+    opcode::Readv::new(types::Fd(fd), iov.as_ptr(), iov.len() as u32)
+        .offset(offset.to_raw())
+        .build()
+}
+
+pub(super) fn writev(
+    fd: RawFd,
+    offset: Offset,
+    bufs: &[AnyBuf],
+    extra: &mut Option<Box<Extra>>,
+) -> squeue::Entry {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let s = scratch(extra);
+    *s = Scratch::Iovecs(iov);
+    let Scratch::Iovecs(iov) = s else {
+        unreachable!()
+    };
+    opcode::Writev::new(types::Fd(fd), iov.as_ptr(), iov.len() as u32)
+        .offset(offset.to_raw())
+        .build()
+}
+
+/// A read of `n` bytes: they are initialised now.
+#[inline]
+pub(super) fn read_done(buf: &mut AnyBufMut, n: usize) {
+    // SAFETY: the kernel reported n bytes written at the buffer's start.
+    unsafe { buf.set_init(n) }
+}
+
+/// A readv of `n` bytes fills the buffers in order.
+pub(super) fn readv_done(bufs: &mut [AnyBufMut], n: usize) {
+    let mut left = n;
+    for b in bufs {
+        let k = left.min(b.capacity());
+        // SAFETY: readv fills the buffers in order; k bytes of this one.
+        unsafe { b.set_init(k) };
+        left -= k;
+    }
+}
+
+/// A write of `n` more bytes: at the current position (a stream write) it
+/// goes again until every byte is out; at an offset it is done.
+#[inline]
+pub(super) fn write_done(
+    offset: Offset,
+    buf: &AnyBuf,
+    progress: &mut usize,
+    n: usize,
+    cancel_requested: bool,
+) -> Step {
+    if offset == Offset::Current {
+        stream_write_step(buf.len(), progress, n, cancel_requested)
+    } else {
+        Step::Done(n)
+    }
+}
