@@ -375,8 +375,10 @@ impl UringDriver {
             }
         }
         if res < 0 {
-            if res == -libc::ECANCELED && slot.cancel_requested && slot.progress > 0 {
-                // A cancelled stream write reports the bytes that went out.
+            if res == -libc::ECANCELED && slot.progress > 0 {
+                // A stream write cancelled, or ended by its deadline, reports
+                // the bytes that went out (only a resubmitted stream write
+                // has progress).
                 let done = slot.progress;
                 return self.finish(key, Ok(done));
             }

@@ -307,8 +307,10 @@ macro_rules! stream_io {
             pub async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
                 write_stream(self.fd.raw(), buf, $socket, None).await
             }
-            /// Like `write_all`, but gives up at `deadline` with `TimedOut`.
-            /// Some bytes may have been written by then.
+            /// Like `write_all`, but gives up at `deadline`. If some bytes
+            /// went out by then, the result is `Ok(n)` with `n` short of the
+            /// buffer's length (the stream holds exactly those `n` bytes);
+            /// if none did, `TimedOut`.
             pub async fn write_all_deadline<B: IoBuf>(
                 &self,
                 buf: B,

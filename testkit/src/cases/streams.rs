@@ -337,3 +337,35 @@ pub fn st5_runtime_drop_closes_a_blocked_file(b: Target) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A stream write whose deadline passes after part of it went out completes
+/// with `Ok(n)`, `n` short of its length, and the peer reads exactly `n`
+/// bytes: the caller knows where the stream stands (IOCP reports the bytes
+/// transferred of an aborted op the same way).
+pub fn st6_write_deadline_reports_bytes_out(b: Target) {
+    rt(b).block_on(async {
+        let l = TcpListener::bind(loopback()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            go_rx.recv().unwrap(); // not reading until the write has ended
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let (r, _) = s.write_all_deadline(vec![b'A'; BIG], deadline).await;
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => panic!("a write with bytes out reports them, not {e}"),
+        };
+        assert!(n > 0 && n < BIG, "a short count: {n}");
+        drop(s);
+        ringport::sleep(Duration::from_millis(1)).await.unwrap();
+        go.send(()).unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(got, n, "the peer got exactly the bytes reported");
+    });
+}
