@@ -139,12 +139,17 @@ struct AioReq {
 enum Route {
     /// Performed here through aio.
     Aio(Box<AioReq>),
-    /// Handed to the delegate under this id.
+    /// Handed to the delegate, which gave it this id (always a real one: an
+    /// entry gets this route only once the delegate accepted the op).
     Delegate(OpId),
-    /// A cancel-by-fd handed to the delegate, plus the aio ops it reached here.
+    /// A cancel-by-fd handed to the delegate (its id there), plus the aio
+    /// ops it reached here.
     CancelFd(OpId, usize),
-    /// A close waiting for the fd's aio requests to finish first.
-    CloseWaiting(Op),
+    /// Kept here: a close waiting for the fd's aio requests to end, or an op
+    /// whose completion is made here.
+    Held(Op),
+    /// Being handed to the delegate (only inside `forward`).
+    Forwarding,
 }
 
 struct Entry {
@@ -153,11 +158,30 @@ struct Entry {
     route: Route,
 }
 
-#[derive(Copy, Clone, PartialEq, Eq)]
+#[derive(Copy, Clone, PartialEq, Eq, Default)]
 enum FdKind {
+    #[default]
     Unknown,
     File,
     Other,
+}
+
+/// What the driver keeps per fd number. It never outlives the fd: a close
+/// resets it once the close is handed on, and it is indexed only by fds
+/// `Op::validate` accepted (below the open-file limit).
+#[derive(Copy, Clone, Default)]
+struct FdState {
+    /// How to route ops: found with `fstat` once per fd.
+    kind: FdKind,
+    /// aio requests on the fd that glibc holds.
+    aio: u32,
+    /// A close is parked here until the fd's aio requests end: new ops on
+    /// the fd are refused.
+    close_parked: bool,
+    /// Closes of this number handed to the delegate and not yet completed:
+    /// whether the fd is still the old one is known to the delegate only, so
+    /// every op on it goes there (never to aio) until they complete.
+    closes_forwarded: u32,
 }
 
 /// The POSIX aio [`Driver`].
@@ -166,9 +190,8 @@ pub struct AioDriver {
     entries: Slab<Entry>,
     next_generation: u32,
     notifier: Notifier,
-    fd_kinds: Vec<FdKind>,
-    /// aio requests per fd with glibc or waiting (for close).
-    fd_aio: Vec<u32>,
+    /// Per-fd state, indexed by fd (see [`FdState`]).
+    fds: Vec<FdState>,
     batch: Vec<usize>,
     waiting: VecDeque<usize>,
     in_glibc: usize,
@@ -215,10 +238,9 @@ impl AioDriver {
         Ok(AioDriver {
             delegate,
             entries: Slab::with_capacity(256),
-            next_generation: 1,
+            next_generation: notifier.first_generation(),
             notifier,
-            fd_kinds: Vec::new(),
-            fd_aio: Vec::new(),
+            fds: Vec::new(),
             batch: Vec::new(),
             waiting: VecDeque::new(),
             in_glibc: 0,
@@ -240,14 +262,26 @@ impl AioDriver {
         g
     }
 
-    fn fd_kind(&mut self, fd: RawFd) -> FdKind {
+    /// The state of `fd`, which `Op::validate` accepted (so the table is
+    /// bounded by the open-file limit).
+    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
         let i = fd as usize;
-        if i >= self.fd_kinds.len() {
-            self.fd_kinds.resize(i + 1, FdKind::Unknown);
+        if i >= self.fds.len() {
+            self.fds.resize(i + 1, FdState::default());
         }
-        if self.fd_kinds[i] == FdKind::Unknown {
+        &mut self.fds[i]
+    }
+
+    fn fd_kind(&mut self, fd: RawFd) -> FdKind {
+        let st = self.fd_state(fd);
+        if st.closes_forwarded > 0 {
+            // The delegate alone knows whether the fd is still the old one.
+            return FdKind::Other;
+        }
+        if st.kind == FdKind::Unknown {
             // SAFETY: fstat writes one stat struct; a bad fd just fails.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
             let kind = if unsafe { libc::fstat(fd, &mut st) } == 0 {
                 let t = st.st_mode & libc::S_IFMT;
                 if t == libc::S_IFREG || t == libc::S_IFBLK {
@@ -259,17 +293,13 @@ impl AioDriver {
                 // Unknown fd: the delegate reports its error in the completion.
                 return FdKind::Other;
             };
-            self.fd_kinds[i] = kind;
+            self.fd_state(fd).kind = kind;
         }
-        self.fd_kinds[i]
+        self.fd_state(fd).kind
     }
 
     fn fd_aio(&mut self, fd: RawFd) -> &mut u32 {
-        let i = fd as usize;
-        if i >= self.fd_aio.len() {
-            self.fd_aio.resize(i + 1, 0);
-        }
-        &mut self.fd_aio[i]
+        &mut self.fd_state(fd).aio
     }
 
     /// Whether `op` goes to aio.
@@ -454,8 +484,15 @@ impl AioDriver {
                 self.maybe_close(fd);
                 op
             }
-            Route::CloseWaiting(op) => op,
-            Route::Delegate(_) | Route::CancelFd(..) => return,
+            Route::Held(op) => {
+                if let Op::Close { fd } = op {
+                    // A close that ends here was never handed on (the
+                    // delegate refused it): the fd's state goes with it.
+                    *self.fd_state(fd) = FdState::default();
+                }
+                op
+            }
+            Route::Delegate(_) | Route::CancelFd(..) | Route::Forwarding => return,
         };
         self.ready.push(Completion {
             id,
@@ -470,29 +507,75 @@ impl AioDriver {
         if *self.fd_aio(fd) > 0 {
             return;
         }
+        self.start_parked_close(fd);
+    }
+
+    /// Hands the close parked on `fd` (if any) to the delegate.
+    fn start_parked_close(&mut self, fd: RawFd) {
         let parked = self.entries.iter().find_map(|(k, e)| match &e.route {
-            Route::CloseWaiting(Op::Close { fd: f }) if *f == fd => Some(k),
+            Route::Held(Op::Close { fd: f }) if *f == fd => Some(k),
             _ => None,
         });
         if let Some(k) = parked {
-            let Route::CloseWaiting(op) =
-                std::mem::replace(&mut self.entries[k].route, Route::Delegate(OpId::new(0, 0)))
-            else {
-                return;
-            };
-            self.forward(k, op, None);
+            self.forward(k, None);
         }
     }
 
-    /// Hands `op` of entry `key` to the delegate.
-    fn forward(&mut self, key: usize, op: Op, deadline: Option<Instant>) {
+    /// Hands the op held by entry `key` to the delegate. A close handed on
+    /// releases the fd's state here: from now on the delegate decides for
+    /// that number until the close completes.
+    fn forward(&mut self, key: usize, deadline: Option<Instant>) {
+        let Route::Held(op) = std::mem::replace(&mut self.entries[key].route, Route::Forwarding)
+        else {
+            return;
+        };
+        if let Op::Close { fd } = op {
+            let st = self.fd_state(fd);
+            st.close_parked = false;
+            st.kind = FdKind::Unknown;
+            st.closes_forwarded += 1;
+        }
         match self.delegate.submit(op, key as u64, deadline) {
             Ok(inner) => self.entries[key].route = Route::Delegate(inner),
             Err(e) => {
-                self.entries[key].route = Route::CloseWaiting(e.op);
+                if let Op::Close { fd } = e.op {
+                    let st = self.fd_state(fd);
+                    st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
+                }
+                self.entries[key].route = Route::Held(e.op);
                 self.finish(key, Err(e.error));
             }
         }
+    }
+
+    /// Submits `op` to the delegate for a new entry; the entry exists only
+    /// once the delegate accepted it, with the delegate's real id.
+    fn submit_to_delegate(
+        &mut self,
+        op: Op,
+        token: u64,
+        generation: u32,
+        deadline: Option<Instant>,
+        route: impl FnOnce(OpId) -> Route,
+    ) -> Result<OpId, SubmitError> {
+        let key = self.entries.vacant_key();
+        let close_fd = match op {
+            Op::Close { fd } => Some(fd),
+            _ => None,
+        };
+        let inner = self.delegate.submit(op, key as u64, deadline)?;
+        if let Some(fd) = close_fd {
+            let st = self.fd_state(fd);
+            st.kind = FdKind::Unknown;
+            st.closes_forwarded += 1;
+        }
+        let k = self.entries.insert(Entry {
+            generation,
+            token,
+            route: route(inner),
+        });
+        debug_assert_eq!(k, key);
+        Ok(OpId::new(key as u32, generation))
     }
 
     /// Asks glibc to cancel request `key` (it completes on its own), or ends
@@ -658,9 +741,10 @@ impl AioDriver {
             };
             self.entries.remove(key);
             if let Op::Close { fd } = c.op {
-                if let Some(k) = self.fd_kinds.get_mut(fd as usize) {
-                    *k = FdKind::Unknown;
-                }
+                // The close is over: the number may now be any new fd.
+                let st = self.fd_state(fd);
+                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
+                st.kind = FdKind::Unknown;
             }
             self.ready.push(Completion {
                 id,
@@ -728,8 +812,15 @@ impl Driver for AioDriver {
         if let Err(error) = op.validate() {
             return Err(SubmitError { error, op });
         }
+        if let Some(fd) = op.fd() {
+            if self.fd_state(fd).close_parked {
+                let error = ringport_core::driver::fd_closing(fd);
+                return Err(SubmitError { error, op });
+            }
+        }
         let generation = self.next_gen();
         let key = self.entries.vacant_key();
+        let id = OpId::new(key as u32, generation);
         if self.is_aio(&op) {
             let fd = op.fd().unwrap_or(-1);
             self.entries.insert(Entry {
@@ -749,91 +840,73 @@ impl Driver for AioDriver {
                 r.cb.aio_fildes = fd;
             }
             self.batch.push(key);
-            return Ok(OpId::new(key as u32, generation));
+            return Ok(id);
         }
-        let id = OpId::new(key as u32, generation);
         match op {
             Op::Cancel {
                 target: CancelTarget::Op(t),
             } => {
-                self.entries.insert(Entry {
-                    generation,
-                    token,
-                    route: Route::Delegate(OpId::new(0, 0)),
+                let target = self.lookup(t).map(|k| match &self.entries[k].route {
+                    Route::Aio(_) => Ok(k),
+                    Route::Delegate(inner) | Route::CancelFd(inner, _) => Err(Some(*inner)),
+                    Route::Held(_) | Route::Forwarding => Err(None),
                 });
-                match self
-                    .lookup(t)
-                    .map(|k| (k, matches!(self.entries[k].route, Route::Aio(_))))
-                {
-                    Some((k, true)) => {
-                        self.cancel_aio(k, false);
-                        self.entries[key].route = Route::CloseWaiting(op);
-                        self.finish(key, Ok(1));
-                    }
-                    Some((k, false)) => {
-                        let inner = match self.entries[k].route {
-                            Route::Delegate(i) | Route::CancelFd(i, _) => i,
-                            _ => OpId::new(0, 0),
-                        };
+                match target {
+                    Some(Err(Some(inner))) => {
                         let op = Op::Cancel {
                             target: CancelTarget::Op(inner),
                         };
-                        self.forward(key, op, None);
+                        self.submit_to_delegate(op, token, generation, deadline, Route::Delegate)
                     }
-                    None => {
-                        self.entries[key].route = Route::CloseWaiting(op);
-                        self.finish(key, Err(ringport_core::driver::not_in_flight()));
+                    other => {
+                        // The entry first: ending an aio request below frees
+                        // its slot, which must not become this op's.
+                        self.entries.insert(Entry {
+                            generation,
+                            token,
+                            route: Route::Held(op),
+                        });
+                        let result = match other {
+                            Some(Ok(k)) => {
+                                self.cancel_aio(k, false);
+                                Ok(1)
+                            }
+                            // A parked close: it ends once the fd's aio
+                            // requests end, and is not cancelled.
+                            Some(Err(_)) => Err(io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                "a close cannot be cancelled; it ends once the fd's operations end",
+                            )),
+                            None => Err(ringport_core::driver::not_in_flight()),
+                        };
+                        self.finish(key, result);
+                        Ok(id)
                     }
                 }
-                Ok(id)
             }
             Op::Cancel {
                 target: CancelTarget::Fd(fd),
             } => {
                 let here = self.cancel_aio_on(fd);
-                self.entries.insert(Entry {
-                    generation,
-                    token,
-                    route: Route::CancelFd(OpId::new(0, 0), here),
-                });
-                match self.delegate.submit(op, key as u64, deadline) {
-                    Ok(inner) => {
-                        self.entries[key].route = Route::CancelFd(inner, here);
-                        Ok(id)
-                    }
-                    Err(e) => {
-                        self.entries.remove(key);
-                        Err(e)
-                    }
-                }
+                self.submit_to_delegate(op, token, generation, deadline, |inner| {
+                    Route::CancelFd(inner, here)
+                })
             }
             Op::Close { fd } if *self.fd_aio(fd) > 0 || self.has_aio_on(fd) => {
-                self.cancel_aio_on(fd);
+                // Parked first (ending a request frees its slot, which must
+                // not become this op's); it starts once the last aio request
+                // on the fd ends, which may be inside `cancel_aio_on`.
+                self.fd_state(fd).close_parked = true;
                 self.entries.insert(Entry {
                     generation,
                     token,
-                    route: Route::CloseWaiting(op),
+                    route: Route::Held(op),
                 });
+                self.cancel_aio_on(fd);
                 self.maybe_close(fd);
                 Ok(id)
             }
-            op => {
-                self.entries.insert(Entry {
-                    generation,
-                    token,
-                    route: Route::Delegate(OpId::new(0, 0)),
-                });
-                match self.delegate.submit(op, key as u64, deadline) {
-                    Ok(inner) => {
-                        self.entries[key].route = Route::Delegate(inner);
-                        Ok(id)
-                    }
-                    Err(e) => {
-                        self.entries.remove(key);
-                        Err(e)
-                    }
-                }
-            }
+            op => self.submit_to_delegate(op, token, generation, deadline, Route::Delegate),
         }
     }
 
@@ -858,7 +931,7 @@ impl Driver for AioDriver {
                 Ok(())
             }
             Route::Delegate(inner) | Route::CancelFd(inner, _) => self.delegate.cancel(inner),
-            Route::CloseWaiting(_) => Ok(()),
+            Route::Held(_) | Route::Forwarding => Ok(()),
         }
     }
 
@@ -877,6 +950,11 @@ impl Driver for AioDriver {
 }
 
 impl AioDriver {
+    /// Whether a close handed to the delegate has not completed yet.
+    fn closes_out(&self) -> bool {
+        self.fds.iter().any(|st| st.closes_forwarded > 0)
+    }
+
     fn has_aio_on(&self, fd: RawFd) -> bool {
         self.entries
             .iter()
@@ -899,31 +977,76 @@ impl AioDriver {
 }
 
 impl Drop for AioDriver {
+    /// Never hangs, closes what it was asked to close, and frees no aiocb or
+    /// buffer glibc may still touch: requests glibc never saw go at once;
+    /// the rest are cancelled and waited for up to `DROP_GRACE` (a request
+    /// glibc cannot cancel, a read blocked in a worker, is leaked with its
+    /// buffer). Every parked close is then carried out by the delegate: a
+    /// worker still blocked on that fd holds the kernel's file reference, and
+    /// glibc starts nothing new on the fd (the requests queued behind it were
+    /// cancelled).
     fn drop(&mut self) {
         // Requests glibc never saw can go at once.
         let local: Vec<usize> = self
             .entries
             .iter()
-            .filter(|(_, e)| !matches!(&e.route, Route::Aio(r) if r.state == AioState::InFlight))
+            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.state != AioState::InFlight))
             .map(|(k, _)| k)
             .collect();
         for k in local {
+            let fd = match &self.entries[k].route {
+                Route::Aio(r) => r.cb.aio_fildes,
+                _ => continue,
+            };
+            self.batch.retain(|&b| b != k);
+            self.waiting.retain(|&w| w != k);
             self.entries.remove(k);
+            self.maybe_close(fd);
         }
         let start = Instant::now();
         while self.in_glibc > 0 && start.elapsed() < DROP_GRACE {
             let keys: Vec<usize> = self.entries.iter().map(|(k, _)| k).collect();
             for k in keys {
-                self.cancel_aio(k, false);
+                if self.entries.contains(k) {
+                    self.cancel_aio(k, false);
+                }
             }
             std::thread::sleep(Duration::from_millis(2));
             self.drain_notifications();
             self.sweep();
             self.ready.clear();
         }
+        // Closes still parked behind a request glibc keeps: carried out now.
+        let parked: Vec<RawFd> = self
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match &e.route {
+                Route::Held(Op::Close { fd }) => Some(*fd),
+                _ => None,
+            })
+            .collect();
+        for fd in parked {
+            self.start_parked_close(fd);
+        }
+        // Let the delegate finish the closes handed to it (bounded).
+        let end = Instant::now() + Duration::from_millis(500);
+        while self.closes_out() && Instant::now() < end {
+            if self
+                .delegate
+                .wait(&mut self.delegate_out, 1, Some(Duration::from_millis(10)))
+                .is_err()
+            {
+                break;
+            }
+            self.take_delegate_completions();
+            self.ready.clear();
+        }
+        self.notifier.set_next_generation(self.next_generation);
         // Whatever glibc may still touch is leaked, never freed early.
         for e in self.entries.drain() {
-            std::mem::forget(e);
+            if matches!(e.route, Route::Aio(_)) {
+                std::mem::forget(e);
+            }
         }
     }
 }

@@ -90,6 +90,16 @@ macro_rules! conformance {
         case!($b, l2_offset_out_of_range_is_invalid_input);
         case!($b, l3_huge_fd_is_ebadf);
         case!($b, l4_duration_max_means_never);
+        // The file path's lifecycle (found on aio)
+        case!($b, a1_no_op_starts_on_a_closing_file);
+        child!($b, a1_child);
+        case!($b, a2_cancel_of_a_close_touches_no_other_op);
+        case!($b, a3_dropped_drivers_close_their_fds);
+        child!($b, a3_child);
+        case!($b, a4_reused_fd_number_is_routed_by_its_kind);
+        child!($b, a4_child);
+        case!($b, a5_drop_with_a_blocked_file_read_closes_the_fd);
+        child!($b, a5_child);
     };
 }
 

@@ -1,6 +1,7 @@
 //! The case bodies, one function per CONFORMANCE.md case, each taking the
 //! backend to run on.
 
+mod aio_file;
 mod bad_input;
 mod cancel;
 mod completions;
@@ -10,6 +11,7 @@ mod sockets;
 mod threads;
 mod time;
 
+pub use aio_file::*;
 pub use bad_input::*;
 pub use cancel::*;
 pub use completions::*;
