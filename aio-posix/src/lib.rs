@@ -42,6 +42,47 @@ const SWEEP_SOON: Duration = Duration::from_millis(5);
 /// How long `Drop` waits for outstanding requests before leaking them.
 const DROP_GRACE: Duration = Duration::from_secs(2);
 
+/// The status a request shows until glibc queues it: glibc sets its status
+/// (`EINPROGRESS`) only when it queues a request, so after a failed
+/// `lio_listio` this tells the requests it never queued from those that
+/// finished (errno values are never negative).
+const NOT_QUEUED: libc::c_int = -1;
+
+/// glibc's `struct aiocb` up to the status fields the libc crate keeps
+/// private; checked against libc's layout below.
+#[repr(C)]
+struct GlibcAiocbHead {
+    aio_fildes: libc::c_int,
+    aio_lio_opcode: libc::c_int,
+    aio_reqprio: libc::c_int,
+    aio_buf: *mut libc::c_void,
+    aio_nbytes: libc::size_t,
+    aio_sigevent: libc::sigevent,
+    next_prio: *mut libc::aiocb,
+    abs_prio: libc::c_int,
+    policy: libc::c_int,
+    error_code: libc::c_int,
+    return_value: libc::ssize_t,
+    aio_offset: libc::off_t,
+}
+
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(GlibcAiocbHead, aio_sigevent) == offset_of!(libc::aiocb, aio_sigevent));
+    assert!(offset_of!(GlibcAiocbHead, aio_offset) == offset_of!(libc::aiocb, aio_offset));
+    assert!(std::mem::size_of::<GlibcAiocbHead>() <= std::mem::size_of::<libc::aiocb>());
+};
+
+/// Sets the status `aio_error` reads (glibc's `__error_code`), before the
+/// request goes to glibc.
+fn set_error_code(cb: &mut libc::aiocb, code: libc::c_int) {
+    let head = (cb as *mut libc::aiocb).cast::<GlibcAiocbHead>();
+    // SAFETY: GlibcAiocbHead mirrors the start of glibc's aiocb (offsets
+    // checked at compile time against libc's definition) and is no larger;
+    // the aiocb is ours and not with glibc, so nothing else writes it.
+    unsafe { std::ptr::addr_of_mut!((*head).error_code).write(code) };
+}
+
 /// glibc's `struct aioinit` (see `aio_init(3)`).
 #[repr(C)]
 struct AioInit {
@@ -206,6 +247,9 @@ pub struct AioDriver {
     reissued: u64,
     /// The interval until the next sweep.
     sweep_interval: Duration,
+    /// Test hook: the next `lio_listio` queues only this many requests.
+    #[cfg(test)]
+    test_listio_queues: Option<usize>,
 }
 
 // SAFETY: the aiocbs hold raw pointers into buffers owned by the same boxed
@@ -253,6 +297,8 @@ impl AioDriver {
             caps,
             reissued: 0,
             sweep_interval: SWEEP_EVERY,
+            #[cfg(test)]
+            test_listio_queues: None,
         })
     }
 
@@ -360,6 +406,7 @@ impl AioDriver {
         cb.aio_sigevent.sigev_value = libc::sigval {
             sival_ptr: value as usize as *mut libc::c_void,
         };
+        set_error_code(cb, NOT_QUEUED);
     }
 
     /// Hands batched requests to glibc: reads and writes in one `lio_listio`,
@@ -424,19 +471,90 @@ impl AioDriver {
         }
         // SAFETY: every pointer is an aiocb boxed in the in-flight table; they
         // stay valid until their completions are collected.
-        let r = unsafe {
-            libc::lio_listio(
-                libc::LIO_NOWAIT,
-                list.as_ptr(),
-                list.len() as libc::c_int,
-                std::ptr::null_mut(),
-            )
-        };
+        let r = unsafe { self.lio_listio(&list) };
         if r != 0 {
-            // Some requests may not have been queued: the sweep finds out
-            // which, safely, under glibc's lock.
+            let error = io::Error::last_os_error();
+            self.requeue_unqueued(&keys, error);
+            // Others may have run and lost their notification: the sweep
+            // finds out, safely, under glibc's lock.
             self.sweep();
         }
+    }
+
+    /// After a failed `lio_listio`: the requests glibc never queued (their
+    /// status is still `NOT_QUEUED`) go back to the front of the queue, to
+    /// be issued again at the next flush (the wait loop's next turn, after
+    /// it blocked for a completion); if none of ours is with glibc, no
+    /// completion would come to make room, so they fail with `error`.
+    fn requeue_unqueued(&mut self, keys: &[usize], error: io::Error) {
+        let mut unqueued = Vec::new();
+        for &k in keys {
+            let Route::Aio(req) = &mut self.entries[k].route else {
+                continue;
+            };
+            // SAFETY: reads the status of an aiocb we own; glibc does not
+            // hold it (or, if it does, it set the status under its lock
+            // before lio_listio returned).
+            if unsafe { libc::aio_error(&req.cb) } != NOT_QUEUED {
+                continue;
+            }
+            req.state = AioState::Waiting;
+            let fd = req.cb.aio_fildes;
+            self.in_glibc = self.in_glibc.saturating_sub(1);
+            let c = self.fd_aio(fd);
+            *c = c.saturating_sub(1);
+            unqueued.push(k);
+        }
+        if self.in_glibc == 0 {
+            let kind = error.kind();
+            let raw = error.raw_os_error();
+            for k in unqueued {
+                let e = match raw {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(kind, error.to_string()),
+                };
+                self.finish(k, Err(e));
+            }
+            return;
+        }
+        for k in unqueued.into_iter().rev() {
+            self.waiting.push_front(k);
+        }
+    }
+
+    /// `lio_listio(LIO_NOWAIT)` of `list` (in tests, optionally failing
+    /// the way glibc does when it cannot queue all: it queues the first few,
+    /// returns -1 with `EAGAIN`, and leaves the others' aiocbs as they were).
+    ///
+    /// # Safety
+    /// Every pointer is an aiocb boxed in the in-flight table.
+    unsafe fn lio_listio(&mut self, list: &[*mut libc::aiocb]) -> libc::c_int {
+        #[cfg(test)]
+        let n = match self.test_listio_queues.take() {
+            Some(k) => list.len().min(k),
+            None => list.len(),
+        };
+        #[cfg(not(test))]
+        let n = list.len();
+        let r = if n == 0 {
+            0
+        } else {
+            // SAFETY: the caller's promise, for the first n entries.
+            unsafe {
+                libc::lio_listio(
+                    libc::LIO_NOWAIT,
+                    list.as_ptr(),
+                    n as libc::c_int,
+                    std::ptr::null_mut(),
+                )
+            }
+        };
+        if n < list.len() {
+            // SAFETY: sets the calling thread's errno, as glibc does.
+            unsafe { *libc::__errno_location() = libc::EAGAIN };
+            return -1;
+        }
+        r
     }
 
     /// Collects request `key`: `aio_return` exactly once, then its completion.
@@ -1048,5 +1166,58 @@ impl Drop for AioDriver {
                 std::mem::forget(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringport_core::AnyBufMut;
+    use std::os::fd::AsRawFd;
+
+    /// A `lio_listio` that queues only some of its requests (as glibc does
+    /// when it runs out of request elements or threads): every request still
+    /// completes with its real result — the ones glibc never queued are
+    /// issued again — and none looks finished with a made-up 0 (EOF).
+    #[test]
+    fn partial_lio_listio_failure_gives_every_request_its_real_result() {
+        let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("ringport-aio-lio-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut d = AioDriver::new().unwrap();
+        d.test_listio_queues = Some(3);
+        const N: usize = 16;
+        for i in 0..N {
+            d.submit(
+                Op::Read {
+                    fd: f.as_raw_fd(),
+                    offset: Offset::At((i * 4096) as u64),
+                    buf: AnyBufMut::new(Vec::with_capacity(4096)),
+                },
+                i as u64,
+                None,
+            )
+            .unwrap();
+        }
+        let mut out = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while out.len() < N && Instant::now() < end {
+            d.wait(&mut out, 1, Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        assert_eq!(out.len(), N, "every request completes");
+        for c in out {
+            let i = c.token as usize;
+            let n = c.result.unwrap_or_else(|e| panic!("read {i}: {e}"));
+            assert_eq!(n, 4096, "read {i}: its real count, not a made-up EOF");
+            let buf: Vec<u8> = c.op.into_buf_mut().unwrap().downcast().unwrap();
+            assert_eq!(
+                &buf[..],
+                &data[i * 4096..(i + 1) * 4096],
+                "read {i}'s bytes"
+            );
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }
