@@ -100,6 +100,8 @@ macro_rules! conformance {
         child!($b, a4_child);
         case!($b, a5_drop_with_a_blocked_file_read_closes_the_fd);
         child!($b, a5_child);
+        case!($b, a6_runtime_drop_with_a_blocked_file_read_closes_the_fd);
+        child!($b, a6_child);
     };
 }
 

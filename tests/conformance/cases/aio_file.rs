@@ -371,7 +371,8 @@ pub fn a4_child(b: Backend) {
 }
 
 /// Opens `/proc/kmsg` so that a read of it blocks (its pending messages
-/// drained first), or says why it cannot (needs root).
+/// drained first), or says why it cannot (needs root). The drained
+/// messages stay readable with `dmesg`, which reads the log buffer itself.
 fn blocking_file() -> Option<std::fs::File> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -445,4 +446,36 @@ pub fn a5_child(b: Backend) {
         0,
         "the buffer of a read still running was freed"
     );
+}
+
+/// The same through the runtime: a task blocked reading a quiet
+/// `/proc/kmsg` through a `File`; dropping the runtime ends within a bound
+/// and the file's fd is closed. (In a child process, for the fd check.)
+pub fn a6_runtime_drop_with_a_blocked_file_read_closes_the_fd(b: Backend) {
+    in_child(b, "a6_child", "RINGPORT_A6_CHILD");
+}
+
+pub fn a6_child(b: Backend) {
+    if std::env::var("RINGPORT_A6_CHILD").is_err() {
+        return;
+    }
+    let Some(k) = blocking_file() else {
+        return;
+    };
+    let fd = k.as_raw_fd();
+    let rt = crate::harness::rt(b);
+    rt.block_on(async {
+        let file = ringport::File::from_std(k);
+        ringport::spawn(async move {
+            let _ = file.read_at(Vec::with_capacity(256), 0).await;
+        });
+        ringport::sleep(Duration::from_millis(100))
+            .await
+            .expect("sleep");
+    });
+    let start = Instant::now();
+    drop(rt);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "the drop took {took:?}");
+    assert_eq!(fd_target(fd), None, "fd {fd} is still open after the drop");
 }
