@@ -803,10 +803,7 @@ impl Driver for AioDriver {
                             }
                             // A parked close: it ends once the fd's aio
                             // requests end, and is not cancelled.
-                            Some(Err(_)) => Err(io::Error::new(
-                                io::ErrorKind::InvalidInput,
-                                "a close cannot be cancelled; it ends once the fd's operations end",
-                            )),
+                            Some(Err(_)) => Err(close_not_cancellable()),
                             None => Err(ringport_core::driver::not_in_flight()),
                         };
                         self.finish(key, result);
@@ -861,7 +858,8 @@ impl Driver for AioDriver {
                 Ok(())
             }
             Route::Delegate(inner) | Route::CancelFd(inner, _) => self.delegate.cancel(inner),
-            Route::Held(_) | Route::Forwarding => Ok(()),
+            // Held: a parked close (nothing else stays held).
+            Route::Held(_) | Route::Forwarding => Err(close_not_cancellable()),
         }
     }
 
@@ -979,6 +977,14 @@ impl Drop for AioDriver {
             }
         }
     }
+}
+
+/// The error for cancelling a close parked behind the fd's aio requests.
+fn close_not_cancellable() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a close cannot be cancelled; it ends once the fd's operations end",
+    )
 }
 
 #[cfg(test)]
