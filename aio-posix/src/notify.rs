@@ -7,16 +7,21 @@
 //! pushes that value on its driver's lock-free queue and writes the driver's
 //! eventfd. It never dereferences a pointer, so a late signal for a request
 //! the driver already reclaimed (by a sweep) is harmless: its generation no
-//! longer matches. A full queue sets an overflow flag that makes the driver
-//! sweep. Each driver index keeps its eventfd for the life of the process, so
-//! a late signal can never write into an fd number that was closed and reused.
+//! longer matches — also for the next driver that takes the same index,
+//! since generations continue per index where the previous owner stopped.
+//! A full queue sets an overflow flag that makes the driver sweep.
+//!
+//! Each driver's eventfd is closed when the driver drops. A late signal can
+//! never write into that fd number once it is closed and reused: the handler
+//! marks itself active before it loads the fd, and the closer takes the fd
+//! out of the queue, waits until no handler is active, then closes it.
 //!
 //! This module must never allocate, lock or call anything but `write(2)` and
 //! atomics inside the handler.
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 /// How many aio drivers may live at once in one process.
@@ -35,6 +40,10 @@ struct Queue {
     /// Set when a producer found its slot still full.
     overflow: AtomicBool,
     efd: AtomicI32,
+    /// Handlers between loading `efd` and finishing their write to it.
+    writers: AtomicUsize,
+    /// The generation the next owner of this index starts from.
+    next_generation: AtomicU32,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -45,6 +54,8 @@ const EMPTY_QUEUE: Queue = Queue {
     tail: AtomicUsize::new(0),
     overflow: AtomicBool::new(false),
     efd: AtomicI32::new(-1),
+    writers: AtomicUsize::new(0),
+    next_generation: AtomicU32::new(1),
 };
 
 static QUEUES: [Queue; MAX_DRIVERS] = [EMPTY_QUEUE; MAX_DRIVERS];
@@ -89,13 +100,18 @@ extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::
     {
         q.overflow.store(true, Ordering::Release);
     }
-    let efd = q.efd.load(Ordering::Acquire);
+    // Active before the load: the closer (Notifier::drop) waits for this
+    // count to fall to 0 after taking the fd out, so the fd loaded here
+    // stays open until the write below is done.
+    q.writers.fetch_add(1, Ordering::SeqCst);
+    let efd = q.efd.load(Ordering::SeqCst);
     if efd >= 0 {
         let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; efd is an eventfd this
-        // module owns for the life of the process.
+        // SAFETY: write(2) is async-signal-safe; efd is this index's eventfd,
+        // kept open while `writers` counts this handler.
         unsafe { libc::write(efd, &one as *const u64 as *const libc::c_void, 8) };
     }
+    q.writers.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// One driver's end of the notification scheme.
@@ -132,14 +148,12 @@ impl Notifier {
             ))
         })?;
         let q = &QUEUES[index];
-        if q.efd.load(Ordering::Acquire) < 0 {
-            // SAFETY: plain syscall; the fd is kept for the process's life.
-            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if efd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            q.efd.store(efd, Ordering::Release);
+        // SAFETY: plain syscall; the fd is closed by this Notifier's Drop.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        q.efd.store(efd, Ordering::SeqCst);
         taken[index] = true;
         // Start from a clean queue: drop what late signals of a previous
         // owner left (they carry generations this driver never issues).
@@ -149,6 +163,19 @@ impl Notifier {
         q.overflow.store(false, Ordering::Relaxed);
         let head = q.tail.load(Ordering::Acquire);
         Ok(Notifier { index, head })
+    }
+
+    /// The first generation this driver may issue: where the previous owner
+    /// of the index stopped, so a late signal of its requests never matches.
+    pub(crate) fn first_generation(&self) -> u32 {
+        QUEUES[self.index].next_generation.load(Ordering::Acquire)
+    }
+
+    /// Records where this driver's generations stopped, for the next owner.
+    pub(crate) fn set_next_generation(&self, generation: u32) {
+        QUEUES[self.index]
+            .next_generation
+            .store(generation.max(1), Ordering::Release);
     }
 
     /// This driver's index (goes into every request's signal value).
@@ -199,7 +226,18 @@ impl Notifier {
 
 impl Drop for Notifier {
     fn drop(&mut self) {
-        // The eventfd stays open for the next owner of this index.
+        let q = &QUEUES[self.index];
+        let efd = q.efd.swap(-1, Ordering::SeqCst);
+        // A handler that loaded the fd before the swap counted itself first;
+        // it finishes one write(2) (a handler never waits, so this ends even
+        // if one interrupted this very thread: it ran to its end already).
+        while q.writers.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        if efd >= 0 {
+            // SAFETY: our eventfd; no handler can write to it any more.
+            unsafe { libc::close(efd) };
+        }
         let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
         taken[self.index] = false;
     }

@@ -250,3 +250,41 @@ fn sigpending_child() {
         d.reissued()
     );
 }
+
+/// fds no op validated (negative, or far beyond the open-file limit) never
+/// size a per-fd table: cancel-by-fd and every fd op on them end with an
+/// error (or nothing to cancel) instead of growing a table to fd + 1.
+#[test]
+fn huge_fds_size_no_table() {
+    let mut d = AioDriver::builder().build(delegate()).unwrap();
+    for fd in [i32::MAX, i32::MAX - 1, 1 << 30, -1, i32::MIN] {
+        assert_eq!(d.cancel_fd(fd).unwrap(), 0, "cancel_fd({fd})");
+        let r = d.submit(
+            Op::Cancel {
+                target: ringport_core::CancelTarget::Fd(fd),
+            },
+            1,
+            None,
+        );
+        if r.is_ok() {
+            let c = collect(&mut d, 1).pop().unwrap();
+            assert!(c.result.is_err(), "nothing to cancel on fd {fd}");
+        }
+        for op in [
+            Op::Fsync {
+                fd,
+                data_only: false,
+            },
+            Op::Close { fd },
+            Op::Write {
+                fd,
+                offset: ringport_core::Offset::At(0),
+                buf: AnyBuf::new(b"x".to_vec()),
+            },
+        ] {
+            let e = d.submit(op, 2, None).unwrap_err();
+            assert_eq!(e.error.raw_os_error(), Some(libc::EBADF), "fd {fd}");
+        }
+    }
+    assert_eq!(d.in_flight(), 0);
+}

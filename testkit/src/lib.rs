@@ -131,5 +131,13 @@ macro_rules! conformance {
         $crate::case!($t, st3_ops_after_close_refused_or_completed);
         $crate::case!($t, st4_drop_with_ops_in_flight_closes_the_fd);
         $crate::case!($t, st5_runtime_drop_closes_a_blocked_file);
+        // The file path's lifecycle (found on aio)
+        $crate::case!($t, a1_no_op_starts_on_a_closing_file);
+        $crate::child!($t, a1_child);
+        $crate::case!($t, a2_cancel_of_a_close_touches_no_other_op);
+        $crate::case!($t, a3_dropped_drivers_close_their_fds);
+        $crate::child!($t, a3_child);
+        $crate::case!($t, a4_reused_fd_number_is_routed_by_its_kind);
+        $crate::child!($t, a4_child);
     };
 }

@@ -1,6 +1,7 @@
 //! The case bodies, one function per case of `docs/conformance.md`, each
 //! taking the [`Target`](crate::Target) to run on.
 
+mod aio_file;
 mod bad_input;
 mod cancel;
 mod completions;
@@ -11,6 +12,7 @@ mod streams;
 mod threads;
 mod time;
 
+pub use aio_file::*;
 pub use bad_input::*;
 pub use cancel::*;
 pub use completions::*;

@@ -1,0 +1,1041 @@
+//! The [`Driver`] impl: submit (routing files to aio and everything else to
+//! the delegate), wait, cancel, close, and drop.
+//!
+//! This module must never free or reuse an `aiocb` (or its buffer) before
+//! glibc is done with it: not before its signal arrived or a sweep saw it
+//! finished under glibc's lock. `Drop` leaks what it cannot prove finished.
+
+use crate::notify::{self, Notifier};
+use crate::ops::{self, set_error_code, AioReq, AioState, NOT_QUEUED};
+use crate::AioBuilder;
+use ringport_core::driver::{
+    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
+};
+use ringport_core::op::{CancelTarget, Offset, Op, OpId, OpKind};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// Token of the delegate's poll on our eventfd.
+const POLL_TOKEN: u64 = u64::MAX;
+/// How often in-flight requests are swept while any is outstanding.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How soon the next sweep comes after one that found lost notifications
+/// (the signal queue is full, so more are likely).
+const SWEEP_SOON: Duration = Duration::from_millis(5);
+/// How long `Drop` waits for outstanding requests before leaking them.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
+enum Route {
+    /// Performed here through aio.
+    Aio(Box<AioReq>),
+    /// Handed to the delegate, which gave it this id (always a real one: an
+    /// entry gets this route only once the delegate accepted the op).
+    Delegate(OpId),
+    /// A cancel-by-fd handed to the delegate (its id there), plus the aio
+    /// ops it reached here.
+    CancelFd(OpId, usize),
+    /// Kept here: a close waiting for the fd's aio requests to end, or an op
+    /// whose completion is made here.
+    Held(Op),
+    /// Being handed to the delegate (only inside `forward`).
+    Forwarding,
+}
+
+struct Entry {
+    generation: u32,
+    token: u64,
+    route: Route,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Default)]
+enum FdKind {
+    #[default]
+    Unknown,
+    File,
+    Other,
+}
+
+/// What the driver keeps per fd number. It never outlives the fd: a close
+/// resets it once the close is handed on, and it is indexed only by fds
+/// `Op::validate` accepted (below the open-file limit).
+#[derive(Copy, Clone, Default)]
+struct FdState {
+    /// How to route ops: found with `fstat` once per fd.
+    kind: FdKind,
+    /// aio requests on the fd that glibc holds.
+    aio: u32,
+    /// A close is parked here until the fd's aio requests end: new ops on
+    /// the fd are refused.
+    close_parked: bool,
+    /// Closes of this number handed to the delegate and not yet completed:
+    /// whether the fd is still the old one is known to the delegate only, so
+    /// every op on it goes there (never to aio) until they complete.
+    closes_forwarded: u32,
+}
+
+/// The POSIX aio [`Driver`].
+pub struct AioDriver {
+    delegate: Box<dyn Driver>,
+    entries: Slab<Entry>,
+    next_generation: u32,
+    notifier: Notifier,
+    /// Per-fd state, indexed by fd (see [`FdState`]).
+    fds: Vec<FdState>,
+    batch: Vec<usize>,
+    waiting: VecDeque<usize>,
+    in_glibc: usize,
+    max_in_flight: usize,
+    ready: Vec<Completion>,
+    delegate_out: Vec<Completion>,
+    signalled: Vec<(usize, u32)>,
+    poll_armed: bool,
+    last_sweep: Instant,
+    caps: Capabilities,
+    /// Requests whose notification glibc could not send, issued again.
+    reissued: u64,
+    /// The interval until the next sweep.
+    sweep_interval: Duration,
+    /// Test hook: the next `lio_listio` queues only this many requests.
+    #[cfg(test)]
+    test_listio_queues: Option<usize>,
+}
+
+// SAFETY: the aiocbs hold raw pointers into buffers owned by the same boxed
+// request; everything moves together with the driver.
+unsafe impl Send for AioDriver {}
+
+impl AioDriver {
+    /// An aio driver with the epoll shim for what aio cannot do.
+    pub fn new() -> io::Result<AioDriver> {
+        Self::builder().build_with_epoll()
+    }
+
+    /// How many requests were issued again because glibc could not queue
+    /// their completion signal (a full signal queue).
+    pub fn reissued(&self) -> u64 {
+        self.reissued
+    }
+
+    /// A builder (thread count, in-flight limit).
+    pub fn builder() -> AioBuilder {
+        AioBuilder::default()
+    }
+
+    pub(crate) fn with(max_in_flight: usize, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
+        let notifier = Notifier::new()?;
+        let mut caps = delegate.capabilities().clone();
+        for k in [OpKind::Read, OpKind::Write, OpKind::Fsync] {
+            caps.set(k, Support::Native);
+        }
+        Ok(AioDriver {
+            delegate,
+            entries: Slab::with_capacity(256),
+            next_generation: notifier.first_generation(),
+            notifier,
+            fds: Vec::new(),
+            batch: Vec::new(),
+            waiting: VecDeque::new(),
+            in_glibc: 0,
+            max_in_flight,
+            ready: Vec::new(),
+            delegate_out: Vec::new(),
+            signalled: Vec::new(),
+            poll_armed: false,
+            last_sweep: Instant::now(),
+            caps,
+            reissued: 0,
+            sweep_interval: SWEEP_EVERY,
+            #[cfg(test)]
+            test_listio_queues: None,
+        })
+    }
+
+    fn next_gen(&mut self) -> u32 {
+        let g = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        g
+    }
+
+    /// The state of `fd`, which `Op::validate` accepted (so the table is
+    /// bounded by the open-file limit).
+    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
+        let i = fd as usize;
+        if i >= self.fds.len() {
+            self.fds.resize(i + 1, FdState::default());
+        }
+        &mut self.fds[i]
+    }
+
+    fn fd_kind(&mut self, fd: RawFd) -> FdKind {
+        let st = self.fd_state(fd);
+        if st.closes_forwarded > 0 {
+            // The delegate alone knows whether the fd is still the old one.
+            return FdKind::Other;
+        }
+        if st.kind == FdKind::Unknown {
+            // SAFETY: fstat writes one stat struct; a bad fd just fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let kind = if unsafe { libc::fstat(fd, &mut st) } == 0 {
+                let t = st.st_mode & libc::S_IFMT;
+                if t == libc::S_IFREG || t == libc::S_IFBLK {
+                    FdKind::File
+                } else {
+                    FdKind::Other
+                }
+            } else {
+                // Unknown fd: the delegate reports its error in the completion.
+                return FdKind::Other;
+            };
+            self.fd_state(fd).kind = kind;
+        }
+        self.fd_state(fd).kind
+    }
+
+    fn fd_aio(&mut self, fd: RawFd) -> &mut u32 {
+        &mut self.fd_state(fd).aio
+    }
+
+    /// Whether `op` goes to aio.
+    fn is_aio(&mut self, op: &Op) -> bool {
+        match *op {
+            Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. } => {
+                offset != Offset::Current && self.fd_kind(fd) == FdKind::File
+            }
+            Op::Fsync { fd, .. } => self.fd_kind(fd) == FdKind::File,
+            _ => false,
+        }
+    }
+
+    fn id_of(&self, key: usize) -> OpId {
+        OpId::new(key as u32, self.entries[key].generation)
+    }
+
+    fn lookup(&self, id: OpId) -> Option<usize> {
+        match self.entries.get(id.slot()) {
+            Some(e) if e.generation == id.generation() => Some(id.slot()),
+            _ => None,
+        }
+    }
+
+    /// Fills the aiocb of request `key` for its op.
+    fn prepare(&mut self, key: usize) {
+        let generation = self.entries[key].generation;
+        let value = notify::pack(self.notifier.index(), key, generation);
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        // SAFETY: aiocb is plain data; all-zero is its documented initial state.
+        req.cb = unsafe { std::mem::zeroed() };
+        let cb = &mut req.cb;
+        ops::fill(cb, &mut req.op);
+        cb.aio_sigevent.sigev_notify = libc::SIGEV_SIGNAL;
+        cb.aio_sigevent.sigev_signo = notify::signal();
+        cb.aio_sigevent.sigev_value = libc::sigval {
+            sival_ptr: value as usize as *mut libc::c_void,
+        };
+        set_error_code(cb, NOT_QUEUED);
+    }
+
+    /// Hands batched requests to glibc: reads and writes in one `lio_listio`,
+    /// fsyncs one by one. Requests over the in-flight limit wait.
+    fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        for key in batch {
+            if !self.entries.contains(key) {
+                continue;
+            }
+            self.waiting.push_back(key);
+            if let Route::Aio(req) = &mut self.entries[key].route {
+                req.state = AioState::Waiting;
+            }
+        }
+        let mut list: Vec<*mut libc::aiocb> = Vec::new();
+        let mut keys: Vec<usize> = Vec::new();
+        while self.in_glibc + list.len() < self.max_in_flight {
+            let Some(key) = self.waiting.pop_front() else {
+                break;
+            };
+            if !self.entries.contains(key) {
+                continue;
+            }
+            self.prepare(key);
+            let Route::Aio(req) = &mut self.entries[key].route else {
+                continue;
+            };
+            req.state = AioState::InFlight;
+            if matches!(req.op, Op::Fsync { .. }) {
+                // SAFETY: the aiocb is boxed in the in-flight table and stays
+                // there until its completion is collected.
+                if let Err(e) = unsafe { ops::fs::submit(&mut req.cb, &req.op) } {
+                    req.state = AioState::Waiting;
+                    self.finish(key, Err(e));
+                    continue;
+                }
+                let fd = req.cb.aio_fildes;
+                self.in_glibc += 1;
+                *self.fd_aio(fd) += 1;
+                continue;
+            }
+            list.push(&mut req.cb);
+            keys.push(key);
+        }
+        if list.is_empty() {
+            return;
+        }
+        self.in_glibc += list.len();
+        for &k in &keys {
+            if let Route::Aio(r) = &self.entries[k].route {
+                let fd = r.cb.aio_fildes;
+                *self.fd_aio(fd) += 1;
+            }
+        }
+        // SAFETY: every pointer is an aiocb boxed in the in-flight table; they
+        // stay valid until their completions are collected.
+        let r = unsafe { self.lio_listio(&list) };
+        if r != 0 {
+            let error = io::Error::last_os_error();
+            self.requeue_unqueued(&keys, error);
+            // Others may have run and lost their notification: the sweep
+            // finds out, safely, under glibc's lock.
+            self.sweep();
+        }
+    }
+
+    /// After a failed `lio_listio`: the requests glibc never queued (their
+    /// status is still `NOT_QUEUED`) go back to the front of the queue, to
+    /// be issued again at the next flush (the wait loop's next turn, after
+    /// it blocked for a completion); if none of ours is with glibc, no
+    /// completion would come to make room, so they fail with `error`.
+    fn requeue_unqueued(&mut self, keys: &[usize], error: io::Error) {
+        let mut unqueued = Vec::new();
+        for &k in keys {
+            let Route::Aio(req) = &mut self.entries[k].route else {
+                continue;
+            };
+            // SAFETY: reads the status of an aiocb we own; glibc does not
+            // hold it (or, if it does, it set the status under its lock
+            // before lio_listio returned).
+            if unsafe { libc::aio_error(&req.cb) } != NOT_QUEUED {
+                continue;
+            }
+            req.state = AioState::Waiting;
+            let fd = req.cb.aio_fildes;
+            self.in_glibc = self.in_glibc.saturating_sub(1);
+            let c = self.fd_aio(fd);
+            *c = c.saturating_sub(1);
+            unqueued.push(k);
+        }
+        if self.in_glibc == 0 {
+            let kind = error.kind();
+            let raw = error.raw_os_error();
+            for k in unqueued {
+                let e = match raw {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(kind, error.to_string()),
+                };
+                self.finish(k, Err(e));
+            }
+            return;
+        }
+        for k in unqueued.into_iter().rev() {
+            self.waiting.push_front(k);
+        }
+    }
+
+    /// `lio_listio(LIO_NOWAIT)` of `list` (in tests, optionally failing
+    /// the way glibc does when it cannot queue all: it queues the first few,
+    /// returns -1 with `EAGAIN`, and leaves the others' aiocbs as they were).
+    ///
+    /// # Safety
+    /// Every pointer is an aiocb boxed in the in-flight table.
+    unsafe fn lio_listio(&mut self, list: &[*mut libc::aiocb]) -> libc::c_int {
+        #[cfg(test)]
+        let n = match self.test_listio_queues.take() {
+            Some(k) => list.len().min(k),
+            None => list.len(),
+        };
+        #[cfg(not(test))]
+        let n = list.len();
+        let r = if n == 0 {
+            0
+        } else {
+            // SAFETY: the caller's promise, for the first n entries.
+            unsafe { ops::rw::submit_list(&list[..n]) }
+        };
+        if n < list.len() {
+            // SAFETY: sets the calling thread's errno, as glibc does.
+            unsafe { *libc::__errno_location() = libc::EAGAIN };
+            return -1;
+        }
+        r
+    }
+
+    /// Collects request `key`: `aio_return` exactly once, then its completion.
+    fn collect_aio(&mut self, key: usize) {
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        // SAFETY: the aiocb belongs to a request glibc reported finished.
+        let err = unsafe { libc::aio_error(&req.cb) };
+        if err == libc::EINPROGRESS {
+            return;
+        }
+        // SAFETY: as above; called once, then the request leaves the table.
+        let ret = unsafe { libc::aio_return(&mut req.cb) };
+        let result = if ret < 0 {
+            if err == libc::ECANCELED && req.timed_out {
+                Err(deadline_passed())
+            } else {
+                Err(io::Error::from_raw_os_error(err))
+            }
+        } else {
+            Ok(ops::complete(&mut req.op, ret as usize))
+        };
+        self.in_glibc = self.in_glibc.saturating_sub(1);
+        self.finish(key, result);
+    }
+
+    /// Ends entry `key` with `result`.
+    fn finish(&mut self, key: usize, result: io::Result<usize>) {
+        let id = self.id_of(key);
+        let entry = self.entries.remove(key);
+        let op = match entry.route {
+            Route::Aio(req) => {
+                let fd = req.cb.aio_fildes;
+                if req.state == AioState::InFlight {
+                    let c = self.fd_aio(fd);
+                    *c = c.saturating_sub(1);
+                }
+                let op = req.op;
+                self.maybe_close(fd);
+                op
+            }
+            Route::Held(op) => {
+                if let Op::Close { fd } = op {
+                    // A close that ends here was never handed on (the
+                    // delegate refused it): the fd's state goes with it.
+                    *self.fd_state(fd) = FdState::default();
+                }
+                op
+            }
+            Route::Delegate(_) | Route::CancelFd(..) | Route::Forwarding => return,
+        };
+        self.ready.push(Completion {
+            id,
+            token: entry.token,
+            result,
+            op,
+        });
+    }
+
+    /// Starts a close parked on `fd` once its aio requests are done.
+    fn maybe_close(&mut self, fd: RawFd) {
+        if *self.fd_aio(fd) > 0 {
+            return;
+        }
+        self.start_parked_close(fd);
+    }
+
+    /// Hands the close parked on `fd` (if any) to the delegate.
+    fn start_parked_close(&mut self, fd: RawFd) {
+        let parked = self.entries.iter().find_map(|(k, e)| match &e.route {
+            Route::Held(Op::Close { fd: f }) if *f == fd => Some(k),
+            _ => None,
+        });
+        if let Some(k) = parked {
+            self.forward(k, None);
+        }
+    }
+
+    /// Hands the op held by entry `key` to the delegate. A close handed on
+    /// releases the fd's state here: from now on the delegate decides for
+    /// that number until the close completes.
+    fn forward(&mut self, key: usize, deadline: Option<Instant>) {
+        let Route::Held(op) = std::mem::replace(&mut self.entries[key].route, Route::Forwarding)
+        else {
+            return;
+        };
+        if let Op::Close { fd } = op {
+            let st = self.fd_state(fd);
+            st.close_parked = false;
+            st.kind = FdKind::Unknown;
+            st.closes_forwarded += 1;
+        }
+        match self.delegate.submit(op, key as u64, deadline) {
+            Ok(inner) => self.entries[key].route = Route::Delegate(inner),
+            Err(e) => {
+                if let Op::Close { fd } = e.op {
+                    let st = self.fd_state(fd);
+                    st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
+                }
+                self.entries[key].route = Route::Held(e.op);
+                self.finish(key, Err(e.error));
+            }
+        }
+    }
+
+    /// Submits `op` to the delegate for a new entry; the entry exists only
+    /// once the delegate accepted it, with the delegate's real id.
+    fn submit_to_delegate(
+        &mut self,
+        op: Op,
+        token: u64,
+        generation: u32,
+        deadline: Option<Instant>,
+        route: impl FnOnce(OpId) -> Route,
+    ) -> Result<OpId, SubmitError> {
+        let key = self.entries.vacant_key();
+        let close_fd = match op {
+            Op::Close { fd } => Some(fd),
+            _ => None,
+        };
+        let inner = self.delegate.submit(op, key as u64, deadline)?;
+        if let Some(fd) = close_fd {
+            let st = self.fd_state(fd);
+            st.kind = FdKind::Unknown;
+            st.closes_forwarded += 1;
+        }
+        let k = self.entries.insert(Entry {
+            generation,
+            token,
+            route: route(inner),
+        });
+        debug_assert_eq!(k, key);
+        Ok(OpId::new(key as u32, generation))
+    }
+
+    /// Asks glibc to cancel request `key` (it completes on its own), or ends
+    /// it here if glibc does not have it yet.
+    fn cancel_aio(&mut self, key: usize, timed_out: bool) {
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        req.cancel_requested = true;
+        req.timed_out |= timed_out;
+        match req.state {
+            AioState::Batched | AioState::Waiting => {
+                self.batch.retain(|&k| k != key);
+                self.waiting.retain(|&k| k != key);
+                let e = if timed_out {
+                    deadline_passed()
+                } else {
+                    cancelled()
+                };
+                self.finish(key, Err(e));
+            }
+            AioState::InFlight => {
+                // SAFETY: the aiocb is with glibc and boxed in our table. The
+                // result (CANCELED / NOTCANCELED / ALLDONE) needs no action:
+                // each path ends in the request's own notification.
+                unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
+            }
+        }
+    }
+
+    /// Safety net: collects requests that finished without a notification we
+    /// saw. `aio_cancel` first takes glibc's lock, so its notify step for the
+    /// request is over before we read the result; a result of -1/EAGAIN there
+    /// means the signal could not be queued, and the request is issued again.
+    fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        let reissued_before = self.reissued;
+        let keys: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.state == AioState::InFlight))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let Route::Aio(req) = &mut self.entries[key].route else {
+                continue;
+            };
+            // SAFETY: reads the status of an aiocb we own and glibc holds.
+            if unsafe { libc::aio_error(&req.cb) } == libc::EINPROGRESS {
+                continue;
+            }
+            // SAFETY: as above; aio_cancel only takes the lock here, since the
+            // request is finished.
+            unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
+            // SAFETY: as above.
+            let err = unsafe { libc::aio_error(&req.cb) };
+            if err == libc::EAGAIN && !req.cancel_requested {
+                // Lost notification: glibc overwrote the result. Do it again.
+                self.reissued += 1;
+                // SAFETY: consume the failed status once before reuse.
+                unsafe { libc::aio_return(&mut req.cb) };
+                req.state = AioState::Batched;
+                self.in_glibc = self.in_glibc.saturating_sub(1);
+                let fd = req.cb.aio_fildes;
+                let c = self.fd_aio(fd);
+                *c = c.saturating_sub(1);
+                self.batch.push(key);
+                continue;
+            }
+            self.collect_aio(key);
+        }
+        self.sweep_interval = if self.reissued > reissued_before {
+            SWEEP_SOON
+        } else {
+            SWEEP_EVERY
+        };
+    }
+
+    /// Collects every request whose signal arrived.
+    fn drain_notifications(&mut self) {
+        let mut sig = std::mem::take(&mut self.signalled);
+        sig.clear();
+        let overflow = self.notifier.drain(&mut sig);
+        for &(slot, generation) in &sig {
+            if let Some(e) = self.entries.get(slot) {
+                if e.generation == generation {
+                    if let Route::Aio(r) = &e.route {
+                        if r.state == AioState::InFlight {
+                            self.collect_aio(slot);
+                        }
+                    }
+                }
+            }
+        }
+        self.signalled = sig;
+        if overflow || (self.in_glibc > 0 && self.last_sweep.elapsed() >= self.sweep_interval) {
+            self.sweep();
+        }
+    }
+
+    /// Cancels aio requests whose deadline passed.
+    fn expire_deadlines(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for (k, e) in self.entries.iter() {
+            if let Route::Aio(r) = &e.route {
+                if let Some(d) = r.deadline {
+                    if r.timed_out {
+                        continue;
+                    }
+                    if d <= now {
+                        expired.push(k);
+                    } else {
+                        next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                    }
+                }
+            }
+        }
+        for k in expired {
+            self.cancel_aio(k, true);
+        }
+        next
+    }
+
+    fn arm_poll(&mut self) -> io::Result<()> {
+        if self.poll_armed {
+            return Ok(());
+        }
+        let op = Op::Poll {
+            fd: self.notifier.eventfd(),
+            events: libc::POLLIN,
+        };
+        self.delegate
+            .submit(op, POLL_TOKEN, None)
+            .map_err(|e| e.error)?;
+        self.poll_armed = true;
+        Ok(())
+    }
+
+    /// Maps the delegate's completions to ours.
+    fn take_delegate_completions(&mut self) {
+        let mut out = std::mem::take(&mut self.delegate_out);
+        for c in out.drain(..) {
+            if c.token == POLL_TOKEN {
+                self.poll_armed = false;
+                self.notifier.clear_eventfd();
+                continue;
+            }
+            let key = c.token as usize;
+            let Some(entry) = self.entries.get(key) else {
+                continue;
+            };
+            let (id, token) = (OpId::new(key as u32, entry.generation), entry.token);
+            let result = match (&entry.route, c.result) {
+                (Route::CancelFd(_, here), Ok(n)) => Ok(n + here),
+                (Route::CancelFd(_, here), Err(e))
+                    if e.kind() == io::ErrorKind::NotFound && *here > 0 =>
+                {
+                    Ok(*here)
+                }
+                (_, r) => r,
+            };
+            self.entries.remove(key);
+            if let Op::Close { fd } = c.op {
+                // The close is over: the number may now be any new fd.
+                let st = self.fd_state(fd);
+                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
+                st.kind = FdKind::Unknown;
+            }
+            self.ready.push(Completion {
+                id,
+                token,
+                result,
+                op: c.op,
+            });
+        }
+        self.delegate_out = out;
+    }
+
+    fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
+        let end = timeout.map(|t| Instant::now() + t);
+        self.flush();
+        self.arm_poll()?;
+        loop {
+            self.drain_notifications();
+            let next_deadline = self.expire_deadlines();
+            self.flush();
+            let now = Instant::now();
+            let left = end.map(|e| e.saturating_duration_since(now));
+            if self.ready.len() >= min || left == Some(Duration::ZERO) {
+                self.delegate
+                    .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
+                self.take_delegate_completions();
+                self.arm_poll()?;
+                return Ok(());
+            }
+            let mut t = left;
+            if self.in_glibc > 0 {
+                let s = self.sweep_interval;
+                t = Some(t.map_or(s, |x| x.min(s)));
+            }
+            if let Some(d) = next_deadline {
+                let dl = d.saturating_duration_since(now);
+                t = Some(t.map_or(dl, |x| x.min(dl)));
+            }
+            let n = self.delegate.wait(&mut self.delegate_out, 1, t)?;
+            self.take_delegate_completions();
+            self.arm_poll()?;
+            if n == 0 && t == left && end.is_none_or(|e| Instant::now() < e) {
+                // The delegate returned early with nothing: a wake.
+                self.drain_notifications();
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Driver for AioDriver {
+    fn name(&self) -> &'static str {
+        "aio"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn submit(
+        &mut self,
+        op: Op,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<OpId, SubmitError> {
+        if let Err(error) = op.validate() {
+            return Err(SubmitError { error, op });
+        }
+        if let Some(fd) = op.fd() {
+            if self.fd_state(fd).close_parked {
+                let error = ringport_core::driver::fd_closing(fd);
+                return Err(SubmitError { error, op });
+            }
+        }
+        let generation = self.next_gen();
+        let key = self.entries.vacant_key();
+        let id = OpId::new(key as u32, generation);
+        if self.is_aio(&op) {
+            let fd = op.fd().unwrap_or(-1);
+            self.entries.insert(Entry {
+                generation,
+                token,
+                route: Route::Aio(Box::new(AioReq {
+                    // SAFETY: aiocb is plain data; filled in at flush.
+                    cb: unsafe { std::mem::zeroed() },
+                    op,
+                    state: AioState::Batched,
+                    cancel_requested: false,
+                    deadline,
+                    timed_out: false,
+                })),
+            });
+            if let Route::Aio(r) = &mut self.entries[key].route {
+                r.cb.aio_fildes = fd;
+            }
+            self.batch.push(key);
+            return Ok(id);
+        }
+        match op {
+            Op::Cancel {
+                target: CancelTarget::Op(t),
+            } => {
+                let target = self.lookup(t).map(|k| match &self.entries[k].route {
+                    Route::Aio(_) => Ok(k),
+                    Route::Delegate(inner) | Route::CancelFd(inner, _) => Err(Some(*inner)),
+                    Route::Held(_) | Route::Forwarding => Err(None),
+                });
+                match target {
+                    Some(Err(Some(inner))) => {
+                        let op = Op::Cancel {
+                            target: CancelTarget::Op(inner),
+                        };
+                        self.submit_to_delegate(op, token, generation, deadline, Route::Delegate)
+                    }
+                    other => {
+                        // The entry first: ending an aio request below frees
+                        // its slot, which must not become this op's.
+                        self.entries.insert(Entry {
+                            generation,
+                            token,
+                            route: Route::Held(op),
+                        });
+                        let result = match other {
+                            Some(Ok(k)) => {
+                                self.cancel_aio(k, false);
+                                Ok(1)
+                            }
+                            // A parked close: it ends once the fd's aio
+                            // requests end, and is not cancelled.
+                            Some(Err(_)) => Err(close_not_cancellable()),
+                            None => Err(ringport_core::driver::not_in_flight()),
+                        };
+                        self.finish(key, result);
+                        Ok(id)
+                    }
+                }
+            }
+            Op::Cancel {
+                target: CancelTarget::Fd(fd),
+            } => {
+                let here = self.cancel_aio_on(fd);
+                self.submit_to_delegate(op, token, generation, deadline, |inner| {
+                    Route::CancelFd(inner, here)
+                })
+            }
+            Op::Close { fd } if *self.fd_aio(fd) > 0 || self.has_aio_on(fd) => {
+                // Parked first (ending a request frees its slot, which must
+                // not become this op's); it starts once the last aio request
+                // on the fd ends, which may be inside `cancel_aio_on`.
+                self.fd_state(fd).close_parked = true;
+                self.entries.insert(Entry {
+                    generation,
+                    token,
+                    route: Route::Held(op),
+                });
+                self.cancel_aio_on(fd);
+                self.maybe_close(fd);
+                Ok(id)
+            }
+            op => self.submit_to_delegate(op, token, generation, deadline, Route::Delegate),
+        }
+    }
+
+    fn wait(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let r = self.wait_inner(min, timeout);
+        let n = ringport_core::driver::deliver(out, &mut self.ready);
+        r.map(|_| n)
+    }
+
+    fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        let key = self
+            .lookup(id)
+            .ok_or_else(ringport_core::driver::not_in_flight)?;
+        match self.entries[key].route {
+            Route::Aio(_) => {
+                self.cancel_aio(key, false);
+                Ok(())
+            }
+            Route::Delegate(inner) | Route::CancelFd(inner, _) => self.delegate.cancel(inner),
+            // Held: a parked close (nothing else stays held).
+            Route::Held(_) | Route::Forwarding => Err(close_not_cancellable()),
+        }
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
+        let here = self.cancel_aio_on(fd);
+        Ok(here + self.delegate.cancel_fd(fd).unwrap_or(0))
+    }
+
+    fn waker(&self) -> DriverWaker {
+        self.delegate.waker()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.entries.len() + self.ready.len()
+    }
+}
+
+impl AioDriver {
+    /// Whether a close handed to the delegate has not completed yet.
+    fn closes_out(&self) -> bool {
+        self.fds.iter().any(|st| st.closes_forwarded > 0)
+    }
+
+    fn has_aio_on(&self, fd: RawFd) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, e)| matches!(&e.route, Route::Aio(r) if r.cb.aio_fildes == fd))
+    }
+
+    /// Cancels every aio request on `fd`; returns how many it reached.
+    fn cancel_aio_on(&mut self, fd: RawFd) -> usize {
+        let keys: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.cb.aio_fildes == fd))
+            .map(|(k, _)| k)
+            .collect();
+        for &k in &keys {
+            self.cancel_aio(k, false);
+        }
+        keys.len()
+    }
+}
+
+impl Drop for AioDriver {
+    /// Never hangs, closes what it was asked to close, and frees no aiocb or
+    /// buffer glibc may still touch: requests glibc never saw go at once;
+    /// the rest are cancelled and waited for up to `DROP_GRACE` (a request
+    /// glibc cannot cancel, a read blocked in a worker, is leaked with its
+    /// buffer). Every parked close is then carried out by the delegate: a
+    /// worker still blocked on that fd holds the kernel's file reference, and
+    /// glibc starts nothing new on the fd (the requests queued behind it were
+    /// cancelled).
+    fn drop(&mut self) {
+        // Requests glibc never saw can go at once.
+        let local: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.state != AioState::InFlight))
+            .map(|(k, _)| k)
+            .collect();
+        for k in local {
+            let fd = match &self.entries[k].route {
+                Route::Aio(r) => r.cb.aio_fildes,
+                _ => continue,
+            };
+            self.batch.retain(|&b| b != k);
+            self.waiting.retain(|&w| w != k);
+            self.entries.remove(k);
+            self.maybe_close(fd);
+        }
+        let start = Instant::now();
+        while self.in_glibc > 0 && start.elapsed() < DROP_GRACE {
+            let keys: Vec<usize> = self.entries.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                if self.entries.contains(k) {
+                    self.cancel_aio(k, false);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            self.drain_notifications();
+            self.sweep();
+            self.ready.clear();
+        }
+        // Closes still parked behind a request glibc keeps: carried out now.
+        let parked: Vec<RawFd> = self
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match &e.route {
+                Route::Held(Op::Close { fd }) => Some(*fd),
+                _ => None,
+            })
+            .collect();
+        for fd in parked {
+            self.start_parked_close(fd);
+        }
+        // Let the delegate finish the closes handed to it (bounded).
+        let end = Instant::now() + Duration::from_millis(500);
+        while self.closes_out() && Instant::now() < end {
+            if self
+                .delegate
+                .wait(&mut self.delegate_out, 1, Some(Duration::from_millis(10)))
+                .is_err()
+            {
+                break;
+            }
+            self.take_delegate_completions();
+            self.ready.clear();
+        }
+        self.notifier.set_next_generation(self.next_generation);
+        // Whatever glibc may still touch is leaked, never freed early.
+        for e in self.entries.drain() {
+            if matches!(e.route, Route::Aio(_)) {
+                std::mem::forget(e);
+            }
+        }
+    }
+}
+
+/// The error for cancelling a close parked behind the fd's aio requests.
+fn close_not_cancellable() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a close cannot be cancelled; it ends once the fd's operations end",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringport_core::AnyBufMut;
+    use std::os::fd::AsRawFd;
+
+    /// A `lio_listio` that queues only some of its requests (as glibc does
+    /// when it runs out of request elements or threads): every request still
+    /// completes with its real result — the ones glibc never queued are
+    /// issued again — and none looks finished with a made-up 0 (EOF).
+    #[test]
+    fn partial_lio_listio_failure_gives_every_request_its_real_result() {
+        let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("ringport-aio-lio-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut d = AioDriver::new().unwrap();
+        d.test_listio_queues = Some(3);
+        const N: usize = 16;
+        for i in 0..N {
+            d.submit(
+                Op::Read {
+                    fd: f.as_raw_fd(),
+                    offset: Offset::At((i * 4096) as u64),
+                    buf: AnyBufMut::new(Vec::with_capacity(4096)),
+                },
+                i as u64,
+                None,
+            )
+            .unwrap();
+        }
+        let mut out = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while out.len() < N && Instant::now() < end {
+            d.wait(&mut out, 1, Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        assert_eq!(out.len(), N, "every request completes");
+        for c in out {
+            let i = c.token as usize;
+            let n = c.result.unwrap_or_else(|e| panic!("read {i}: {e}"));
+            assert_eq!(n, 4096, "read {i}: its real count, not a made-up EOF");
+            let buf: Vec<u8> = c.op.into_buf_mut().unwrap().downcast().unwrap();
+            assert_eq!(
+                &buf[..],
+                &data[i * 4096..(i + 1) * 4096],
+                "read {i}'s bytes"
+            );
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
