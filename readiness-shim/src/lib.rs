@@ -41,7 +41,7 @@ mod sigio;
 pub use poller::{Event, Poller};
 
 use ops::{Attempt, Nowait};
-use pool::{Job, Pool};
+use pool::{close_result_fd, Job, Pool};
 use ringport_core::driver::{
     cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
     Support, Wake,
@@ -128,8 +128,12 @@ impl ShimBuilder {
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 enum State {
-    /// In its fd's queue for this direction (0 read, 1 write).
+    /// In its fd's queue for this direction (0 read, 1 write; 2 both, a
+    /// poll for either).
     Queued(usize),
+    /// A current-position file op in its fd's pool FIFO for this
+    /// direction, behind the one the pool runs.
+    FileQueued(usize),
     /// With the thread pool (the op is in the job).
     Pool,
     /// A timer.
@@ -147,6 +151,9 @@ struct Slot {
     fd: Option<RawFd>,
     state: State,
     progress: usize,
+    /// Why a running pool job was told to stop (cancel, deadline): its
+    /// completion carries this unless the job finished anyway.
+    ending: Option<io::Error>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, Default)]
@@ -163,12 +170,19 @@ enum FdKind {
 struct FdState {
     kind: FdKind,
     queue: [VecDeque<usize>; 2],
+    /// Current-position file ops per direction, run by the pool one at a
+    /// time in this order (the front one is with the pool).
+    fileq: [VecDeque<usize>; 2],
     interest: (bool, bool),
     pool_ops: u32,
     closing: Option<usize>,
 }
 
 struct PipeWaker {
+    /// The read end lives as long as any waker, so a wake after the driver
+    /// is gone writes to a pipe that has a reader (no `SIGPIPE`, no
+    /// `EPIPE`); it fills and then ignores further wakes.
+    r: OwnedFd,
     w: OwnedFd,
     /// Set by a caller's wake (the pool writes the same pipe without it), so
     /// only a real wake ends a wait early.
@@ -203,8 +217,10 @@ pub struct ShimDriver {
     // Field order matters: the pool must stop before the pipe closes.
     pool: Pool,
     waker: Arc<PipeWaker>,
-    wake_r: OwnedFd,
     waker_registered: bool,
+    /// A pool job was told to stop and its worker has not reported back:
+    /// the wait interrupts it again every few milliseconds until it does.
+    interrupting: bool,
     events: Vec<Event>,
     done: Vec<pool::Done>,
     caps: Capabilities,
@@ -274,11 +290,12 @@ impl ShimDriver {
             timers: BinaryHeap::new(),
             pool: Pool::new(b.threads, w.as_raw_fd()),
             waker: Arc::new(PipeWaker {
+                r,
                 w,
                 woken: AtomicBool::new(false),
             }),
-            wake_r: r,
             waker_registered: false,
+            interrupting: false,
             events: Vec::with_capacity(256),
             done: Vec::new(),
             caps,
@@ -292,7 +309,7 @@ impl ShimDriver {
     /// Registers the waker pipe on first use (sigio binds to that thread).
     fn ensure_waker(&mut self) -> io::Result<()> {
         if !self.waker_registered {
-            self.poller.set(self.wake_r.as_raw_fd(), true, false)?;
+            self.poller.set(self.waker.r.as_raw_fd(), true, false)?;
             self.waker_registered = true;
         }
         Ok(())
@@ -330,6 +347,10 @@ impl ShimDriver {
                     libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
                 }
             }
+            // Registered (sigio: O_ASYNC armed) before the first try, so
+            // readiness that changes after that try is signalled. A poller
+            // that refuses the fd says so when an op must wait on it.
+            let _ = self.poller.register(fd);
             FdKind::Stream
         };
         self.fd_state(fd).kind = kind;
@@ -352,6 +373,10 @@ impl ShimDriver {
         };
         let fd = op.fd();
         let was_pool = slot.state == State::Pool;
+        let file_dir = match slot.state {
+            State::Pool | State::FileQueued(_) => op.direction().map(dir_index),
+            _ => None,
+        };
         self.ready.push(Completion {
             id,
             token: slot.token,
@@ -363,14 +388,40 @@ impl ShimDriver {
                 let st = self.fd_state(fd);
                 st.pool_ops = st.pool_ops.saturating_sub(1);
             }
+            if let Some(d) = file_dir {
+                self.fd_state(fd).fileq[d].retain(|&k| k != key);
+                if was_pool {
+                    self.start_file_next(fd, d);
+                }
+            }
             self.maybe_close(fd);
+        }
+    }
+
+    /// Hands the front of `fd`'s file FIFO for direction `d` to the pool
+    /// (after the one before it ended).
+    fn start_file_next(&mut self, fd: RawFd, d: usize) {
+        while let Some(&next) = self.fd_state(fd).fileq[d].front() {
+            if self.slots[next].state == State::Pool {
+                return; // already running
+            }
+            match self.send_to_pool(next) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.fd_state(fd).fileq[d].pop_front();
+                    self.complete(next, Err(e));
+                }
+            }
         }
     }
 
     /// Performs a close parked on `fd` once nothing of the fd is in flight.
     fn maybe_close(&mut self, fd: RawFd) {
         let st = self.fd_state(fd);
-        if st.pool_ops > 0 || !st.queue[0].is_empty() || !st.queue[1].is_empty() {
+        if st.pool_ops > 0
+            || st.queue.iter().any(|q| !q.is_empty())
+            || st.fileq.iter().any(|q| !q.is_empty())
+        {
             return;
         }
         if let Some(k) = st.closing.take() {
@@ -417,19 +468,30 @@ impl ShimDriver {
 
     /// Runs `fd`'s queue for direction `d` front to back until one would block.
     fn run_queue(&mut self, fd: RawFd, d: usize) {
+        let mut other = false;
         while let Some(&key) = self.fd_state(fd).queue[d].front() {
             let slot = &mut self.slots[key];
+            let both = slot.state == State::Queued(2);
             let op = slot.op.as_mut().expect("queued op present");
             match ops::attempt(op, &mut slot.progress) {
                 Attempt::WouldBlock => break,
                 Attempt::Done(r) => {
                     self.fd_state(fd).queue[d].pop_front();
+                    if both {
+                        // A poll for either direction waits in both queues.
+                        self.fd_state(fd).queue[1 - d].retain(|&k| k != key);
+                        other = true;
+                    }
                     self.complete(key, r);
                 }
             }
         }
         let _ = self.sync_interest(fd);
         self.maybe_close(fd);
+        if other {
+            // What waited behind that poll in the other queue may run now.
+            self.run_queue(fd, 1 - d);
+        }
     }
 
     /// Takes slot `key` out of wherever it waits and ends it with `err`.
@@ -439,20 +501,40 @@ impl ShimDriver {
         match slot.state {
             State::Queued(d) => {
                 let fd = slot.fd.unwrap_or(-1);
-                self.fd_state(fd).queue[d].retain(|&k| k != key);
+                let st = self.fd_state(fd);
+                for q in if d == 2 { 0..2 } else { d..d + 1 } {
+                    st.queue[q].retain(|&k| k != key);
+                }
                 self.complete(key, Err(err));
                 let _ = self.sync_interest(fd);
                 self.maybe_close(fd);
                 true
             }
-            State::Pool => match self.pool.take_queued(key, slot.generation) {
-                Some(job) => {
-                    self.slots[key].op = Some(job.op);
-                    self.complete(key, Err(err));
-                    true
+            State::FileQueued(_) => {
+                // Not started: complete() takes it out of its FIFO.
+                self.complete(key, Err(err));
+                true
+            }
+            State::Pool => {
+                let generation = slot.generation;
+                match self.pool.take_queued(key, generation) {
+                    Some(job) => {
+                        self.slots[key].op = Some(job.op);
+                        self.complete(key, Err(err));
+                        true
+                    }
+                    // Running: its worker is interrupted and the op ends
+                    // when the worker hands it back (its buffer is the
+                    // worker's until then).
+                    None if self.pool.interrupt(key, generation) => {
+                        self.slots[key].ending.get_or_insert(err);
+                        self.interrupting = true;
+                        true
+                    }
+                    // Finished: its result is on the way.
+                    None => false,
                 }
-                None => false,
-            },
+            }
             State::Timer => {
                 self.complete(key, Err(err));
                 true
@@ -537,8 +619,17 @@ impl ShimDriver {
         for d in done.drain(..) {
             let live = matches!(self.slots.get(d.key), Some(s) if s.generation == d.generation);
             if live {
-                self.slots[d.key].op = Some(d.op);
-                self.complete(d.key, d.result);
+                let slot = &mut self.slots[d.key];
+                slot.op = Some(d.op);
+                // A job stopped by a cancel or deadline reports that, unless
+                // it finished anyway (an open's fd must reach its owner).
+                let r = match (slot.ending.take(), d.result) {
+                    (Some(e), Err(_)) => Err(e),
+                    (_, r) => r,
+                };
+                self.complete(d.key, r);
+            } else {
+                close_result_fd(&d.op, &d.result);
             }
         }
         self.done = done;
@@ -547,16 +638,16 @@ impl ShimDriver {
     fn drain_waker(&mut self) {
         let mut buf = [0u8; 256];
         // SAFETY: reads into a local buffer from our non-blocking pipe.
-        while unsafe { libc::read(self.wake_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
-        {
-        }
+        while unsafe { libc::read(self.waker.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+            > 0
+        {}
     }
 
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
         self.ensure_waker()?;
         // The clock is read only once the wait goes past its first check.
         let mut end_at: Option<Option<Instant>> = None;
-        let wake_fd = self.wake_r.as_raw_fd();
+        let wake_fd = self.waker.r.as_raw_fd();
         loop {
             self.take_pool_results();
             let next_timer = self.fire_timers();
@@ -580,6 +671,15 @@ impl ShimDriver {
             if let Some(at) = next_timer {
                 let d = at.saturating_duration_since(now);
                 t = Some(t.map_or(d, |x| x.min(d)));
+            }
+            if self.interrupting {
+                // A stop signal may have come just before the worker's
+                // syscall began: send it again until the worker reports.
+                self.interrupting = self.pool.reinterrupt();
+                if self.interrupting {
+                    let d = Duration::from_millis(2);
+                    t = Some(t.map_or(d, |x| x.min(d)));
+                }
             }
             let mut events = std::mem::take(&mut self.events);
             events.clear();
@@ -659,6 +759,7 @@ impl Driver for ShimDriver {
             fd,
             state: State::Timer,
             progress: 0,
+            ending: None,
         });
         let id = OpId::new(key as u32, generation);
         if let Some(d) = deadline {
@@ -796,6 +897,22 @@ impl ShimDriver {
                     Nowait::Pool => {}
                 }
             }
+            if let Some(d) = op.direction().map(dir_index) {
+                // At the file's position: one at a time per direction, in
+                // submission order.
+                self.slots[key].op = Some(op);
+                let q = &mut self.fd_state(fd).fileq[d];
+                q.push_back(key);
+                if q.len() > 1 {
+                    self.slots[key].state = State::FileQueued(d);
+                    return Ok(());
+                }
+                let r = self.send_to_pool(key);
+                if r.is_err() {
+                    self.fd_state(fd).fileq[d].pop_back();
+                }
+                return r;
+            }
             self.slots[key].op = Some(op);
             return self.send_to_pool(key);
         }
@@ -813,6 +930,11 @@ impl ShimDriver {
             }
         }
         let d = match &op {
+            Op::Poll { events, .. }
+                if events & libc::POLLIN != 0 && events & libc::POLLOUT != 0 =>
+            {
+                2
+            }
             Op::Poll { events, .. } if events & libc::POLLIN != 0 => 0,
             Op::Poll { .. } | Op::Connect { .. } => 1,
             Op::Accept { .. } => 0,
@@ -835,7 +957,8 @@ impl ShimDriver {
         };
         self.slots[key].op = Some(op);
         self.slots[key].state = State::Queued(d);
-        if self.fd_state(fd).queue[d].is_empty() {
+        // A poll changes nothing, so it may always look first.
+        if d == 2 || self.fd_state(fd).queue[d].is_empty() {
             // Optimistic first try, only when nothing waits before it.
             let slot = &mut self.slots[key];
             let op = slot.op.as_mut().expect("op present");
@@ -844,13 +967,54 @@ impl ShimDriver {
                 return Ok(());
             }
         }
-        self.fd_state(fd).queue[d].push_back(key);
+        let qs = if d == 2 { 0..2 } else { d..d + 1 };
+        for q in qs.clone() {
+            self.fd_state(fd).queue[q].push_back(key);
+        }
         if let Err(e) = self.sync_interest(fd) {
             // The poller cannot watch this fd: the op ends with that error.
-            self.fd_state(fd).queue[d].retain(|&k| k != key);
+            for q in qs {
+                self.fd_state(fd).queue[q].retain(|&k| k != key);
+            }
             self.set_interest(fd, (false, false));
             self.complete(key, Err(e));
         }
         Ok(())
+    }
+}
+
+/// The index of a direction's queue.
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Read => 0,
+        Direction::Write => 1,
+    }
+}
+
+impl Drop for ShimDriver {
+    fn drop(&mut self) {
+        // Stop the pool: running jobs are interrupted and given a bounded
+        // time to hand their ops back; one that does not keeps its op (and
+        // buffer) until its syscall ends, and will not retry it.
+        let left = self.pool.shut_down(Duration::from_millis(250));
+        // Fds made by opens and accepts nobody will receive are closed.
+        for d in &left {
+            close_result_fd(&d.op, &d.result);
+        }
+        for c in &self.ready {
+            close_result_fd(&c.op, &c.result);
+        }
+        // Closes parked until the fd's pool jobs ended are done now: the
+        // jobs were stopped above, and a stopped worker never retries a
+        // syscall, so it cannot reach a reused fd number.
+        let parked: Vec<RawFd> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.state == State::CloseWaiting)
+            .filter_map(|(_, s)| s.fd)
+            .collect();
+        for fd in parked {
+            let _ = self.close_now(fd);
+        }
     }
 }

@@ -18,7 +18,8 @@ fn last() -> io::Error {
 }
 
 /// Runs `f` until it does not fail with EINTR; a negative result becomes the
-/// OS error.
+/// OS error. On a pool worker told to stop, `EINTR` ends the loop (the
+/// driver interrupts the syscall to stop the job).
 fn retry(mut f: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
         let r = f();
@@ -26,7 +27,7 @@ fn retry(mut f: impl FnMut() -> isize) -> io::Result<usize> {
             return Ok(r as usize);
         }
         let e = last();
-        if e.raw_os_error() != Some(libc::EINTR) {
+        if e.raw_os_error() != Some(libc::EINTR) || crate::pool::stopping() {
             return Err(e);
         }
     }

@@ -32,6 +32,16 @@ pub trait Poller: Send {
     /// `(false, false)` means none. Called only when the answer changes.
     fn set(&mut self, fd: RawFd, read: bool, write: bool) -> io::Result<()>;
 
+    /// Called once when the driver first meets a stream fd, before its first
+    /// syscall: a poller that signals only changes of readiness arms the fd
+    /// here (sigio sets `O_ASYNC`, since some sockets raise no signal for
+    /// write space that a send without `O_ASYNC` found lacking). An error is
+    /// not final: `set` reports it when an op must wait.
+    fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        let _ = fd;
+        Ok(())
+    }
+
     /// Forgets `fd` (before it is closed).
     fn remove(&mut self, fd: RawFd);
 

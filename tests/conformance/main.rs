@@ -90,6 +90,18 @@ macro_rules! conformance {
         case!($b, l2_offset_out_of_range_is_invalid_input);
         case!($b, l3_huge_fd_is_ebadf);
         case!($b, l4_duration_max_means_never);
+        // Emulation edges (readiness shim, pool)
+        case!($b, r1_current_position_file_writes_in_order);
+        case!($b, r2_deadline_ends_running_op);
+        case!($b, r3_cancel_running_op);
+        case!($b, r4_poll_either_direction);
+        case!($b, r5_unix_stream_send_resumes);
+        case!($b, r6_wake_after_drop_is_harmless);
+        child!($b, r6_child);
+        case!($b, r7_reused_fd_number_is_new);
+        case!($b, r8_drop_with_blocked_file_ops);
+        case!($b, r9_drop_closes_undelivered_open);
+        case!($b, r10_cancel_of_huge_fd_reaches_nothing);
     };
 }
 
