@@ -102,6 +102,7 @@ macro_rules! conformance {
         case!($b, r8_drop_with_blocked_file_ops);
         case!($b, r9_drop_closes_undelivered_open);
         case!($b, r10_cancel_of_huge_fd_reaches_nothing);
+        case!($b, r11_open_abandoned_by_timeout_leaks_nothing);
     };
 }
 
