@@ -71,9 +71,8 @@ impl Poller for Epoll {
     }
 
     fn register(&mut self, fd: RawFd) -> io::Result<()> {
-        if self.registered.contains(&fd) {
-            return Ok(());
-        }
+        // Once per fd the driver meets: always to the kernel, so a number
+        // whose old fd left a stale entry is registered as the new fd.
         self.add(fd)
     }
 

@@ -15,6 +15,13 @@
 //! - timers (and per-op deadlines) live in the driver's own heap, which sets
 //!   the poller's timeout.
 //!
+//! - current-position file ops go through a per-fd per-direction FIFO with
+//!   one op at a time in the pool, so they land in submission order;
+//! - a running pool job is stopped (cancel, deadline, drop) by sending its
+//!   worker `SIGRTMIN + 6`, whose handler does nothing and is installed
+//!   without `SA_RESTART`: the blocked syscall returns `EINTR` and is not
+//!   retried. A host must leave that signal to ringport.
+//!
 //! Nothing here may free or move an op's buffer while a syscall or a worker
 //! may touch it: readiness syscalls run on the driver's thread and finish
 //! before it moves on; pool jobs own their op until they hand it back.

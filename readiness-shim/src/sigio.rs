@@ -225,11 +225,11 @@ impl Poller for Sigio {
     }
 
     fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        // Once per fd the driver meets: always armed anew, so a number whose
+        // old fd left a stale entry is armed as the new fd.
         self.bind()?;
-        if !self.armed.contains_key(&fd) {
-            self.arm(fd)?;
-            self.armed.insert(fd, (false, false));
-        }
+        self.arm(fd)?;
+        self.armed.entry(fd).or_insert((false, false));
         Ok(())
     }
 
