@@ -1,10 +1,71 @@
 //! The readiness `Poller` trait: the one thing each readiness mechanism
 //! (epoll, poll, select, signal-driven I/O, kqueue) provides. Everything
 //! else — queues, the syscalls, timers, the thread pool — is shared.
+//!
+//! This is the one place that picks a poller by OS (the cfg lists for
+//! kqueue live here and only here).
+
+mod epoll;
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+mod kqueue;
+mod poll;
+mod select;
+#[cfg(target_os = "linux")]
+mod sigio;
 
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
+
+/// Which readiness mechanism a [`ShimDriver`](crate::ShimDriver) runs on.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum PollerKind {
+    /// epoll(7), edge-triggered (Linux).
+    Epoll,
+    /// poll(2).
+    Poll,
+    /// select(2): fds below `FD_SETSIZE` (1024) only.
+    Select,
+    /// Signal-driven I/O: `O_ASYNC` + a real-time signal read via signalfd (Linux).
+    Sigio,
+    /// kqueue (BSD, macOS).
+    Kqueue,
+}
+
+impl PollerKind {
+    /// Opens this poller; `Unsupported` where the OS has none.
+    pub(crate) fn open(self) -> io::Result<Box<dyn Poller>> {
+        match self {
+            #[cfg(target_os = "linux")]
+            PollerKind::Epoll => Ok(Box::new(epoll::Epoll::new()?)),
+            PollerKind::Poll => Ok(Box::new(poll::Poll::new())),
+            PollerKind::Select => Ok(Box::new(select::Select::new())),
+            #[cfg(target_os = "linux")]
+            PollerKind::Sigio => Ok(Box::new(sigio::Sigio::new()?)),
+            #[cfg(any(
+                target_os = "macos",
+                target_os = "ios",
+                target_os = "freebsd",
+                target_os = "netbsd",
+                target_os = "openbsd",
+                target_os = "dragonfly"
+            ))]
+            PollerKind::Kqueue => Ok(Box::new(kqueue::Kqueue::new()?)),
+            #[allow(unreachable_patterns)]
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the {other:?} poller does not exist on this OS"),
+            )),
+        }
+    }
+}
 
 /// Readiness of one fd, as a poller reports it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
