@@ -9,7 +9,7 @@ use ringport_core::driver::{
     cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
     Support, Wake,
 };
-use ringport_core::op::{CancelTarget, Direction, Op, OpId};
+use ringport_core::op::{Direction, Op, OpId};
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
-enum State {
+pub(crate) enum State {
     /// In its fd's queue for this direction (0 read, 1 write; 2 both, a
     /// poll for either).
     Queued(usize),
@@ -35,15 +35,15 @@ enum State {
     CloseWaiting,
 }
 
-struct Slot {
-    generation: u32,
+pub(crate) struct Slot {
+    pub(crate) generation: u32,
     token: u64,
     /// `None` while a pool job holds it.
-    op: Option<Op>,
+    pub(crate) op: Option<Op>,
     /// The op's fd (kept here too, since a pool job holds the op).
     fd: Option<RawFd>,
-    state: State,
-    progress: usize,
+    pub(crate) state: State,
+    pub(crate) progress: usize,
     /// Why a running pool job was told to stop (cancel, deadline): its
     /// completion carries this unless the job finished anyway.
     ending: Option<io::Error>,
@@ -60,15 +60,15 @@ enum FdKind {
 }
 
 #[derive(Default)]
-struct FdState {
+pub(crate) struct FdState {
     kind: FdKind,
     queue: [VecDeque<usize>; 2],
     /// Current-position file ops per direction, run by the pool one at a
     /// time in this order (the front one is with the pool).
     fileq: [VecDeque<usize>; 2],
     interest: (bool, bool),
-    pool_ops: u32,
-    closing: Option<usize>,
+    pub(crate) pool_ops: u32,
+    pub(crate) closing: Option<usize>,
 }
 
 struct PipeWaker {
@@ -102,11 +102,11 @@ impl Wake for PipeWaker {
 pub struct ShimDriver {
     name: &'static str,
     poller: Box<dyn Poller>,
-    slots: Slab<Slot>,
+    pub(crate) slots: Slab<Slot>,
     next_generation: u32,
     fds: Vec<FdState>,
     ready: Vec<Completion>,
-    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    pub(crate) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     // Field order matters: the pool must stop before the pipe closes.
     pool: Pool,
     waker: Arc<PipeWaker>,
@@ -208,7 +208,7 @@ impl ShimDriver {
         Ok(())
     }
 
-    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
+    pub(crate) fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
         let i = fd as usize;
         if i >= self.fds.len() {
             self.fds.resize_with(i + 1, FdState::default);
@@ -250,7 +250,7 @@ impl ShimDriver {
         Ok(kind)
     }
 
-    fn lookup(&self, id: OpId) -> Option<usize> {
+    pub(crate) fn lookup(&self, id: OpId) -> Option<usize> {
         match self.slots.get(id.slot()) {
             Some(s) if s.generation == id.generation() => Some(id.slot()),
             _ => None,
@@ -258,7 +258,7 @@ impl ShimDriver {
     }
 
     /// Ends slot `key`.
-    fn complete(&mut self, key: usize, result: io::Result<usize>) {
+    pub(crate) fn complete(&mut self, key: usize, result: io::Result<usize>) {
         let slot = self.slots.remove(key);
         let id = OpId::new(key as u32, slot.generation);
         let Some(op) = slot.op else {
@@ -323,7 +323,7 @@ impl ShimDriver {
         }
     }
 
-    fn close_now(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn close_now(&mut self, fd: RawFd) -> io::Result<usize> {
         self.poller.remove(fd);
         self.set_interest(fd, (false, false));
         *self.fd_state(fd) = FdState::default();
@@ -389,7 +389,7 @@ impl ShimDriver {
 
     /// Takes slot `key` out of wherever it waits and ends it with `err`.
     /// Returns false if it cannot be taken back (a pool job is running).
-    fn abort(&mut self, key: usize, err: io::Error) -> bool {
+    pub(crate) fn abort(&mut self, key: usize, err: io::Error) -> bool {
         let slot = &self.slots[key];
         match slot.state {
             State::Queued(d) => {
@@ -436,7 +436,7 @@ impl ShimDriver {
         }
     }
 
-    fn cancel_all_on(&mut self, fd: RawFd, except: Option<usize>) -> usize {
+    pub(crate) fn cancel_all_on(&mut self, fd: RawFd, except: Option<usize>) -> usize {
         let keys: Vec<usize> = self
             .slots
             .iter()
@@ -455,7 +455,7 @@ impl ShimDriver {
         n
     }
 
-    fn send_to_pool(&mut self, key: usize) -> io::Result<()> {
+    pub(crate) fn send_to_pool(&mut self, key: usize) -> io::Result<()> {
         self.pool_jobs += 1;
         let slot = &mut self.slots[key];
         let op = slot.op.take().expect("op present");
@@ -709,40 +709,11 @@ impl ShimDriver {
     /// back in the slot for the caller to return).
     fn start(&mut self, key: usize, op: Op, fd: Option<RawFd>) -> io::Result<()> {
         match op {
-            Op::Nop => {
-                self.slots[key].op = Some(op);
-                self.complete(key, Ok(0));
+            Op::Nop | Op::Timeout { .. } | Op::Cancel { .. } => {
+                self.start_ctl(key, op);
                 return Ok(());
             }
-            Op::Timeout { deadline } => {
-                let generation = self.slots[key].generation;
-                self.slots[key].op = Some(op);
-                self.slots[key].state = State::Timer;
-                self.timers.push(Reverse((deadline, key, generation)));
-                return Ok(());
-            }
-            Op::Cancel { target } => {
-                self.slots[key].op = Some(op);
-                let r = match target {
-                    CancelTarget::Op(t) => match self.lookup(t) {
-                        Some(k) if k != key => {
-                            self.abort(k, cancelled());
-                            Ok(1)
-                        }
-                        _ => Err(ringport_core::driver::not_in_flight()),
-                    },
-                    CancelTarget::Fd(f) => match self.cancel_all_on(f, Some(key)) {
-                        0 => Err(ringport_core::driver::not_in_flight()),
-                        n => Ok(n),
-                    },
-                };
-                self.complete(key, r);
-                return Ok(());
-            }
-            Op::OpenAt { .. } => {
-                self.slots[key].op = Some(op);
-                return self.send_to_pool(key);
-            }
+            Op::OpenAt { .. } => return self.start_open(key, op),
             _ => {}
         }
         let fd = fd.unwrap_or(-1);
@@ -756,16 +727,7 @@ impl ShimDriver {
             }
         };
         if let Op::Close { .. } = op {
-            self.slots[key].op = Some(op);
-            self.cancel_all_on(fd, Some(key));
-            let st = self.fd_state(fd);
-            if st.pool_ops > 0 {
-                st.closing = Some(key);
-                self.slots[key].state = State::CloseWaiting;
-            } else {
-                let r = self.close_now(fd);
-                self.complete(key, r);
-            }
+            self.start_close(key, op, fd);
             return Ok(());
         }
         let file_op = matches!(
@@ -823,23 +785,11 @@ impl ShimDriver {
             }
         }
         let d = match &op {
-            Op::Poll { events, .. }
-                if events & libc::POLLIN != 0 && events & libc::POLLOUT != 0 =>
-            {
-                2
-            }
-            Op::Poll { events, .. } if events & libc::POLLIN != 0 => 0,
-            Op::Poll { .. } | Op::Connect { .. } => 1,
+            Op::Poll { events, .. } => ops::poll_queue(*events),
+            Op::Connect { .. } => 1,
             Op::Accept { .. } => 0,
             Op::Shutdown { .. } => {
-                let mut op = op;
-                let mut p = 0;
-                let r = match ops::attempt(&mut op, &mut p) {
-                    Attempt::Done(r) => r,
-                    Attempt::WouldBlock => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
-                };
-                self.slots[key].op = Some(op);
-                self.complete(key, r);
+                self.start_shutdown(key, op);
                 return Ok(());
             }
             o => match o.direction() {

@@ -1,8 +1,19 @@
 //! Openat, stat, fsync: blocking calls on a pool thread.
 
 use super::{last, retry};
+use crate::driver::ShimDriver;
 use ringport_core::op::{FileStat, Op};
 use std::io;
+
+impl ShimDriver {
+    /// Starts an open in slot `key`: always on the pool. Its completion
+    /// carries the new fd, also when the op was cancelled after the open
+    /// succeeded (the owner closes an fd it no longer wants).
+    pub(crate) fn start_open(&mut self, key: usize, op: Op) -> io::Result<()> {
+        self.slots[key].op = Some(op);
+        self.send_to_pool(key)
+    }
+}
 
 /// An open, stat or sync with blocking syscalls (on a pool thread).
 pub(super) fn perform_blocking(op: &mut Op) -> io::Result<usize> {

@@ -11,6 +11,7 @@ mod fs;
 mod net;
 mod rw;
 
+pub(crate) use ctl::poll_queue;
 pub(crate) use rw::{read_nowait, Nowait, NOWAIT_READS};
 
 /// What a non-blocking attempt came to.

@@ -2,8 +2,23 @@
 //! non-blocking attempt each; the driver retries on readiness.
 
 use super::{attempt_of, last, retry, would_block, write_all, Attempt};
+use crate::driver::ShimDriver;
 use ringport_core::op::Op;
 use std::io;
+
+impl ShimDriver {
+    /// Performs a shutdown in slot `key` at once (it never waits).
+    pub(crate) fn start_shutdown(&mut self, key: usize, op: Op) {
+        let mut op = op;
+        let mut p = 0;
+        let r = match attempt(&mut op, &mut p) {
+            Attempt::Done(r) => r,
+            Attempt::WouldBlock => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+        };
+        self.slots[key].op = Some(op);
+        self.complete(key, r);
+    }
+}
 
 /// One non-blocking attempt at a socket op.
 pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
