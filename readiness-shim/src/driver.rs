@@ -219,6 +219,9 @@ impl ShimDriver {
     /// File or stream, found once per fd with `fstat` (and a stream is made
     /// non-blocking then). `Err` for a bad fd.
     fn kind_of(&mut self, fd: RawFd) -> io::Result<FdKind> {
+        // Per-fd state is indexed by number: only a number that can name an
+        // open file may size the table (submit validated it already).
+        ringport_core::op::check_fd(fd)?;
         let k = self.fd_state(fd).kind;
         if k != FdKind::Unknown {
             return Ok(k);
