@@ -234,6 +234,18 @@ pub fn fd_closing(fd: RawFd) -> io::Error {
     ))
 }
 
+/// Drops a completion that will never be delivered (its driver is going
+/// away): an fd its op made (an accept, an open) is closed, then the op and
+/// its buffers are dropped. Only for completions whose kernel or worker side
+/// is over.
+pub fn drop_undelivered(c: Completion) {
+    if let Some(fd) = c.op.made_fd(&c.result) {
+        // SAFETY: the fd was made by this op and never handed to anyone; the
+        // driver dropping it is the only owner.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// Hands a driver's finished completions to the caller's vector (a swap
 /// when the caller's is empty, the usual case); returns how many.
 pub fn deliver(out: &mut Vec<Completion>, ready: &mut Vec<Completion>) -> usize {

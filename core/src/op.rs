@@ -606,6 +606,16 @@ impl Op {
         }
     }
 
+    /// The fd this op made, if it is one that makes an fd (accept, open) and
+    /// it succeeded with `result`. A completion that will never be delivered
+    /// must have this fd closed, or it leaks.
+    pub fn made_fd(&self, result: &io::Result<usize>) -> Option<RawFd> {
+        match (self, result) {
+            (Op::OpenAt { .. } | Op::Accept { .. }, Ok(fd)) => Some(*fd as RawFd),
+            _ => None,
+        }
+    }
+
     /// The read buffer the op carries (read, recv, recvfrom), given back.
     pub fn into_buf_mut(self) -> Option<AnyBufMut> {
         match self {

@@ -6,12 +6,65 @@
 //! pipe. Ownership makes the buffer safe by construction: nothing can free it
 //! while a worker holds it, even when the driver is dropped mid-job (the
 //! shared state outlives the driver until the last worker is done).
+//!
+//! A running job can be stopped (a cancel, a deadline, the driver's drop):
+//! its worker's stop flag is set and the worker is sent [`interrupt_signal`],
+//! whose handler does nothing and is installed without `SA_RESTART`, so the
+//! blocked syscall returns `EINTR`; the syscall loop sees the flag and gives
+//! up instead of retrying. A signal that lands just before the syscall starts
+//! is lost, so the driver sends it again until the worker reports back.
 
 use ringport_core::op::Op;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The signal offset from `SIGRTMIN` that interrupts a pool worker's
+/// blocked syscall (sigio uses +5, aio +7).
+pub const INTERRUPT_OFFSET: i32 = 6;
+
+/// The signal that interrupts a pool worker's blocked syscall.
+pub fn interrupt_signal() -> i32 {
+    libc::SIGRTMIN() + INTERRUPT_OFFSET
+}
+
+extern "C" fn on_interrupt(_: libc::c_int) {}
+
+/// Installs the do-nothing handler once per process (without `SA_RESTART`,
+/// so blocked syscalls return `EINTR`).
+fn install_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; we set a handler that does
+        // nothing (async-signal-safe) and an empty mask.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(interrupt_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+thread_local! {
+    /// This worker's stop flag (unset on every other thread).
+    static STOP: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Whether the job running on this thread has been told to stop (always
+/// false off the pool). The syscall loops check it after `EINTR`.
+pub(crate) fn stopping() -> bool {
+    STOP.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    })
+}
 
 /// A job for the pool.
 pub(crate) struct Job {
@@ -28,9 +81,18 @@ pub(crate) struct Done {
     pub(crate) op: Op,
 }
 
+/// A job a worker is running.
+struct Running {
+    key: usize,
+    generation: u32,
+    thread: libc::pthread_t,
+    stop: Arc<AtomicBool>,
+}
+
 struct Queue {
     jobs: VecDeque<Job>,
     done: Vec<Done>,
+    running: Vec<Running>,
     shutdown: bool,
 }
 
@@ -56,6 +118,7 @@ impl Pool {
                 q: Mutex::new(Queue {
                     jobs: VecDeque::new(),
                     done: Vec::new(),
+                    running: Vec::new(),
                     shutdown: false,
                 }),
                 cv: Condvar::new(),
@@ -73,6 +136,7 @@ impl Pool {
     /// Queues a job; gives it back if no worker can run it.
     pub(crate) fn push(&mut self, job: Job) -> Result<(), (io::Error, Job)> {
         if self.threads.len() < self.size {
+            install_handler();
             let shared = self.shared.clone();
             match std::thread::Builder::new()
                 .name("ringport-shim-io".into())
@@ -99,29 +163,108 @@ impl Pool {
         q.jobs.remove(i)
     }
 
+    /// Tells the worker running this job to stop and interrupts its syscall.
+    /// Returns whether a worker is running it (else it has already finished).
+    pub(crate) fn interrupt(&self, key: usize, generation: u32) -> bool {
+        let q = self.lock();
+        match q
+            .running
+            .iter()
+            .find(|r| r.key == key && r.generation == generation)
+        {
+            Some(r) => {
+                r.stop.store(true, Ordering::Release);
+                kill(r.thread);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Interrupts again every worker told to stop that has not reported
+    /// back (its signal may have come just before its syscall started).
+    /// Returns whether there are any.
+    pub(crate) fn reinterrupt(&self) -> bool {
+        let q = self.lock();
+        let mut any = false;
+        for r in q.running.iter().filter(|r| r.stop.load(Ordering::Acquire)) {
+            kill(r.thread);
+            any = true;
+        }
+        any
+    }
+
     /// Moves finished jobs into `out`.
     pub(crate) fn drain(&self, out: &mut Vec<Done>) {
         let mut q = self.lock();
         out.append(&mut q.done);
     }
+
+    /// Stops the pool for the driver's drop: no queued job starts, every
+    /// running job is told to stop and interrupted, for up to `grace` until
+    /// its worker reports back. Returns the finished jobs nobody collected.
+    /// A worker still running after `grace` keeps its op (and buffer) until
+    /// its syscall ends, then drops it.
+    pub(crate) fn shut_down(&mut self, grace: Duration) -> Vec<Done> {
+        let end = Instant::now() + grace;
+        let mut q = self.lock();
+        q.shutdown = true;
+        q.jobs.clear(); // never started: safe to drop here
+        for r in &q.running {
+            r.stop.store(true, Ordering::Release);
+        }
+        self.shared.cv.notify_all();
+        while !q.running.is_empty() && Instant::now() < end {
+            for r in &q.running {
+                kill(r.thread);
+            }
+            drop(q);
+            std::thread::sleep(Duration::from_millis(1));
+            q = self.lock();
+        }
+        let done = std::mem::take(&mut q.done);
+        drop(q);
+        // Detach rather than join, so dropping never hangs on a slow disk.
+        self.threads.clear();
+        done
+    }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        {
-            let mut q = self.lock();
-            q.shutdown = true;
-            q.jobs.clear(); // never started: safe to drop here
+        for d in self.shut_down(Duration::ZERO) {
+            close_result_fd(&d.op, &d.result);
         }
-        self.shared.cv.notify_all();
-        // Workers finish the job in hand and exit; a job's op stays owned by
-        // its worker until then, and results left over die with `Shared`.
-        // Detach rather than join, so dropping never hangs on a slow disk.
-        self.threads.clear();
     }
 }
 
+/// Closes the fd an open or accept produced that nobody will receive.
+pub(crate) fn close_result_fd(op: &Op, result: &io::Result<usize>) {
+    if let Some(fd) = op.made_fd(result) {
+        // SAFETY: the fd was made by this op and never handed to anyone.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn kill(thread: libc::pthread_t) {
+    // SAFETY: `thread` is a worker that is registered as running, and so
+    // alive: it removes its entry under the same lock before it exits.
+    unsafe { libc::pthread_kill(thread, interrupt_signal()) };
+}
+
 fn worker(shared: Arc<Shared>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
+    // SAFETY: unblocks one signal on this thread (the spawning thread's mask
+    // is inherited and may block it); the set is built here.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, interrupt_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
     loop {
         let job = {
             let mut q = shared.q.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,6 +273,13 @@ fn worker(shared: Arc<Shared>) {
                     return;
                 }
                 if let Some(j) = q.jobs.pop_front() {
+                    stop.store(false, Ordering::Release);
+                    q.running.push(Running {
+                        key: j.key,
+                        generation: j.generation,
+                        thread: me,
+                        stop: stop.clone(),
+                    });
                     break j;
                 }
                 q = shared.cv.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -142,8 +292,13 @@ fn worker(shared: Arc<Shared>) {
         } = job;
         let result = crate::ops::perform_blocking(&mut op);
         let mut q = shared.q.lock().unwrap_or_else(|e| e.into_inner());
+        q.running
+            .retain(|r| !(r.key == key && r.generation == generation));
         if q.shutdown {
-            return; // the driver is gone; the op drops here, after its work
+            // The driver is gone: the op drops here, after its work, and an
+            // fd it made is closed.
+            close_result_fd(&op, &result);
+            return;
         }
         q.done.push(Done {
             key,

@@ -139,5 +139,22 @@ macro_rules! conformance {
         $crate::child!($t, a3_child);
         $crate::case!($t, a4_reused_fd_number_is_routed_by_its_kind);
         $crate::child!($t, a4_child);
+        // Emulation edges (readiness shim, pool)
+        $crate::case!($t, r1_current_position_file_writes_in_order);
+        $crate::case!($t, r2_deadline_ends_running_op);
+        $crate::case!($t, r3_cancel_running_op);
+        $crate::case!($t, r4_poll_either_direction);
+        $crate::case!($t, r5_unix_stream_send_resumes);
+        $crate::case!($t, r6_wake_after_drop_is_harmless);
+        $crate::child!($t, r6_child);
+        $crate::case!($t, r7_reused_fd_number_is_new);
+        $crate::case!($t, r8_drop_with_blocked_file_ops);
+        $crate::case!($t, r9_drop_closes_undelivered_open);
+        $crate::case!($t, r10_cancel_of_huge_fd_reaches_nothing);
+        $crate::case!($t, r11_open_abandoned_by_timeout_leaks_nothing);
+        $crate::case!($t, a5_drop_with_a_blocked_file_read_closes_the_fd);
+        $crate::child!($t, a5_child);
+        $crate::case!($t, a6_runtime_drop_with_a_blocked_file_read_closes_the_fd);
+        $crate::child!($t, a6_child);
     };
 }

@@ -10,8 +10,8 @@ use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
 use ringport_core::driver::{
-    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
-    Support, Wake,
+    cancelled, deadline_passed, drop_undelivered, Capabilities, Completion, Driver, DriverWaker,
+    SubmitError, Support, Wake,
 };
 use ringport_core::op::{CancelTarget, Direction, Op, OpId, OpKind};
 use slab::Slab;
@@ -752,7 +752,7 @@ impl Drop for UringDriver {
         }
         // Nothing may start any more: forget the per-fd queues.
         self.fds.clear();
-        self.ready.clear();
+        self.ready.drain(..).for_each(drop_undelivered);
         let mut cleanly = true;
         if self.enabled && (!self.slots.is_empty() || self.waker_armed) {
             // Cancel everything in the kernel and give it a moment.
@@ -781,7 +781,9 @@ impl Drop for UringDriver {
                     {
                         drop(self.slots.remove(k));
                     }
-                    self.ready.clear(); // kernel is done with these: buffers drop now
+                    // The kernel is done with these: buffers drop now, fds
+                    // made by undelivered opens and accepts are closed.
+                    self.ready.drain(..).for_each(drop_undelivered);
                 }
             }
             cleanly = self.slots.is_empty() && !self.waker_armed;

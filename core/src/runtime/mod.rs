@@ -455,9 +455,7 @@ impl Core {
     /// open whose future was dropped) is closed through the driver, so it
     /// is neither leaked nor closed behind the driver's back.
     fn discard(&self, c: Completion) {
-        let made_fd = matches!(c.op, Op::Accept { .. } | Op::OpenAt { .. });
-        if let (true, Ok(fd)) = (made_fd, &c.result) {
-            let fd = *fd as RawFd;
+        if let Some(fd) = c.op.made_fd(&c.result) {
             if self.submit_detached(Op::Close { fd }).is_err() {
                 // SAFETY: the fd was made for this op and nobody else has it.
                 unsafe { libc::close(fd) };

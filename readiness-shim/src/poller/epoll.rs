@@ -31,6 +31,33 @@ impl Epoll {
     }
 }
 
+impl Epoll {
+    /// Adds `fd` for both directions, edge-triggered. An fd number the
+    /// kernel still has in the set (`EEXIST`) gets its registration replaced
+    /// (`MOD`), so a reused number is always watched as itself.
+    fn add(&mut self, fd: RawFd) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: fd as u64,
+        };
+        let epfd = self.epfd.as_raw_fd();
+        // SAFETY: ev is a valid epoll_event for the call.
+        let r = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e);
+            }
+            // SAFETY: as above.
+            if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        self.registered.insert(fd);
+        Ok(())
+    }
+}
+
 impl Poller for Epoll {
     fn name(&self) -> &'static str {
         "epoll"
@@ -40,20 +67,13 @@ impl Poller for Epoll {
         if !(read || write) || self.registered.contains(&fd) {
             return Ok(());
         }
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: ev is a valid epoll_event for the call.
-        let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(e);
-            }
-        }
-        self.registered.insert(fd);
-        Ok(())
+        self.add(fd)
+    }
+
+    fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        // Once per fd the driver meets: always to the kernel, so a number
+        // whose old fd left a stale entry is registered as the new fd.
+        self.add(fd)
     }
 
     fn remove(&mut self, fd: RawFd) {

@@ -6,7 +6,12 @@
 //! here), and the poller rescans every fd with `poll(2)`, losing nothing.
 //!
 //! `O_ASYNC` signals only changes of readiness, so arming an fd also checks
-//! (with a zero-timeout poll) whether it is ready already.
+//! (with a zero-timeout poll) whether it is ready already, and so does new
+//! interest in an armed fd. Fds are armed when the driver first meets them,
+//! before their first syscall: a Unix stream socket signals write space only
+//! if a send found it lacking while `O_ASYNC` was on. For the same reason
+//! fds waiting to write (a poll for `POLLOUT` never sends) are also polled
+//! every 10 ms.
 //!
 //! The poller binds to the thread that first uses it. It must not be used
 //! from another thread afterwards (the signals would go to the first one).
@@ -19,6 +24,9 @@ use std::time::Duration;
 
 /// The signal offset from `SIGRTMIN` used for readiness (aio uses +7).
 pub const SIGNAL_OFFSET: i32 = 5;
+
+/// How often fds waiting to write are polled (see `Sigio::wait`).
+const WRITE_RECHECK: Duration = Duration::from_millis(10);
 
 // fcntl commands and owner type from <fcntl.h> (not in the libc crate for glibc).
 const F_SETSIG: i32 = 10;
@@ -105,6 +113,12 @@ impl Sigio {
             }
         }
         // Readiness that already exists raises no signal: look now.
+        self.look(fd);
+        Ok(())
+    }
+
+    /// Reports `fd`'s readiness at the next wait if it has any now.
+    fn look(&mut self, fd: RawFd) {
         let mut p = libc::pollfd {
             fd,
             events: libc::POLLIN | libc::POLLOUT,
@@ -114,7 +128,6 @@ impl Sigio {
         if unsafe { libc::poll(&mut p, 1, 0) } > 0 {
             self.found.push(event_of(fd, p.revents));
         }
-        Ok(())
     }
 
     fn disarm(fd: RawFd) {
@@ -124,6 +137,29 @@ impl Sigio {
             if fl >= 0 {
                 libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_ASYNC);
             }
+        }
+    }
+
+    /// Reports the fds waiting to write that can write now.
+    fn recheck_writers(&mut self, out: &mut Vec<Event>) {
+        let mut fds: Vec<libc::pollfd> = self
+            .armed
+            .iter()
+            .filter(|(_, &(_, w))| w)
+            .map(|(&fd, _)| libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: a valid pollfd array, zero timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        if n > 0 {
+            out.extend(
+                fds.iter()
+                    .filter(|p| p.revents != 0)
+                    .map(|p| event_of(p.fd, p.revents)),
+            );
         }
     }
 
@@ -175,11 +211,26 @@ impl Poller for Sigio {
             return Ok(());
         }
         if let Some(i) = self.armed.get_mut(&fd) {
+            let was = *i;
             *i = (read, write);
+            if (read && !was.0) || (write && !was.1) {
+                // Interest that is new looks at the fd now: readiness that
+                // came while nobody waited raised no signal we kept.
+                self.look(fd);
+            }
             return Ok(());
         }
         self.armed.insert(fd, (read, write));
         self.arm(fd)
+    }
+
+    fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        // Once per fd the driver meets: always armed anew, so a number whose
+        // old fd left a stale entry is armed as the new fd.
+        self.bind()?;
+        self.arm(fd)?;
+        self.armed.entry(fd).or_insert((false, false));
+        Ok(())
     }
 
     fn remove(&mut self, fd: RawFd) {
@@ -197,7 +248,14 @@ impl Poller for Sigio {
             events: libc::POLLIN,
             revents: 0,
         };
-        let t = if had { Some(Duration::ZERO) } else { timeout };
+        let mut t = if had { Some(Duration::ZERO) } else { timeout };
+        // Write space on a Unix stream socket is signalled only after a send
+        // failed while O_ASYNC was on; a poll for POLLOUT never sends, so
+        // fds waiting to write are also looked at every WRITE_RECHECK.
+        let writers = self.armed.values().any(|&(_, w)| w);
+        if writers {
+            t = Some(t.map_or(WRITE_RECHECK, |x| x.min(WRITE_RECHECK)));
+        }
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, timeout_ms(t)) };
         if n < 0 {
@@ -236,6 +294,8 @@ impl Poller for Sigio {
         if overflow {
             self.rescans += 1;
             self.rescan(out);
+        } else if writers {
+            self.recheck_writers(out);
         }
         Ok(())
     }
