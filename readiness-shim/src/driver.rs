@@ -397,11 +397,16 @@ impl ShimDriver {
         match slot.state {
             State::Queued(d) => {
                 let fd = slot.fd.unwrap_or(-1);
+                // A stream write with bytes out reports them, whether it was
+                // cancelled or its deadline passed: the stream holds them.
+                let wrote = slot.progress > 0
+                    && slot.op.as_ref().and_then(Op::direction) == Some(Direction::Write);
+                let result = if wrote { Ok(slot.progress) } else { Err(err) };
                 let st = self.fd_state(fd);
                 for q in if d == 2 { 0..2 } else { d..d + 1 } {
                     st.queue[q].retain(|&k| k != key);
                 }
-                self.complete(key, Err(err));
+                self.complete(key, result);
                 let _ = self.sync_interest(fd);
                 self.maybe_close(fd);
                 true

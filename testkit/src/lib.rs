@@ -156,5 +156,6 @@ macro_rules! conformance {
         $crate::child!($t, a5_child);
         $crate::case!($t, a6_runtime_drop_with_a_blocked_file_read_closes_the_fd);
         $crate::child!($t, a6_child);
+        $crate::case!($t, st6_write_deadline_reports_bytes_out);
     };
 }
