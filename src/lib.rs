@@ -47,6 +47,12 @@ pub use ringport_core::runtime::{
     UnixStream,
 };
 
+#[cfg(feature = "hyper")]
+pub use ringport_core::compat::hyper::{LocalExec, RingportTimer};
+/// Bridges to tokio, futures-io and hyper (features `tokio-io`, `futures-io`,
+/// `hyper`): see [`ringport_core::compat`].
+pub use ringport_core::compat::{self, ReadHalf, WriteHalf};
+
 pub use ringport_shim::{PollerKind, ShimBuilder, ShimDriver};
 #[cfg(target_os = "linux")]
 pub use ringport_uring::{UringBuilder, UringDriver};
