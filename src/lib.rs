@@ -30,6 +30,8 @@
 
 mod backend;
 mod port;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use backend::{driver, Backend, BACKEND_ENV};
 pub use port::CompletionPort;

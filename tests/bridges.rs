@@ -186,6 +186,146 @@ fn tokio_shutdown_is_end_of_stream(b: Backend) {
     });
 }
 
+/// The self-signed identity the TLS cases share, and a client trusting it.
+fn tls_pair() -> (ringport::tls::TlsAcceptor, ringport::tls::TlsConnector) {
+    use ringport::tls;
+    let id = tls::self_signed(&["localhost"]).unwrap();
+    let roots = id.certs.clone();
+    let acceptor = tls::TlsAcceptor::from(tls::server_config(id, &tls::HTTP_ALPN).unwrap());
+    let connector = tls::TlsConnector::from(tls::client_config(&roots, &[b"h2"]).unwrap());
+    (acceptor, connector)
+}
+
+/// A TLS echo server task: each connection gets `deadline` for its
+/// handshake, then echoes until end of stream. Returns its address and a
+/// count of handshakes that failed.
+fn tls_echo_server(
+    acceptor: ringport::tls::TlsAcceptor,
+    deadline: Duration,
+) -> (SocketAddr, std::rc::Rc<std::cell::Cell<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind(loopback()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let failed = std::rc::Rc::new(std::cell::Cell::new(0));
+    let f = failed.clone();
+    ringport::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let (acceptor, f) = (acceptor.clone(), f.clone());
+            ringport::spawn(async move {
+                match ringport::tls::accept(&acceptor, s, deadline).await {
+                    Ok(mut t) => {
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n @ 1..) = t.read(&mut buf).await {
+                            if t.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = t.shutdown().await;
+                    }
+                    Err(_) => f.set(f.get() + 1),
+                }
+            });
+        }
+    });
+    (addr, failed)
+}
+
+/// One TLS client: handshake, echo `msg`, check it, close. Returns the ALPN
+/// protocol the server chose.
+async fn tls_client_echo(
+    connector: &ringport::tls::TlsConnector,
+    addr: SocketAddr,
+    msg: &[u8],
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TcpStream::connect(addr).await.unwrap();
+    let name = ringport::tls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut t = connector.connect(name, s).await.unwrap();
+    t.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    t.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, msg);
+    let alpn = t.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    t.shutdown().await.unwrap();
+    alpn
+}
+
+/// How many TLS handshakes in a row (`RINGPORT_BRIDGE_HANDSHAKES`, default 1,000).
+fn handshake_count() -> usize {
+    std::env::var("RINGPORT_BRIDGE_HANDSHAKES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// Handshakes in a row with a rustls client all succeed, each echoing a
+/// message, and ALPN picks h2.
+fn tls_handshakes_in_a_row(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let (acceptor, connector) = tls_pair();
+        let (addr, failed) = tls_echo_server(acceptor, Duration::from_secs(5));
+        for i in 0..handshake_count() {
+            let msg = format!("handshake {i}");
+            let alpn = tls_client_echo(&connector, addr, msg.as_bytes()).await;
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "handshake {i}");
+        }
+        assert_eq!(failed.get(), 0, "server-side handshakes failed");
+    });
+}
+
+/// A client sending garbage instead of a ClientHello is disconnected at
+/// once; one that stalls mid-handshake is cut off at the deadline; a fresh
+/// client is served while the stalled one waits.
+fn tls_garbage_and_stall_are_cut_off(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let (acceptor, connector) = tls_pair();
+        let deadline = Duration::from_millis(300);
+        let (addr, failed) = tls_echo_server(acceptor, deadline);
+
+        let mut garbage = TcpStream::connect(addr).await.unwrap();
+        AsyncWriteExt::write_all(&mut garbage, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let closed = ringport::timeout(
+            Duration::from_secs(5),
+            AsyncReadExt::read_to_end(&mut garbage, &mut sink),
+        )
+        .await;
+        assert!(closed.is_ok(), "the garbage client was not disconnected");
+
+        // Stalled: a TLS record header promising a ClientHello that never comes.
+        let started = std::time::Instant::now();
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        AsyncWriteExt::write_all(&mut stalled, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .unwrap();
+        let alpn = tls_client_echo(&connector, addr, b"fresh client").await;
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        assert!(
+            started.elapsed() < deadline,
+            "the fresh client had to wait for the stalled one"
+        );
+        let mut sink = Vec::new();
+        let cut = ringport::timeout(
+            Duration::from_secs(5),
+            AsyncReadExt::read_to_end(&mut stalled, &mut sink),
+        )
+        .await;
+        assert!(cut.is_ok(), "the stalled client was not cut off");
+        assert!(started.elapsed() >= deadline, "cut off before the deadline");
+        assert_eq!(
+            failed.get(),
+            2,
+            "garbage and stall both count as failed handshakes"
+        );
+    });
+}
+
 macro_rules! on_every_backend {
     ($($name:ident => $b:expr),* $(,)?) => {$(
         mod $name {
@@ -221,6 +361,20 @@ macro_rules! on_every_backend {
             }
 
             #[test]
+            fn tls_handshakes_in_a_row() {
+                if available($b, "tls_handshakes_in_a_row") {
+                    super::tls_handshakes_in_a_row($b);
+                }
+            }
+
+            #[test]
+            fn tls_garbage_and_stall_are_cut_off() {
+                if available($b, "tls_garbage_and_stall_are_cut_off") {
+                    super::tls_garbage_and_stall_are_cut_off($b);
+                }
+            }
+
+            #[test]
             fn tokio_shutdown_is_end_of_stream() {
                 if available($b, "tokio_shutdown_is_end_of_stream") {
                     super::tokio_shutdown_is_end_of_stream($b);
@@ -238,3 +392,157 @@ on_every_backend!(
     select => Backend::Select,
     sigio => Backend::Sigio,
 );
+
+/// An example binary next to this test (built with `--features full` if missing).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--features", "full", "--example", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
+}
+
+/// A running example server, killed when dropped.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(name: &str, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(example(name))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start example");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("{name} did not say where it listens: {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl's `http_code size_download http_version` for `url`, and the body.
+fn curl(extra: &[&str], url: &str) -> (String, Vec<u8>) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl must be installed (apt-get install curl)");
+    let at = out.stdout.iter().rposition(|&c| c == b'\n').unwrap_or(0);
+    let tail = String::from_utf8_lossy(&out.stdout[at + 1..]).into_owned();
+    (tail, out.stdout[..at].to_vec())
+}
+
+const BODY_LEN: usize = 4096;
+
+/// `curl --http1.1` and `curl --http2-prior-knowledge` get `/`'s 4 KiB body
+/// and a file under `--root` from hyper_server, on every backend.
+#[test]
+fn hyper_server_answers_curl_http1_and_http2() {
+    let root = std::env::temp_dir().join(format!("ringport-bridges-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), b"hello from a file\n").unwrap();
+    for b in Backend::ALL {
+        if !available(b, "hyper_server_answers_curl_http1_and_http2") {
+            continue;
+        }
+        let root_arg = root.to_str().unwrap();
+        let srv = Server::start(
+            "hyper_server",
+            &[
+                "--addr",
+                "127.0.0.1:0",
+                "--backend",
+                b.name(),
+                "--root",
+                root_arg,
+            ],
+        );
+        let url = format!("http://{}/", srv.addr);
+        let (tail, body) = curl(&["--http1.1"], &url);
+        assert_eq!(
+            (tail.as_str(), body.len()),
+            ("200 1.1", BODY_LEN),
+            "{b} http/1.1"
+        );
+        let (tail, body) = curl(&["--http2-prior-knowledge"], &url);
+        assert_eq!((tail.as_str(), body.len()), ("200 2", BODY_LEN), "{b} h2");
+        let (tail, body) = curl(
+            &["--http2-prior-knowledge"],
+            &format!("{url}file/hello.txt"),
+        );
+        assert_eq!(
+            (tail.as_str(), &body[..]),
+            ("200 2", &b"hello from a file\n"[..]),
+            "{b} file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// With `--tls` (a self-signed certificate), `curl -k --http2` gets the body
+/// over h2 (ALPN) and `curl -k --http1.1` over HTTP/1.1.
+#[test]
+fn hyper_server_tls_answers_curl() {
+    let srv = Server::start("hyper_server", &["--addr", "127.0.0.1:0", "--tls"]);
+    let url = format!("https://{}/", srv.addr);
+    let (tail, body) = curl(&["-k", "--http2"], &url);
+    assert_eq!((tail.as_str(), body.len()), ("200 2", BODY_LEN));
+    let (tail, body) = curl(&["-k", "--http1.1"], &url);
+    assert_eq!((tail.as_str(), body.len()), ("200 1.1", BODY_LEN));
+}
+
+/// hyper_client fetches `/` from a local hyper_server, over HTTP/1.1 and
+/// HTTP/2, and prints the status and the body's length.
+#[test]
+fn hyper_client_fetches_from_local_server() {
+    let srv = Server::start("hyper_server", &["--addr", "127.0.0.1:0"]);
+    let url = format!("http://{}/", srv.addr);
+    for extra in [&[][..], &["--http2"][..]] {
+        let out = std::process::Command::new(example("hyper_client"))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{extra:?}: {text}");
+        assert!(text.contains(" 200 OK"), "{extra:?}: {text}");
+        assert!(text.contains("content-length: 4096"), "{extra:?}: {text}");
+        assert!(text.contains("body: 4096 bytes"), "{extra:?}: {text}");
+    }
+}
