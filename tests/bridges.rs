@@ -546,3 +546,96 @@ fn hyper_client_fetches_from_local_server() {
         assert!(text.contains("body: 4096 bytes"), "{extra:?}: {text}");
     }
 }
+
+/// hyper's header limits hold on ringport: a request head of 1 MiB gets
+/// 431 (or a closed connection), never a 200, and the server goes on
+/// serving others.
+#[test]
+fn hyper_server_header_limit_holds() {
+    use std::io::{Read, Write};
+    let srv = Server::start("hyper_server", &["--addr", "127.0.0.1:0"]);
+    let mut s = std::net::TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    req.resize(req.len() + (1 << 20), b'a');
+    req.extend_from_slice(b"\r\n\r\n");
+    let _ = s.write_all(&req); // the server may close before it has read it all
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let head = String::from_utf8_lossy(&out[..out.len().min(64)]).into_owned();
+    assert!(
+        out.is_empty() || head.starts_with("HTTP/1.1 431"),
+        "answer to a 1 MiB head: {head:?}"
+    );
+    let (tail, body) = curl(&["--http1.1"], &format!("http://{}/", srv.addr));
+    assert_eq!((tail.as_str(), body.len()), ("200 1.1", BODY_LEN));
+}
+
+/// examples/tls_echo echoes through a rustls client.
+#[test]
+fn tls_echo_example_echoes() {
+    let srv = Server::start("tls_echo", &["--addr", "127.0.0.1:0"]);
+    let addr: SocketAddr = srv.addr.parse().unwrap();
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        use ringport::tls;
+        // The example's certificate is its own: trust it for this test only.
+        let cfg = tls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            tls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+        .with_no_client_auth();
+        let connector = tls::TlsConnector::from(std::sync::Arc::new(cfg));
+        tls_client_echo(&connector, addr, b"echo through tls_echo").await;
+    });
+}
+
+/// A verifier that accepts any certificate (the example's self-signed one).
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ringport::tls::rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &ringport::tls::rustls::pki_types::CertificateDer<'_>,
+        _: &[ringport::tls::rustls::pki_types::CertificateDer<'_>],
+        _: &ringport::tls::rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: ringport::tls::rustls::pki_types::UnixTime,
+    ) -> Result<
+        ringport::tls::rustls::client::danger::ServerCertVerified,
+        ringport::tls::rustls::Error,
+    > {
+        Ok(ringport::tls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &ringport::tls::rustls::pki_types::CertificateDer<'_>,
+        _: &ringport::tls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        ringport::tls::rustls::client::danger::HandshakeSignatureValid,
+        ringport::tls::rustls::Error,
+    > {
+        Ok(ringport::tls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &ringport::tls::rustls::pki_types::CertificateDer<'_>,
+        _: &ringport::tls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        ringport::tls::rustls::client::danger::HandshakeSignatureValid,
+        ringport::tls::rustls::Error,
+    > {
+        Ok(ringport::tls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<ringport::tls::rustls::SignatureScheme> {
+        ringport::tls::rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
