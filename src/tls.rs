@@ -6,6 +6,10 @@
 //! for tests and demos, [`load_pem`] reads one from files, and [`accept`]
 //! runs a server handshake with a deadline, so that a client that sends
 //! garbage or stalls mid-handshake is cut off without holding its task.
+//!
+//! The TLS streams implement tokio's `AsyncRead`/`AsyncWrite` (and so, with
+//! `hyper_util::rt::TokioIo`, hyper's); for futures-io's, wrap one with
+//! [`compat`] (tokio-util's `Compat`).
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io;
@@ -16,6 +20,15 @@ use std::time::Duration;
 pub use rustls;
 pub use tokio_rustls;
 pub use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+
+/// A TLS stream (or any tokio-trait stream) seen through futures-io's
+/// `AsyncRead`/`AsyncWrite`.
+pub fn compat<S>(stream: S) -> tokio_util::compat::Compat<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    tokio_util::compat::TokioAsyncReadCompatExt::compat(stream)
+}
 
 /// The ALPN protocols [`server_config`] offers when asked for HTTP.
 pub const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

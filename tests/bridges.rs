@@ -231,7 +231,8 @@ fn tls_echo_server(
     (addr, failed)
 }
 
-/// One TLS client: handshake, echo `msg`, check it, close. Returns the ALPN
+/// One TLS client: handshake, echo `msg` through the tokio traits and again
+/// through futures-io's, check both, close. Returns the ALPN
 /// protocol the server chose.
 async fn tls_client_echo(
     connector: &ringport::tls::TlsConnector,
@@ -247,7 +248,18 @@ async fn tls_client_echo(
     t.read_exact(&mut got).await.unwrap();
     assert_eq!(got, msg);
     let alpn = t.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-    t.shutdown().await.unwrap();
+    // The same stream through futures-io's traits.
+    let mut f = ringport::tls::compat(t);
+    futures_util::io::AsyncWriteExt::write_all(&mut f, msg)
+        .await
+        .unwrap();
+    futures_util::io::AsyncReadExt::read_exact(&mut f, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(got, msg);
+    futures_util::io::AsyncWriteExt::close(&mut f)
+        .await
+        .unwrap();
     alpn
 }
 
