@@ -387,6 +387,20 @@ macro_rules! on_every_backend {
             }
 
             #[test]
+            fn unix_stream_tokio_echo() {
+                if available($b, "unix_stream_tokio_echo") {
+                    super::unix_stream_tokio_echo($b);
+                }
+            }
+
+            #[test]
+            fn abandoned_write_goes_out_once() {
+                if available($b, "abandoned_write_goes_out_once") {
+                    super::abandoned_write_goes_out_once($b);
+                }
+            }
+
+            #[test]
             fn tokio_shutdown_is_end_of_stream() {
                 if available($b, "tokio_shutdown_is_end_of_stream") {
                     super::tokio_shutdown_is_end_of_stream($b);
@@ -650,4 +664,87 @@ impl ringport::tls::rustls::client::danger::ServerCertVerifier for AcceptAny {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// tokio traits over a Unix-domain stream pair, split halves on both ends.
+fn unix_stream_tokio_echo(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = std::env::temp_dir().join(format!(
+        "ringport-bridges-{}-{}.sock",
+        std::process::id(),
+        b.name()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let l = ringport::UnixListener::bind(&path).unwrap();
+        let p = path.clone();
+        let client = ringport::spawn(async move { ringport::UnixStream::connect(p).await });
+        let server = l.accept().await.unwrap();
+        let client = client.await.unwrap();
+        let (mut sr, mut sw) = server.into_split();
+        let echo = ringport::spawn(async move {
+            let mut buf = [0u8; 1000];
+            loop {
+                match sr.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => sw.write_all(&buf[..n]).await.unwrap(),
+                }
+            }
+            sw.shutdown().await.unwrap();
+        });
+        let (mut cr, mut cw) = client.into_split();
+        let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let to_send = msg.clone();
+        let writer = ringport::spawn(async move {
+            cw.write_all(&to_send).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        cr.read_to_end(&mut got).await.unwrap();
+        writer.await;
+        echo.await;
+        assert_eq!(got, msg);
+    });
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A write abandoned mid-flight (a timeout around `write_all` while the peer
+/// does not read) still goes out whole, once: `flush` waits for it, and the
+/// peer receives exactly those bytes followed by the next write's.
+fn abandoned_write_goes_out_once(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let (mut client, mut server) = tcp_pair().await;
+        let big = vec![7u8; 8 << 20]; // more than the socket buffers hold
+        let r = ringport::timeout(
+            Duration::from_millis(20),
+            AsyncWriteExt::write_all(&mut client, &big),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "8 MiB fit in the socket buffers; nothing was abandoned"
+        );
+        let reader = ringport::spawn(async move {
+            let mut all = Vec::new();
+            AsyncReadExt::read_to_end(&mut server, &mut all)
+                .await
+                .unwrap();
+            all
+        });
+        AsyncWriteExt::flush(&mut client).await.unwrap();
+        AsyncWriteExt::write_all(&mut client, b"tail")
+            .await
+            .unwrap();
+        AsyncWriteExt::shutdown(&mut client).await.unwrap();
+        let all = reader.await;
+        assert!(all.len() >= 4 && all.ends_with(b"tail"), "no tail");
+        let head = &all[..all.len() - 4];
+        // write_all's one poll_write took all 8 MiB as one send; the timeout
+        // abandoned it; it went out whole and once.
+        assert_eq!(head.len(), big.len(), "bytes lost or repeated");
+        assert!(head.iter().all(|&c| c == 7));
+    });
 }

@@ -18,8 +18,9 @@
 //!   and tokio-rustls do), so `Ok(n)` always names a prefix of what they pass.
 //!   `Ok(n)` means the bytes are with the kernel: dropping the stream after a
 //!   write loses nothing, and `poll_flush` has nothing to do unless a write
-//!   was abandoned mid-flight (then it waits for that write and keeps its
-//!   result for the next `poll_write`).
+//!   was abandoned mid-flight (a timeout around `write_all`): such a write
+//!   still goes out whole; the next `poll_write` reports it (so retry with
+//!   the same bytes first), or `poll_flush` waits for it.
 //! - `poll_shutdown` waits for an in-flight write, then shuts down writing.
 //!
 //! This module never drops an op it submitted except when its owner is
@@ -155,8 +156,8 @@ impl ReadState {
 #[derive(Default)]
 pub(crate) struct WriteState {
     inflight: Option<OpFuture>,
-    /// The result of a write that completed after its caller stopped asking
-    /// (seen by `poll_flush`); the next `poll_write` reports it.
+    /// The result of the write in flight once it completed, until the
+    /// `poll_write` retrying it (or a `poll_flush`) takes it.
     done: Option<io::Result<usize>>,
     spare: Vec<u8>,
     shutdown: Option<OpFuture>,
@@ -220,18 +221,28 @@ impl WriteState {
             self.inflight = Some(submit(op, None));
         }
         ready!(self.poll_inflight(cx));
-        Poll::Ready(self.done.take().unwrap_or(Ok(0)))
+        match self.done.take() {
+            // The caller passed fewer bytes than the abandoned write it is
+            // retrying: its bytes went out, but `n` cannot describe this call.
+            Some(Ok(n)) if n > len => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "poll_write of {len} bytes after an abandoned write of {n} bytes, which was sent"
+                ),
+            ))),
+            Some(r) => Poll::Ready(r),
+            None => Poll::Ready(Ok(0)),
+        }
     }
 
-    /// Waits for a write abandoned mid-flight; nothing is buffered otherwise.
+    /// Waits for a write abandoned mid-flight (its bytes go out whole) and
+    /// reports its error, if any; nothing is buffered otherwise.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_inflight(cx));
-        if let Some(Err(_)) = &self.done {
-            if let Some(Err(e)) = self.done.take() {
-                return Poll::Ready(Err(e));
-            }
+        match self.done.take() {
+            Some(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
         }
-        Poll::Ready(Ok(()))
     }
 
     /// Flushes, then shuts down the writing direction of socket `fd`.
