@@ -296,11 +296,30 @@ pub(crate) fn gather_len(bufs: &[io::IoSlice<'_>]) -> usize {
     n
 }
 
-/// Both directions' adapter state, carried by every stream type.
+/// Both directions' adapter state.
 #[derive(Debug, Default)]
-pub(crate) struct IoState {
+pub(crate) struct Sides {
     pub(crate) read: ReadState,
     pub(crate) write: WriteState,
+}
+
+/// What every stream type carries for the adapter: nothing (one pointer)
+/// until a trait method first runs, so the native API pays no memory for it.
+#[derive(Debug, Default)]
+pub(crate) struct IoState(Option<Box<Sides>>);
+
+impl IoState {
+    /// The state, made at first use.
+    pub(crate) fn get(&mut self) -> &mut Sides {
+        self.0.get_or_insert_with(Box::default)
+    }
+    /// Takes the state out, leaving none.
+    fn take(&mut self) -> Sides {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+    fn buffered(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.read.buffered())
+    }
 }
 
 /// Something the trait impls can read from: an fd and the read state.
@@ -319,14 +338,14 @@ macro_rules! sides {
     ($ty:ty, $socket:expr, read) => {
         impl ReadSide for $ty {
             fn read_side(&mut self) -> (RawFd, bool, &mut ReadState) {
-                (self.fd.raw(), $socket, &mut self.io.read)
+                (self.fd.raw(), $socket, &mut self.io.get().read)
             }
         }
     };
     ($ty:ty, $socket:expr, write) => {
         impl WriteSide for $ty {
             fn write_side(&mut self) -> (RawFd, bool, &mut WriteState) {
-                (self.fd.raw(), $socket, &mut self.io.write)
+                (self.fd.raw(), $socket, &mut self.io.get().write)
             }
         }
     };
@@ -406,7 +425,7 @@ macro_rules! split {
             /// the adapter had buffered and an op it had in flight go with
             /// their half.
             pub fn into_split(mut self) -> (ReadHalf<$ty>, WriteHalf<$ty>) {
-                let io = std::mem::take(&mut self.io);
+                let io = self.io.take();
                 let stream = Rc::new(self);
                 (
                     ReadHalf {
@@ -423,7 +442,7 @@ macro_rules! split {
             /// How many received bytes the trait adapter holds that no
             /// `poll_read` has taken yet.
             pub fn buffered(&self) -> usize {
-                self.io.read.buffered()
+                self.io.buffered()
             }
         }
     };
