@@ -542,15 +542,74 @@ fn hyper_server_answers_curl_http1_and_http2() {
 }
 
 /// With `--tls` (a self-signed certificate), `curl -k --http2` gets the body
-/// over h2 (ALPN) and `curl -k --http1.1` over HTTP/1.1.
+/// over h2 (ALPN) and `curl -k --http1.1` over HTTP/1.1, on every backend.
 #[test]
 fn hyper_server_tls_answers_curl() {
-    let srv = Server::start("hyper_server", &["--addr", "127.0.0.1:0", "--tls"]);
+    for b in Backend::ALL {
+        if !available(b, "hyper_server_tls_answers_curl") {
+            continue;
+        }
+        let srv = Server::start(
+            "hyper_server",
+            &["--addr", "127.0.0.1:0", "--tls", "--backend", b.name()],
+        );
+        let url = format!("https://{}/", srv.addr);
+        let (tail, body) = curl(&["-k", "--http2"], &url);
+        assert_eq!((tail.as_str(), body.len()), ("200 2", BODY_LEN), "{b} h2");
+        let (tail, body) = curl(&["-k", "--http1.1"], &url);
+        assert_eq!(
+            (tail.as_str(), body.len()),
+            ("200 1.1", BODY_LEN),
+            "{b} http/1.1"
+        );
+    }
+}
+
+/// `--tls-cert FILE --tls-key FILE` serves the given certificate: one made
+/// by the openssl command line, which curl then trusts by `--cacert`.
+#[test]
+fn hyper_server_tls_from_pem_files() {
+    let dir = std::env::temp_dir().join(format!("ringport-bridges-pem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl must be installed (apt-get install openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let srv = Server::start(
+        "hyper_server",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let url = format!("https://{}/", srv.addr);
-    let (tail, body) = curl(&["-k", "--http2"], &url);
+    let (tail, body) = curl(&["--cacert", cert.to_str().unwrap(), "--http2"], &url);
     assert_eq!((tail.as_str(), body.len()), ("200 2", BODY_LEN));
-    let (tail, body) = curl(&["-k", "--http1.1"], &url);
-    assert_eq!((tail.as_str(), body.len()), ("200 1.1", BODY_LEN));
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// hyper_client fetches `/` from a local hyper_server, over HTTP/1.1 and
