@@ -30,6 +30,8 @@
 
 mod backend;
 mod port;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use backend::{driver, Backend, BACKEND_ENV};
 pub use port::CompletionPort;
@@ -46,6 +48,12 @@ pub use ringport_core::runtime::{
     OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener,
     UnixStream,
 };
+
+#[cfg(feature = "hyper")]
+pub use ringport_core::compat::hyper::{LocalExec, RingportTimer};
+/// Bridges to tokio, futures-io and hyper (features `tokio-io`, `futures-io`,
+/// `hyper`): see [`ringport_core::compat`].
+pub use ringport_core::compat::{self, ReadHalf, WriteHalf};
 
 pub use ringport_shim::{PollerKind, ShimBuilder, ShimDriver};
 #[cfg(target_os = "linux")]

@@ -5,12 +5,14 @@
 //! - [`driver`]: the [`Driver`] trait every backend implements, and
 //!   [`Completion`];
 //! - [`runtime`]: a single-threaded async runtime over any driver;
-//! - [`port`]: the IOCP-style [`CompletionPort`] for worker-thread pools.
+//! - [`port`]: the IOCP-style [`CompletionPort`] for worker-thread pools;
+//! - [`compat`]: tokio, futures-io and hyper traits for the streams (features).
 //!
 //! This crate knows no backend: it never names io_uring, aio or epoll.
 #![warn(missing_docs)]
 
 pub mod buf;
+pub mod compat;
 pub mod driver;
 pub mod op;
 pub mod port;

@@ -403,6 +403,14 @@ fn plan_net(
             p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
                 net::run(net::ringport_server(b), &load(c))
             });
+            // The same echo through the tokio-trait adapter (issue 15's ratio).
+            #[cfg(feature = "tokio-io")]
+            if matches!(mode, net::Mode::Echo) {
+                let name = format!("ringport/{b} tokio-traits");
+                p.job(w, &v, &name, net_model_of(b), move |c| {
+                    net::run(net::ringport_tokio_traits_server(b), &load(c))
+                });
+            }
         }
     }
     #[cfg(not(feature = "peers"))]

@@ -658,3 +658,42 @@ pub fn ringport_server(b: ringport::Backend) -> ServeFn {
         })
     })
 }
+
+/// The ringport runtime echo server on backend `b`, but reading and writing
+/// through tokio's `AsyncRead`/`AsyncWrite` (the adapter of `ringport::compat`).
+#[cfg(feature = "tokio-io")]
+pub fn ringport_tokio_traits_server(b: ringport::Backend) -> ServeFn {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    Box::new(move |ctx: &ServerCtx| {
+        let rt = ringport::Runtime::with_backend(b)?;
+        rt.block_on(async {
+            let l = ringport::TcpListener::bind("127.0.0.1:0".parse().expect("addr"))?;
+            ctx.ready(l.local_addr()?.port());
+            loop {
+                let s = match l.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) if transient(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                if ctx.stopped() {
+                    return Ok(());
+                }
+                ringport::spawn(async move {
+                    let _ = s.set_nodelay(true);
+                    let (mut r, mut w) = s.into_split();
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if w.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        })
+    })
+}

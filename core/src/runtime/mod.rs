@@ -93,10 +93,12 @@ pub(crate) struct Remote {
     driver: DriverWaker,
 }
 
-/// Fds waiting to be closed through the driver, and whether the runtime is
-/// still there to do it.
+/// Fds waiting to be closed through the driver, ops whose futures were
+/// dropped on another thread, and whether the runtime is still there to
+/// deal with them.
 struct Closes {
     fds: Vec<RawFd>,
+    dropped_ops: Vec<usize>,
     open: bool,
 }
 
@@ -109,6 +111,18 @@ impl std::fmt::Debug for Remote {
 impl Remote {
     /// Queues `fd` to be closed through the runtime's driver and wakes it.
     /// False when the runtime is gone (the caller closes the fd itself).
+    /// Queues op `key`, whose future was dropped away from the runtime's
+    /// thread, to be cancelled and orphaned there. Nothing to do when the
+    /// runtime is gone (it dropped every op it had).
+    pub(crate) fn defer_drop_op(&self, key: usize) {
+        let mut c = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        if c.open {
+            c.dropped_ops.push(key);
+            drop(c);
+            self.driver.wake();
+        }
+    }
+
     pub(crate) fn defer_close(&self, fd: RawFd) -> bool {
         let mut c = self.closes.lock().unwrap_or_else(|e| e.into_inner());
         if !c.open {
@@ -431,16 +445,22 @@ impl Core {
     /// Closes, through the driver, the fds dropped away from this thread.
     /// With `last`, no more are accepted afterwards (the runtime is going).
     fn close_deferred(&self, last: bool) {
-        let fds = {
+        let (fds, dropped_ops) = {
             let mut c = self.remote.closes.lock().unwrap_or_else(|e| e.into_inner());
             if last {
                 c.open = false;
             }
-            if c.fds.is_empty() {
+            if c.fds.is_empty() && c.dropped_ops.is_empty() {
                 return;
             }
-            std::mem::take(&mut c.fds)
+            (
+                std::mem::take(&mut c.fds),
+                std::mem::take(&mut c.dropped_ops),
+            )
         };
+        for key in dropped_ops {
+            self.drop_op(key);
+        }
         for fd in fds {
             if self.submit_detached(Op::Close { fd }).is_err() {
                 // The driver refused the close (say, a full queue at drop):
@@ -496,6 +516,7 @@ impl Runtime {
             queue: Mutex::new(Vec::new()),
             closes: Mutex::new(Closes {
                 fds: Vec::new(),
+                dropped_ops: Vec::new(),
                 open: true,
             }),
             driver: driver.waker(),
@@ -752,4 +773,26 @@ pub async fn yield_now() {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod send_checks {
+    use super::*;
+
+    fn is_send<T: Send>() {}
+
+    /// The I/O types and the op future may move to (and be dropped on)
+    /// another thread; their fds and ops go back to their runtime then.
+    #[test]
+    fn io_types_and_op_futures_are_send() {
+        is_send::<File>();
+        is_send::<TcpListener>();
+        is_send::<TcpStream>();
+        is_send::<UdpSocket>();
+        is_send::<UnixListener>();
+        is_send::<UnixStream>();
+        is_send::<PipeReader>();
+        is_send::<PipeWriter>();
+        is_send::<OpFuture>();
+    }
 }

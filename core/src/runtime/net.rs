@@ -382,7 +382,13 @@ impl TcpListener {
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = accept_raw(self.fd.raw()).await?;
         let peer = ip_of(addr)?;
-        Ok((TcpStream { fd }, peer))
+        Ok((
+            TcpStream {
+                io: Default::default(),
+                fd,
+            },
+            peer,
+        ))
     }
 
     /// The bound address (with the real port when bound to port 0).
@@ -405,7 +411,10 @@ impl AsRawFd for TcpListener {
 /// A TCP connection.
 #[derive(Debug)]
 pub struct TcpStream {
-    fd: Fd,
+    /// The trait adapter's buffers and ops (`crate::compat`); declared
+    /// first so that its ops are cancelled before the fd closes.
+    pub(crate) io: crate::compat::IoState,
+    pub(crate) fd: Fd,
 }
 
 stream_io!(TcpStream, true);
@@ -415,13 +424,17 @@ impl TcpStream {
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         let fd = new_socket(family_of(&addr), libc::SOCK_STREAM)?;
         connect_raw(&fd, SockAddr::from(addr)).await?;
-        Ok(TcpStream { fd })
+        Ok(TcpStream {
+            io: Default::default(),
+            fd,
+        })
     }
 
     /// Takes over a connected socket (made non-blocking if the backend needs it).
     pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
         s.set_nonblocking(want_nonblocking())?;
         Ok(TcpStream {
+            io: Default::default(),
             fd: Fd::new(s.into_raw_fd()),
         })
     }
@@ -544,7 +557,10 @@ impl UnixListener {
     /// Waits for a connection.
     pub async fn accept(&self) -> io::Result<UnixStream> {
         let (fd, _addr) = accept_raw(self.fd.raw()).await?;
-        Ok(UnixStream { fd })
+        Ok(UnixStream {
+            io: Default::default(),
+            fd,
+        })
     }
 }
 
@@ -557,7 +573,10 @@ impl AsRawFd for UnixListener {
 /// A Unix-domain stream connection.
 #[derive(Debug)]
 pub struct UnixStream {
-    fd: Fd,
+    /// The trait adapter's buffers and ops (`crate::compat`); declared
+    /// first so that its ops are cancelled before the fd closes.
+    pub(crate) io: crate::compat::IoState,
+    pub(crate) fd: Fd,
 }
 
 stream_io!(UnixStream, true);
@@ -567,7 +586,10 @@ impl UnixStream {
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         let fd = new_socket(libc::AF_UNIX, libc::SOCK_STREAM)?;
         connect_raw(&fd, SockAddr::unix(path.as_ref())?).await?;
-        Ok(UnixStream { fd })
+        Ok(UnixStream {
+            io: Default::default(),
+            fd,
+        })
     }
 
     /// Shuts down one or both directions.
@@ -579,7 +601,10 @@ impl UnixStream {
 /// The reading end of a pipe.
 #[derive(Debug)]
 pub struct PipeReader {
-    fd: Fd,
+    /// The trait adapter's buffers and ops (`crate::compat`); declared
+    /// first so that its ops are cancelled before the fd closes.
+    pub(crate) io: crate::compat::IoState,
+    pub(crate) fd: Fd,
 }
 
 stream_io!(PipeReader, false);
@@ -587,7 +612,10 @@ stream_io!(PipeReader, false);
 /// The writing end of a pipe.
 #[derive(Debug)]
 pub struct PipeWriter {
-    fd: Fd,
+    /// The trait adapter's buffers and ops (`crate::compat`); declared
+    /// first so that its ops are cancelled before the fd closes.
+    pub(crate) io: crate::compat::IoState,
+    pub(crate) fd: Fd,
 }
 
 stream_io!(PipeWriter, false);
@@ -603,9 +631,11 @@ pub fn pipe() -> io::Result<(PipeReader, PipeWriter)> {
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
     Ok((
         PipeReader {
+            io: Default::default(),
             fd: Fd::new(fds[0]),
         },
         PipeWriter {
+            io: Default::default(),
             fd: Fd::new(fds[1]),
         },
     ))

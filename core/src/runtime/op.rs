@@ -1,19 +1,22 @@
 //! The future of one submitted op.
 
-use super::{current_or_err, Core};
+use super::{current, current_or_err, Remote};
 use crate::op::Op;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 enum State {
     /// Not yet submitted (submission happens at the first poll).
     Idle(Op, Option<Instant>),
-    /// In flight under this key of the runtime's op table.
-    Submitted(Rc<Core>, usize),
+    /// In flight under this key of the op table of the runtime that
+    /// `Remote` belongs to. (An identity, not the runtime itself, so that the
+    /// future is `Send`: a future moved to another thread and dropped there
+    /// hands its key back to its runtime through the `Remote`.)
+    Submitted(Arc<Remote>, usize),
     /// The output was taken.
     Finished,
 }
@@ -21,7 +24,10 @@ enum State {
 /// Resolves to the op's result and the op itself (with its buffers).
 ///
 /// Dropping it while the op is in flight cancels the op; the runtime keeps the
-/// op's buffers until the kernel is done, then drops them once.
+/// op's buffers until the kernel is done, then drops them once. It is `Send`
+/// (so are the types that hold one), but it must be polled on the thread of
+/// the runtime that submitted its op; dropped elsewhere, its cancel is handed
+/// to that runtime.
 pub struct OpFuture {
     state: State,
 }
@@ -48,19 +54,28 @@ impl Future for OpFuture {
                 let res = core.submit(op, deadline, cx.waker());
                 match res {
                     Ok(key) => {
-                        this.state = State::Submitted(core, key);
+                        this.state = State::Submitted(core.remote.clone(), key);
                         Poll::Pending
                     }
                     Err(e) => Poll::Ready((Err(e.error), e.op)),
                 }
             }
-            State::Submitted(core, key) => match core.poll_op(key, cx.waker()) {
-                Some(c) => Poll::Ready((c.result, c.op)),
-                None => {
-                    this.state = State::Submitted(core, key);
-                    Poll::Pending
+            State::Submitted(remote, key) => {
+                let core = current().filter(|c| Arc::ptr_eq(&c.remote, &remote));
+                let Some(core) = core else {
+                    panic!(
+                        "a ringport I/O future was polled away from the runtime that \
+                         started its op (another thread, or outside its block_on)"
+                    )
+                };
+                match core.poll_op(key, cx.waker()) {
+                    Some(c) => Poll::Ready((c.result, c.op)),
+                    None => {
+                        this.state = State::Submitted(remote, key);
+                        Poll::Pending
+                    }
                 }
-            },
+            }
             State::Finished => panic!("OpFuture polled after completion"),
         }
     }
@@ -68,8 +83,13 @@ impl Future for OpFuture {
 
 impl Drop for OpFuture {
     fn drop(&mut self) {
-        if let State::Submitted(core, key) = &self.state {
-            core.drop_op(*key);
+        if let State::Submitted(remote, key) = &self.state {
+            match current().filter(|c| Arc::ptr_eq(&c.remote, remote)) {
+                Some(core) => core.drop_op(*key),
+                // Elsewhere: its runtime cancels it at its next turn (or
+                // has already dropped everything, if it is gone).
+                None => remote.defer_drop_op(*key),
+            }
         }
     }
 }
