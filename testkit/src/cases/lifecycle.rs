@@ -3,6 +3,7 @@
 
 use crate::harness::{rt, Drv, Target, TempFile};
 use ringport::{AnyBuf, AnyBufMut, File, IoBuf, Offset, Op, OpenOptions};
+use std::future::Future;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -225,4 +226,35 @@ pub fn l8_abandoned_open_does_not_leak_its_fd(b: Target) {
         0,
         "fds of abandoned opens were leaked"
     );
+}
+
+/// An op future moved to another thread and dropped there hands its cancel
+/// to its runtime: the read is cancelled before data arrives, so a later
+/// read gets all of it.
+pub fn l9_op_future_dropped_on_another_thread_is_cancelled(b: Target) {
+    rt(b).block_on(async {
+        let (r, w) = ringport::pipe().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
+        let mut fut = Box::pin(ringport::submit(
+            Op::Read {
+                fd,
+                offset: Offset::Current,
+                buf: AnyBufMut::new(Vec::with_capacity(8)),
+            },
+            None,
+        ));
+        // Submitted, and pending on the silent pipe.
+        let pending =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending()))
+                .await;
+        assert!(pending, "a read of a silent pipe is pending");
+        std::thread::spawn(move || drop(fut)).join().unwrap();
+        ringport::sleep(Duration::from_millis(20)).await.unwrap();
+        let (res, _) = w.write_all(&b"hello"[..]).await;
+        res.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let (res, buf) = r.read_deadline(Vec::with_capacity(8), deadline).await;
+        assert_eq!(res.unwrap(), 5, "the dropped read took none of the data");
+        assert_eq!(buf, b"hello");
+    });
 }
