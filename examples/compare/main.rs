@@ -13,6 +13,7 @@
 
 mod file;
 mod measure;
+mod models;
 mod net;
 mod nop;
 #[cfg(feature = "peers")]
@@ -171,15 +172,18 @@ impl Plan {
 /// The model of a backend for sockets: aio hands them to its epoll shim.
 fn net_model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring => Model::Completion,
-        _ => Model::Readiness,
+        Backend::Uring => Model::Asynchronous,
+        Backend::Sigio => Model::SignalDriven,
+        _ => Model::Multiplexing,
     }
 }
 
+/// The model of a backend for files.
 fn model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring | Backend::Aio => Model::Completion,
-        _ => Model::Readiness,
+        Backend::Uring | Backend::Aio => Model::Asynchronous,
+        Backend::Sigio => Model::SignalDriven,
+        _ => Model::Multiplexing,
     }
 }
 
@@ -199,7 +203,7 @@ fn plan_nop(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
     const W: &str = "nop";
     for batch in [1usize, 32] {
         let v = format!("batch {batch}");
-        p.job(W, &v, "raw io-uring", Model::Completion, move |c| {
+        p.job(W, &v, "raw io-uring", Model::Asynchronous, move |c| {
             nop::raw_uring(batch, c.warmup, c.dur)
         });
         for (b, ok) in avail {
@@ -232,6 +236,22 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
     });
     for qd in [1usize, 32] {
         let v = format!("qd{qd}");
+        if qd > 1 {
+            p.job(
+                W,
+                &v,
+                &format!("std pread pool ({qd} threads)"),
+                Model::Blocking,
+                move |c| models::pread_pool(c.tf()?, qd, c.warmup, c.dur),
+            );
+        }
+        p.job(
+            W,
+            &v,
+            "ringport CompletionPort (1 worker)",
+            Model::Iocp,
+            move |c| models::iocp_randread(c.tf()?, qd, c.warmup, c.dur),
+        );
         for (b, ok) in avail {
             if ok.is_err() {
                 continue;
@@ -283,15 +303,15 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 Model::Blocking,
                 move |c| peers::tokio_blocking_randread(c.tf()?, qd, c.warmup, c.dur),
             );
-            p.job(W, &v, "monoio (io_uring)", Model::Completion, move |c| {
+            p.job(W, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
                 peers::monoio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
-            p.job(W, &v, "compio (io_uring)", Model::Completion, move |c| {
+            p.job(W, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
                 peers::compio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
         }
         if fio {
-            p.job(W, &v, "fio io_uring", Model::Completion, move |c| {
+            p.job(W, &v, "fio io_uring", Model::Asynchronous, move |c| {
                 file::fio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
         }
@@ -300,7 +320,7 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
         p.na(
             W,
             "fio io_uring",
-            Model::Completion,
+            Model::Asynchronous,
             "fio not installed".into(),
         );
     }
@@ -311,8 +331,8 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
         &[
             ("tokio::fs seek+read", Model::Blocking),
             ("tokio spawn_blocking(pread)", Model::Blocking),
-            ("monoio (io_uring)", Model::Completion),
-            ("compio (io_uring)", Model::Completion),
+            ("monoio (io_uring)", Model::Asynchronous),
+            ("compio (io_uring)", Model::Asynchronous),
         ],
     );
 }
@@ -341,10 +361,10 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         p.job(W, v, "tokio::fs", Model::Blocking, |c| {
             peers::tokio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "monoio (io_uring)", Model::Completion, |c| {
+        p.job(W, v, "monoio (io_uring)", Model::Asynchronous, |c| {
             peers::monoio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "compio (io_uring)", Model::Completion, |c| {
+        p.job(W, v, "compio (io_uring)", Model::Asynchronous, |c| {
             peers::compio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
     }
@@ -354,11 +374,15 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         W,
         &[
             ("tokio::fs", Model::Blocking),
-            ("monoio (io_uring)", Model::Completion),
-            ("compio (io_uring)", Model::Completion),
+            ("monoio (io_uring)", Model::Asynchronous),
+            ("compio (io_uring)", Model::Asynchronous),
         ],
     );
 }
+
+/// Worker threads of the `CompletionPort` echo server (they share the
+/// server's CPU, as every server's threads do).
+const IOCP_WORKERS: usize = 2;
 
 fn plan_net(
     p: &mut Plan,
@@ -382,19 +406,48 @@ fn plan_net(
         };
         #[cfg(feature = "peers")]
         {
-            p.job(w, &v, "tokio current_thread", Model::Readiness, move |c| {
-                net::run(peers::tokio_server(), &load(c))
-            });
-            p.job(w, &v, "monoio (io_uring)", Model::Completion, move |c| {
+            p.job(
+                w,
+                &v,
+                "tokio current_thread",
+                Model::Multiplexing,
+                move |c| net::run(peers::tokio_server(), &load(c)),
+            );
+            p.job(w, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
                 net::run(peers::monoio_uring_server(), &load(c))
             });
-            p.job(w, &v, "monoio (legacy epoll)", Model::Readiness, move |c| {
-                net::run(peers::monoio_legacy_server(), &load(c))
-            });
-            p.job(w, &v, "compio (io_uring)", Model::Completion, move |c| {
+            p.job(
+                w,
+                &v,
+                "monoio (legacy epoll)",
+                Model::Multiplexing,
+                move |c| net::run(peers::monoio_legacy_server(), &load(c)),
+            );
+            p.job(w, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
                 net::run(peers::compio_server(), &load(c))
             });
         }
+        p.job(
+            w,
+            &v,
+            "std::net thread per connection",
+            Model::Blocking,
+            move |c| net::run(models::blocking_server(), &load(c)),
+        );
+        p.job(
+            w,
+            &v,
+            "nonblocking polling loop",
+            Model::Nonblocking,
+            move |c| net::run(models::nonblocking_server(), &load(c)),
+        );
+        p.job(
+            w,
+            &v,
+            &format!("ringport CompletionPort ({IOCP_WORKERS} workers)"),
+            Model::Iocp,
+            move |c| net::run(models::iocp_server(IOCP_WORKERS), &load(c)),
+        );
         for (b, ok) in avail {
             if ok.is_err() {
                 continue;
@@ -410,10 +463,10 @@ fn plan_net(
         p,
         w,
         &[
-            ("tokio current_thread", Model::Readiness),
-            ("monoio (io_uring)", Model::Completion),
-            ("monoio (legacy epoll)", Model::Readiness),
-            ("compio (io_uring)", Model::Completion),
+            ("tokio current_thread", Model::Multiplexing),
+            ("monoio (io_uring)", Model::Asynchronous),
+            ("monoio (legacy epoll)", Model::Multiplexing),
+            ("compio (io_uring)", Model::Asynchronous),
         ],
     );
 }
@@ -426,6 +479,9 @@ const BASELINES: [&str; 6] = [
     "",
     "",
 ];
+
+/// The network baseline when tokio did not run.
+const FALLBACK_NET_BASE: &str = "ringport/epoll";
 
 fn baseline_of(workload: &str) -> &'static str {
     match workload {
@@ -586,7 +642,9 @@ fn suite(cli: Cli) -> io::Result<()> {
     if !cli.backend.is_empty() {
         let want: Vec<String> = cli.backend.iter().map(|s| s.to_lowercase()).collect();
         let keep = |w: &str, name: &str| {
-            name == baseline_of(w) || want.iter().any(|x| name.to_lowercase().contains(x))
+            name == baseline_of(w)
+                || (matches!(w, "echo" | "accept") && name == FALLBACK_NET_BASE)
+                || want.iter().any(|x| name.to_lowercase().contains(x))
         };
         plan.jobs.retain(|j| keep(j.workload, &j.backend));
         plan.missing.retain(|r| keep(r.workload, &r.backend));
@@ -753,7 +811,18 @@ fn suite(cli: Cli) -> io::Result<()> {
         eprintln!();
     }
     for w in &workloads {
-        report::set_ratios(&mut records, w, baseline_of(w));
+        // Without the peers the network rows are compared with ringport's
+        // epoll shim.
+        let mut base = baseline_of(w);
+        let has = |b: &str| {
+            records
+                .iter()
+                .any(|r| r.workload == *w && r.backend == b && r.result.is_some())
+        };
+        if !has(base) && matches!(*w, "echo" | "accept") && has(FALLBACK_NET_BASE) {
+            base = FALLBACK_NET_BASE;
+        }
+        report::set_ratios(&mut records, w, base);
     }
     // Rows of a workload in order of variant (as planned), n/a rows last.
     let table = report::table(&records);

@@ -5,30 +5,55 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-/// How a row performs its I/O: the model it stands for in the chart.
+/// The I/O model a row stands for: the five Unix models of the classic
+/// taxonomy, plus IOCP.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 pub enum Model {
-    /// Native completions (io_uring, POSIX aio).
-    Completion,
-    /// Readiness: epoll / poll / select / sigio (ringport shim, tokio, monoio legacy).
-    Readiness,
-    /// Blocking syscalls, on this thread or a thread pool.
+    /// Blocking syscalls: on this thread, one thread per connection, or a
+    /// pool of threads each blocked in one.
     Blocking,
+    /// Non-blocking sockets polled in a loop, with no poller.
+    Nonblocking,
+    /// I/O multiplexing: select, poll, epoll (ringport's shim, tokio, monoio
+    /// legacy).
+    Multiplexing,
+    /// Signal-driven I/O (`O_ASYNC`, SIGIO).
+    SignalDriven,
+    /// Asynchronous I/O: POSIX aio, io_uring.
+    Asynchronous,
+    /// ringport's `CompletionPort` (IOCP semantics) with worker threads.
+    Iocp,
 }
 
 impl Model {
+    /// Every model, in the taxonomy's order.
+    pub const ALL: [Model; 6] = [
+        Model::Blocking,
+        Model::Nonblocking,
+        Model::Multiplexing,
+        Model::SignalDriven,
+        Model::Asynchronous,
+        Model::Iocp,
+    ];
     fn color(self) -> &'static str {
         match self {
-            Model::Completion => "#2b7bba",
-            Model::Readiness => "#e08214",
             Model::Blocking => "#7f7f7f",
+            Model::Nonblocking => "#b2182b",
+            Model::Multiplexing => "#e08214",
+            Model::SignalDriven => "#8073ac",
+            Model::Asynchronous => "#2b7bba",
+            Model::Iocp => "#1b7837",
         }
     }
-    fn name(self) -> &'static str {
+    /// The name in the table and the JSON.
+    pub fn name(self) -> &'static str {
         match self {
-            Model::Completion => "completion",
-            Model::Readiness => "readiness",
-            Model::Blocking => "blocking / thread pool",
+            Model::Blocking => "blocking",
+            Model::Nonblocking => "nonblocking",
+            Model::Multiplexing => "multiplexing",
+            Model::SignalDriven => "signal-driven",
+            Model::Asynchronous => "asynchronous",
+            Model::Iocp => "IOCP",
         }
     }
 }
@@ -156,7 +181,21 @@ fn fmt_us(v: Option<f64>) -> String {
 
 /// The table as Markdown (what the terminal shows and BENCHMARKS.md holds).
 pub fn table(recs: &[Record]) -> String {
-    let mut rows: Vec<[String; 10]> = Vec::new();
+    // (heading, right-aligned)
+    let head: &[(&str, bool)] = &[
+        ("workload", false),
+        ("variant", false),
+        ("backend / peer", false),
+        ("model", false),
+        ("ops/s", true),
+        ("p50 µs", true),
+        ("p99 µs", true),
+        ("p999 µs", true),
+        ("CPU s/Mop", true),
+        ("ratio", false),
+        ("note", false),
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for r in recs {
         let (ops, p50, p99, p999, cpu) = match &r.result {
             Some(m) => (
@@ -184,10 +223,11 @@ pub fn table(recs: &[Record]) -> String {
         if r.result.is_none() && note.is_empty() {
             note = "n/a".into();
         }
-        rows.push([
+        rows.push(vec![
             r.workload.to_string(),
             r.variant.clone(),
             r.backend.clone(),
+            r.model.name().to_string(),
             ops,
             p50,
             p99,
@@ -201,19 +241,7 @@ pub fn table(recs: &[Record]) -> String {
             note,
         ]);
     }
-    let head = [
-        "workload",
-        "variant",
-        "backend / peer",
-        "ops/s",
-        "p50 µs",
-        "p99 µs",
-        "p999 µs",
-        "CPU s/Mop",
-        "ratio",
-        "note",
-    ];
-    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    let mut w: Vec<usize> = head.iter().map(|h| h.0.chars().count()).collect();
     for row in &rows {
         for (i, c) in row.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
@@ -223,7 +251,7 @@ pub fn table(recs: &[Record]) -> String {
         let mut s = String::from("|");
         for (i, c) in cells.iter().enumerate() {
             let pad = w[i] - c.chars().count();
-            if (3..=7).contains(&i) {
+            if head[i].1 {
                 let _ = write!(s, " {}{} |", " ".repeat(pad), c);
             } else {
                 let _ = write!(s, " {}{} |", c, " ".repeat(pad));
@@ -232,10 +260,10 @@ pub fn table(recs: &[Record]) -> String {
         s.push('\n');
         s
     };
-    let mut out = line(&head.map(String::from));
+    let mut out = line(&head.iter().map(|h| h.0.to_string()).collect::<Vec<_>>());
     out.push('|');
     for (i, wi) in w.iter().enumerate() {
-        if (3..=7).contains(&i) {
+        if head[i].1 {
             let _ = write!(out, " {}: |", "-".repeat(wi - 1));
         } else {
             let _ = write!(out, " {} |", "-".repeat(*wi));
@@ -363,7 +391,7 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
         xml(title)
     );
     let mut lx = 10.0;
-    for m in [Model::Completion, Model::Readiness, Model::Blocking] {
+    for m in Model::ALL {
         let _ = writeln!(
             s,
             "<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{}\"/>\
@@ -372,7 +400,7 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
             lx + 16.0,
             m.name()
         );
-        lx += 180.0;
+        lx += 110.0;
     }
     let _ = writeln!(
         s,
