@@ -11,6 +11,7 @@
 //! Without `--features peers` the tokio, monoio and compio rows are shown as
 //! "n/a" (the peers are optional so that `cargo test` does not build them).
 
+mod epoll_client;
 mod file;
 mod measure;
 mod models;
@@ -86,6 +87,8 @@ enum Cmd {
         #[arg(long)]
         mode: String,
         #[arg(long)]
+        client: String,
+        #[arg(long)]
         conns: usize,
         #[arg(long)]
         size: usize,
@@ -107,6 +110,8 @@ struct Job {
     backend: String,
     model: Model,
     net: bool,
+    /// The load client of a network row.
+    client: Option<net::Client>,
     run: RunFn,
 }
 
@@ -155,6 +160,7 @@ impl Plan {
             backend: backend.to_string(),
             model,
             net: matches!(workload, "echo" | "accept"),
+            client: None,
             run: Box::new(run),
         });
     }
@@ -397,65 +403,72 @@ fn plan_net(
             net::Mode::Echo => format!("c{conns} {size}B"),
             net::Mode::Accept => format!("c{conns} connect+close"),
         };
-        let load = move |c: &Ctx| net::Load {
-            mode,
-            conns,
-            size,
-            warmup: c.warmup,
-            dur: c.dur,
-        };
-        #[cfg(feature = "peers")]
-        {
-            p.job(
-                w,
-                &v,
-                "tokio current_thread",
-                Model::Multiplexing,
-                move |c| net::run(peers::tokio_server(), &load(c)),
-            );
-            p.job(w, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
-                net::run(peers::monoio_uring_server(), &load(c))
-            });
-            p.job(
-                w,
-                &v,
-                "monoio (legacy epoll)",
-                Model::Multiplexing,
-                move |c| net::run(peers::monoio_legacy_server(), &load(c)),
-            );
-            p.job(w, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
-                net::run(peers::compio_server(), &load(c))
-            });
-        }
-        p.job(
-            w,
-            &v,
-            "std::net thread per connection",
-            Model::Blocking,
-            move |c| net::run(models::blocking_server(), &load(c)),
-        );
-        p.job(
-            w,
-            &v,
-            "nonblocking polling loop",
-            Model::Nonblocking,
-            move |c| net::run(models::nonblocking_server(), &load(c)),
-        );
-        p.job(
-            w,
-            &v,
-            &format!("ringport CompletionPort ({IOCP_WORKERS} workers)"),
-            Model::Iocp,
-            move |c| net::run(models::iocp_server(IOCP_WORKERS), &load(c)),
-        );
-        for (b, ok) in avail {
-            if ok.is_err() {
-                continue;
+        for client in net::Client::ALL {
+            let start = p.jobs.len();
+            let load = move |c: &Ctx| net::Load {
+                mode,
+                client,
+                conns,
+                size,
+                warmup: c.warmup,
+                dur: c.dur,
+            };
+            #[cfg(feature = "peers")]
+            {
+                p.job(
+                    w,
+                    &v,
+                    "tokio current_thread",
+                    Model::Multiplexing,
+                    move |c| net::run(peers::tokio_server(), &load(c)),
+                );
+                p.job(w, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
+                    net::run(peers::monoio_uring_server(), &load(c))
+                });
+                p.job(
+                    w,
+                    &v,
+                    "monoio (legacy epoll)",
+                    Model::Multiplexing,
+                    move |c| net::run(peers::monoio_legacy_server(), &load(c)),
+                );
+                p.job(w, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
+                    net::run(peers::compio_server(), &load(c))
+                });
             }
-            let b = *b;
-            p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
-                net::run(net::ringport_server(b), &load(c))
-            });
+            p.job(
+                w,
+                &v,
+                "std::net thread per connection",
+                Model::Blocking,
+                move |c| net::run(models::blocking_server(), &load(c)),
+            );
+            p.job(
+                w,
+                &v,
+                "nonblocking polling loop",
+                Model::Nonblocking,
+                move |c| net::run(models::nonblocking_server(), &load(c)),
+            );
+            p.job(
+                w,
+                &v,
+                &format!("ringport CompletionPort ({IOCP_WORKERS} workers)"),
+                Model::Iocp,
+                move |c| net::run(models::iocp_server(IOCP_WORKERS), &load(c)),
+            );
+            for (b, ok) in avail {
+                if ok.is_err() {
+                    continue;
+                }
+                let b = *b;
+                p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
+                    net::run(net::ringport_server(b), &load(c))
+                });
+            }
+            for j in &mut p.jobs[start..] {
+                j.client = Some(client);
+            }
         }
     }
     #[cfg(not(feature = "peers"))]
@@ -535,6 +548,7 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
     let Cmd::LoadClient {
         port,
         mode,
+        client,
         conns,
         size,
         warmup_ms,
@@ -551,8 +565,15 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
             ))
         }
     };
+    let client = net::Client::parse(&client).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown client {client}"),
+        )
+    })?;
     let load = net::Load {
         mode,
+        client,
         conns,
         size,
         warmup: Duration::from_millis(warmup_ms),
@@ -758,10 +779,13 @@ fn suite(cli: Cli) -> io::Result<()> {
                 let j = &plan.jobs[i];
                 done += 1;
                 let line = format!(
-                    "[{done}/{total}] {} | {} | {}{} ({:.0} s)",
+                    "[{done}/{total}] {} | {} | {}{}{} ({:.0} s)",
                     j.workload,
                     j.variant,
                     j.backend,
+                    j.client
+                        .map(|c| format!(" | {} client", c.name()))
+                        .unwrap_or_default(),
                     if repeat > 1 {
                         format!(" | run {}", rep + 1)
                     } else {
@@ -801,6 +825,8 @@ fn suite(cli: Cli) -> io::Result<()> {
                     format!("error: {}", e.clone().unwrap_or_default()),
                 ),
             };
+            let mut rec = rec;
+            rec.client = j.client.map_or("-", |c| c.name()).to_string();
             records.push(rec);
         }
         records.extend(plan.missing.iter().filter(|r| r.workload == *w).cloned());

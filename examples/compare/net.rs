@@ -57,10 +57,36 @@ pub fn transient(e: &io::Error) -> bool {
     )
 }
 
+/// Which load client drives a network row.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Client {
+    /// Raw io_uring: one send/recv SQE per step, one `io_uring_enter` per batch.
+    Uring,
+    /// Plain libc epoll (level-triggered) with `send`/`read`.
+    Epoll,
+}
+
+impl Client {
+    /// Both clients, in the order the table shows them.
+    pub const ALL: [Client; 2] = [Client::Uring, Client::Epoll];
+    /// The name on the command line and in the table's `client` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Uring => "uring",
+            Client::Epoll => "epoll",
+        }
+    }
+    /// The client named `s`, if any.
+    pub fn parse(s: &str) -> Option<Client> {
+        Client::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
 /// The load client's parameters.
 #[derive(Clone, Debug)]
 pub struct Load {
     pub mode: Mode,
+    pub client: Client,
     pub conns: usize,
     pub size: usize,
     pub warmup: Duration,
@@ -154,6 +180,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
                 Mode::Accept => "accept",
             }
         ))
+        .arg(format!("--client={}", load.client.name()))
         .arg(format!("--conns={}", load.conns))
         .arg(format!("--size={}", load.size))
         .arg(format!("--warmup-ms={}", load.warmup.as_millis()))
@@ -289,9 +316,11 @@ pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()>
         let _ = pin_thread(c);
     }
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    let (ops, secs, lat, errors, cpu) = match load.mode {
-        Mode::Echo => echo_client(addr, load)?,
-        Mode::Accept => accept_client(addr, load)?,
+    let (ops, secs, lat, errors, cpu) = match (load.client, load.mode) {
+        (Client::Uring, Mode::Echo) => echo_client(addr, load)?,
+        (Client::Uring, Mode::Accept) => accept_client(addr, load)?,
+        (Client::Epoll, Mode::Echo) => crate::epoll_client::echo_client(addr, load)?,
+        (Client::Epoll, Mode::Accept) => crate::epoll_client::accept_client(addr, load)?,
     };
     let q = |x: f64| lat.quantile_us(x).map(|u| u * 1000.0).unwrap_or(0.0);
     println!(
@@ -330,18 +359,18 @@ fn enter(ring: &IoUring) -> io::Result<()> {
 }
 
 /// The measuring phases of a client, on its own clock.
-struct Phases {
+pub struct Phases {
     warm_end: Instant,
     end: Instant,
-    measuring: bool,
+    pub measuring: bool,
     t0: Instant,
     /// The client's own CPU time over the measured window.
     cpu0: f64,
-    cpu: f64,
+    pub cpu: f64,
 }
 
 impl Phases {
-    fn new(load: &Load) -> Phases {
+    pub fn new(load: &Load) -> Phases {
         let start = Instant::now();
         Phases {
             warm_end: start + load.warmup,
@@ -353,7 +382,7 @@ impl Phases {
         }
     }
     /// Advances the phases; true when the run is over.
-    fn tick(&mut self, now: Instant, ops: &mut u64, lat: &mut Lat, errors: &mut u64) -> bool {
+    pub fn tick(&mut self, now: Instant, ops: &mut u64, lat: &mut Lat, errors: &mut u64) -> bool {
         if !self.measuring && now >= self.warm_end {
             self.measuring = true;
             *ops = 0;
@@ -372,7 +401,7 @@ impl Phases {
         false
     }
     /// The measured window's length, once the run is over.
-    fn secs(&self) -> f64 {
+    pub fn secs(&self) -> f64 {
         (self.end - self.t0).as_secs_f64().max(1e-9)
     }
 }
@@ -392,7 +421,7 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
+pub fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
     let mut fds = Vec::with_capacity(n);
     let deadline = Instant::now() + Duration::from_secs(10);
     while fds.len() < n {
@@ -412,7 +441,7 @@ fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
 }
 
 /// Ops, seconds, latencies, errors, the client's CPU seconds.
-type ClientOut = (u64, f64, Lat, u64, f64);
+pub type ClientOut = (u64, f64, Lat, u64, f64);
 
 fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;

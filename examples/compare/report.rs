@@ -67,6 +67,8 @@ pub struct Record {
     /// A ringport backend (`ringport-uring (driver)`...) or a peer (`tokio`...).
     pub backend: String,
     pub model: Model,
+    /// The load client of a network row (`uring`, `epoll`), else `-`.
+    pub client: String,
     /// None when not run: then `note` says why (`n/a: ...` or `error: ...`).
     pub result: Option<Measured>,
     pub note: String,
@@ -92,6 +94,7 @@ impl Record {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
+            client: "-".to_string(),
             result: Some(m),
             note,
             ratio: None,
@@ -111,6 +114,7 @@ impl Record {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
+            client: "-".to_string(),
             result: None,
             note,
             ratio: None,
@@ -123,32 +127,36 @@ impl Record {
     }
 }
 
-/// Fills `ratio` and `baseline`: within each (workload, variant), every row
-/// is divided by the row named `base` (in the same variant or, for rows like
-/// the pread loop measured once, by the workload's only such row).
+/// Fills `ratio` and `baseline`: within each (workload, variant, client),
+/// every row is divided by the row named `base` under the same client (or,
+/// for rows like the pread loop measured once, by the workload's only such
+/// row).
 pub fn set_ratios(recs: &mut [Record], workload: &str, base: &str) {
-    let groups: Vec<String> = {
-        let mut v: Vec<String> = recs
-            .iter()
-            .filter(|r| r.workload == workload)
-            .map(|r| r.variant.clone())
-            .collect();
-        v.dedup();
+    let groups: Vec<(String, String)> = {
+        let mut v: Vec<(String, String)> = Vec::new();
+        for r in recs.iter().filter(|r| r.workload == workload) {
+            let g = (r.variant.clone(), r.client.clone());
+            if !v.contains(&g) {
+                v.push(g);
+            }
+        }
         v
     };
     let any_base = recs
         .iter()
         .find(|r| r.workload == workload && r.backend == base && r.result.is_some())
         .and_then(|r| r.ops());
-    for g in groups {
+    for (g, client) in groups {
         let base_ops = recs
             .iter()
-            .find(|r| r.workload == workload && r.variant == g && r.backend == base)
+            .find(|r| {
+                r.workload == workload && r.variant == g && r.client == client && r.backend == base
+            })
             .and_then(|r| r.ops())
-            .or(any_base);
+            .or(if client == "-" { any_base } else { None });
         for r in recs
             .iter_mut()
-            .filter(|r| r.workload == workload && r.variant == g)
+            .filter(|r| r.workload == workload && r.variant == g && r.client == client)
         {
             r.baseline = base.to_string();
             r.is_baseline = r.backend == base;
@@ -187,6 +195,7 @@ pub fn table(recs: &[Record]) -> String {
         ("variant", false),
         ("backend / peer", false),
         ("model", false),
+        ("client", false),
         ("ops/s", true),
         ("p50 µs", true),
         ("p99 µs", true),
@@ -228,6 +237,7 @@ pub fn table(recs: &[Record]) -> String {
             r.variant.clone(),
             r.backend.clone(),
             r.model.name().to_string(),
+            r.client.clone(),
             ops,
             p50,
             p99,
@@ -311,12 +321,13 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
         let _ = write!(
             s,
             "    {{\"workload\": {}, \"variant\": {}, \"backend\": {}, \"model\": {}, \
-             \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
+             \"client\": {}, \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
              \"cpu_s_per_mop\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
             json_str(r.workload),
             json_str(&r.variant),
             json_str(&r.backend),
             json_str(r.model.name()),
+            json_str(&r.client),
             json_num(m.map(|m| m.ops_per_sec)),
             json_num(m.and_then(|m| m.p50_us)),
             json_num(m.and_then(|m| m.p99_us)),
@@ -343,7 +354,11 @@ fn xml(s: &str) -> String {
 pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
     let mut panels: Vec<(String, Vec<&Record>)> = Vec::new();
     for r in recs.iter().filter(|r| r.result.is_some()) {
-        let key = format!("{} — {}", r.workload, r.variant);
+        let key = if r.client == "-" {
+            format!("{} — {}", r.workload, r.variant)
+        } else {
+            format!("{} — {} — {} client", r.workload, r.variant, r.client)
+        };
         match panels.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push(r),
             None => panels.push((key, vec![r])),
