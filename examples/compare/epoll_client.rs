@@ -90,6 +90,7 @@ struct EConn {
 /// The echo client over epoll.
 pub fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;
+    crate::net::ready_wait();
     let ep = Epoll::new()?;
     let payload: Vec<u8> = (0..load.size).map(|i| b'a' + (i % 26) as u8).collect();
     let now = Instant::now();
@@ -248,6 +249,7 @@ fn start_connect(ep: &Epoll, sa: &libc::sockaddr_in, c: &mut EConn, i: usize) ->
 
 /// The accept-storm client over epoll: connect, wait for the close, again.
 pub fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
+    crate::net::ready_wait();
     let ep = Epoll::new()?;
     let sa = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,

@@ -20,6 +20,7 @@ mod nop;
 #[cfg(feature = "peers")]
 mod peers;
 mod report;
+mod usage;
 
 use clap::{Parser, Subcommand};
 use measure::Measured;
@@ -72,6 +73,10 @@ struct Cli {
     /// A smaller, faster suite: 64 MiB read file, shorter runs.
     #[arg(long)]
     quick: bool,
+    /// Do not count syscalls (their tracepoint counters cost a little per
+    /// syscall while a window runs).
+    #[arg(long)]
+    no_syscalls: bool,
     /// Directory for the test files (default: the system's temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -628,6 +633,9 @@ fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
 fn suite(cli: Cli) -> io::Result<()> {
     let started = Instant::now();
     let workloads = selected(&cli)?;
+    if cli.no_syscalls {
+        usage::COUNT_SYSCALLS.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     let avail = backends();
     let fio = file::fio_available();
     let mut plan = Plan {

@@ -189,12 +189,13 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         cmd.arg(format!("--cpu={c}"));
     }
     let mut child = ChildGuard(
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?,
     );
     let stdout = child.0.stdout.take().expect("piped stdout");
+    let mut stdin = child.0.stdin.take().expect("piped stdin");
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -220,12 +221,26 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         }
     };
     let outcome = (|| {
+        // The counters are opened once the client has connected (before
+        // its warm-up ends), the window starts at START.
+        next("READY")?;
+        let mut probe = crate::usage::Probe::open();
+        std::io::Write::write_all(&mut stdin, b"GO\n")?;
         next("START")?;
+        probe.begin();
         let (cpu0, m0) = (cpu_self(), machine_cpu());
         next("STOP")?;
         let (cpu1, m1) = (cpu_self(), machine_cpu());
+        let probe = probe.stop();
+        let mut usage = Measured::default();
         let result = next("RESULT")?;
-        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1)))
+        let ops: f64 = result
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        probe.finish(ops as u64, &mut usage);
+        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1), usage.per_op))
     })();
     let outcome = match outcome {
         Ok(o) => o,
@@ -269,7 +284,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     }
     drop(child);
     let _ = reader.join();
-    let (line, cpu, (m0, m1)) = outcome;
+    let (line, cpu, (m0, m1), per_op) = outcome;
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
@@ -290,6 +305,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         p99_us: us(p99),
         p999_us: us(p999),
         cpu_s_per_mop: Some(cpu / ops * 1e6),
+        per_op,
         // How busy the server's and the client's cores were: the one near
         // 100% set the pace.
         note: {
@@ -309,7 +325,8 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
 
 // ---------------------------------------------------------------- client --
 
-/// The hidden `load-client` subcommand: prints `START`, `STOP`, then
+/// The hidden `load-client` subcommand: prints `READY` (connected),
+/// `START`, `STOP`, then
 /// `RESULT ops secs p50_ns p99_ns p999_ns errors`, and exits.
 pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()> {
     if let Some(c) = cpu {
@@ -330,6 +347,15 @@ pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()>
         q(0.999)
     );
     Ok(())
+}
+
+/// Prints `READY` (connected) and waits for the harness's go-ahead on stdin
+/// (it opens its syscall counters meanwhile); the warm-up starts after it.
+/// Without a harness (stdin closed) it goes on at once.
+pub fn ready_wait() {
+    println!("READY");
+    let mut line = String::new();
+    let _ = io::stdin().read_line(&mut line);
 }
 
 fn new_ring(entries: u32) -> io::Result<IoUring> {
@@ -445,6 +471,7 @@ pub type ClientOut = (u64, f64, Lat, u64, f64);
 
 fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;
+    ready_wait();
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
     // Never freed (ManuallyDrop): requests may be in flight on any exit.
@@ -542,6 +569,7 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
 }
 
 fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
+    ready_wait();
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
     // Never freed (ManuallyDrop): requests may be in flight on any exit.

@@ -178,6 +178,34 @@ fn fmt_ops(v: f64) -> String {
     }
 }
 
+/// A per-op count or time: three significant digits, `0` for zero.
+fn fmt_small(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The `n` largest kinds, e.g. `read 1.00, write 1.00, epoll_wait 0.12`.
+fn kinds_text(kinds: &[(&str, f64)], n: usize) -> String {
+    if kinds.is_empty() {
+        return "-".into();
+    }
+    kinds
+        .iter()
+        .take(n)
+        .map(|(k, v)| format!("{k} {}", fmt_small(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn fmt_us(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
@@ -201,6 +229,12 @@ pub fn table(recs: &[Record]) -> String {
         ("p99 µs", true),
         ("p999 µs", true),
         ("CPU s/Mop", true),
+        ("user µs/op", true),
+        ("sys µs/op", true),
+        ("vcsw/op", true),
+        ("ivcsw/op", true),
+        ("syscalls/op", true),
+        ("syscalls by kind, per op", false),
         ("ratio", false),
         ("note", false),
     ];
@@ -232,24 +266,50 @@ pub fn table(recs: &[Record]) -> String {
         if r.result.is_none() && note.is_empty() {
             note = "n/a".into();
         }
-        rows.push(vec![
-            r.workload.to_string(),
-            r.variant.clone(),
-            r.backend.clone(),
-            r.model.name().to_string(),
-            r.client.clone(),
-            ops,
-            p50,
-            p99,
-            p999,
-            cpu,
-            if vs.is_empty() {
-                ratio
-            } else {
-                format!("{ratio} × {vs}")
-            },
-            note,
-        ]);
+        let u = r.result.as_ref().and_then(|m| m.per_op.as_ref());
+        let f = |v: Option<f64>| v.map(fmt_small).unwrap_or_else(|| "-".into());
+        let usage = [
+            f(u.map(|u| u.user_us)),
+            f(u.map(|u| u.sys_us)),
+            f(u.map(|u| u.vcsw)),
+            f(u.map(|u| u.ivcsw)),
+            f(u.and_then(|u| u.syscalls)),
+            u.map(|u| kinds_text(&u.by_kind, 4))
+                .unwrap_or_else(|| "-".into()),
+        ];
+        if let Some(u) = u {
+            if !u.syscalls_note.is_empty() {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                note.push_str(&u.syscalls_note);
+            }
+        }
+        rows.push(
+            vec![
+                r.workload.to_string(),
+                r.variant.clone(),
+                r.backend.clone(),
+                r.model.name().to_string(),
+                r.client.clone(),
+                ops,
+                p50,
+                p99,
+                p999,
+                cpu,
+            ]
+            .into_iter()
+            .chain(usage)
+            .chain([
+                if vs.is_empty() {
+                    ratio
+                } else {
+                    format!("{ratio} × {vs}")
+                },
+                note,
+            ])
+            .collect(),
+        );
     }
     let mut w: Vec<usize> = head.iter().map(|h| h.0.chars().count()).collect();
     for row in &rows {
@@ -318,11 +378,14 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
     s.push_str("  \"records\": [\n");
     for (i, r) in recs.iter().enumerate() {
         let m = r.result.as_ref();
+        let u = m.and_then(|m| m.per_op.as_ref());
         let _ = write!(
             s,
             "    {{\"workload\": {}, \"variant\": {}, \"backend\": {}, \"model\": {}, \
              \"client\": {}, \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
-             \"cpu_s_per_mop\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
+             \"cpu_s_per_mop\": {}, \"user_us_per_op\": {}, \"sys_us_per_op\": {}, \
+             \"vcsw_per_op\": {}, \"ivcsw_per_op\": {}, \"syscalls_per_op\": {}, \
+             \"syscalls_by_kind\": {}, \"syscalls_note\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
             json_str(r.workload),
             json_str(&r.variant),
             json_str(&r.backend),
@@ -333,6 +396,30 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
             json_num(m.and_then(|m| m.p99_us)),
             json_num(m.and_then(|m| m.p999_us)),
             json_num(m.and_then(|m| m.cpu_s_per_mop)),
+            json_num(u.map(|u| u.user_us)),
+            json_num(u.map(|u| u.sys_us)),
+            json_num(u.map(|u| u.vcsw)),
+            json_num(u.map(|u| u.ivcsw)),
+            json_num(u.and_then(|u| u.syscalls)),
+            match u {
+                Some(u) => format!(
+                    "{{{}}}",
+                    u.by_kind
+                        .iter()
+                        .map(|(k, v)| format!("{}: {}", json_str(k), json_num(Some(*v))))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "null".into(),
+            },
+            json_str(u.map_or(
+                if m.is_some() {
+                    "not measured for this row"
+                } else {
+                    ""
+                },
+                |u| u.syscalls_note.as_str()
+            )),
             json_num(r.ratio),
             json_str(&r.baseline),
             json_str(&r.note),
