@@ -43,6 +43,9 @@ const KINDS: [&str; 22] = [
     "io_submit",
 ];
 
+/// Counters kept open for the whole run (see `Probe::open`).
+static ANCHORS: std::sync::OnceLock<Vec<File>> = std::sync::OnceLock::new();
+
 /// At most this many counters (fds) per window: with more threads than
 /// fit, only the total is counted.
 const MAX_COUNTERS: usize = 6000;
@@ -216,6 +219,15 @@ impl Probe {
                     .join(", ")
             );
         }
+        // Enabling a tracepoint's first counter and disabling its last one
+        // patch the kernel (hundreds of ms per window): counters opened
+        // once on this thread and kept for the run hold them enabled.
+        ANCHORS.get_or_init(|| {
+            std::iter::once(total)
+                .chain(p.kinds.iter().map(|k| k.1))
+                .filter_map(|id| open_counter(id, 0).ok())
+                .collect()
+        });
         p.add_threads();
         p
     }
