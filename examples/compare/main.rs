@@ -70,6 +70,10 @@ struct Cli {
     /// Writes an SVG bar chart (throughput per backend per workload).
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Runs nothing: draws the `--chart` from a JSON file written by
+    /// `--json` before.
+    #[arg(long, requires = "chart")]
+    chart_from: Option<PathBuf>,
     /// A smaller, faster suite: 64 MiB read file, shorter runs.
     #[arg(long)]
     quick: bool,
@@ -594,6 +598,31 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("load-client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(p) = &cli.chart {
+        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            eprintln!(
+                "compare: --chart writes SVG; PNG needs a plotting crate this build does not \
+                 have (give a .svg path)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    if let (Some(from), Some(to)) = (&cli.chart_from, &cli.chart) {
+        let drawn = std::fs::read_to_string(from)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
+            .and_then(|t| report::records_from_json(&t))
+            .and_then(|recs| report::write_svg(to, &recs, "ringport compare"));
+        return match drawn {
+            Ok(()) => {
+                eprintln!("compare: wrote {}", to.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("compare: {e}");
                 ExitCode::FAILURE
             }
         };

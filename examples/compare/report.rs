@@ -564,3 +564,56 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
     s.push_str("</svg>\n");
     std::fs::write(path, s)
 }
+
+/// The records of a file written by [`write_json`] (enough of them to draw
+/// the chart: names, model, client, throughput, ratio, baseline).
+pub fn records_from_json(text: &str) -> io::Result<Vec<Record>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not JSON: {e}")))?;
+    let recs = v
+        .get("records")
+        .and_then(|r| r.as_array())
+        .ok_or_else(|| bad("no \"records\" array"))?;
+    let mut out = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let s = |k: &str| -> io::Result<String> {
+            r.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("record {i} has no \"{k}\"")))
+        };
+        let num = |k: &str| r.get(k).and_then(|x| x.as_f64());
+        let workload: &'static str = Box::leak(s("workload")?.into_boxed_str());
+        let model_name = s("model")?;
+        let model = Model::ALL
+            .into_iter()
+            .find(|m| m.name() == model_name)
+            .ok_or_else(|| bad(&format!("record {i}: unknown model {model_name:?}")))?;
+        let note = s("note").unwrap_or_default();
+        let mut rec = match num("ops_per_sec") {
+            Some(ops) => Record::ok(
+                workload,
+                &s("variant")?,
+                &s("backend")?,
+                model,
+                Measured {
+                    ops_per_sec: ops,
+                    p50_us: num("p50_us"),
+                    p99_us: num("p99_us"),
+                    p999_us: num("p999_us"),
+                    cpu_s_per_mop: num("cpu_s_per_mop"),
+                    note,
+                    per_op: None,
+                },
+            ),
+            None => Record::missing(workload, &s("variant")?, &s("backend")?, model, note),
+        };
+        rec.client = s("client").unwrap_or_else(|_| "-".into());
+        rec.ratio = num("ratio");
+        rec.baseline = s("baseline").unwrap_or_default();
+        rec.is_baseline = !rec.baseline.is_empty() && rec.baseline == rec.backend;
+        out.push(rec);
+    }
+    Ok(out)
+}
