@@ -90,6 +90,8 @@ struct EConn {
 /// The echo client over epoll.
 pub fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;
+    // Never used, closed when the process exits.
+    let _idle = connect_all(addr, load.idle)?;
     crate::net::ready_wait();
     let ep = Epoll::new()?;
     let payload: Vec<u8> = (0..load.size).map(|i| b'a' + (i % 26) as u8).collect();

@@ -33,6 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
+/// Workloads run only when named (not part of `all`, so `--quick` stays
+/// short): `echo-scale`, the scale curve.
+const EXTRA_WORKLOADS: [&str; 1] = ["echo-scale"];
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -44,7 +47,8 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Workloads to run, comma-separated: nop, file-randread, file-write,
-    /// echo, accept, or all.
+    /// echo, accept, or all; and echo-scale (the scale curve: 1 to 1,000
+    /// connections, 50 active + 1,000 idle), which `all` does not include.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workload: Vec<String>,
     /// Only rows whose backend/peer name contains one of these
@@ -97,6 +101,8 @@ enum Cmd {
         mode: String,
         #[arg(long)]
         client: String,
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
         #[arg(long)]
         conns: usize,
         #[arg(long)]
@@ -168,7 +174,7 @@ impl Plan {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
-            net: matches!(workload, "echo" | "accept"),
+            net: matches!(workload, "echo" | "accept" | "echo-scale"),
             client: None,
             run: Box::new(run),
         });
@@ -399,26 +405,38 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
 /// server's CPU, as every server's threads do).
 const IOCP_WORKERS: usize = 2;
 
+/// Descriptors above which the select backend is not planned (FD_SETSIZE
+/// is 1,024 per process; the harness has some of its own).
+const SELECT_FDS: usize = 900;
+
+/// The network rows: every (active connections, payload size, idle
+/// connections) shape under each of `clients`.
 fn plan_net(
     p: &mut Plan,
     avail: &[(Backend, Result<(), String>)],
     w: &'static str,
     mode: net::Mode,
-    shapes: &[(usize, usize)],
+    shapes: &[(usize, usize, usize)],
+    clients: &[net::Client],
 ) {
-    for &(conns, size) in shapes {
+    for &(conns, size, idle) in shapes {
         let v = match mode {
+            net::Mode::Echo if w == "echo-scale" && idle > 0 => {
+                format!("c{conns} + {idle} idle")
+            }
+            net::Mode::Echo if w == "echo-scale" => format!("c{conns}"),
             net::Mode::Echo if size >= 1024 => format!("c{conns} {}KiB", size / 1024),
             net::Mode::Echo => format!("c{conns} {size}B"),
             net::Mode::Accept => format!("c{conns} connect+close"),
         };
-        for client in net::Client::ALL {
+        for &client in clients {
             let start = p.jobs.len();
             let load = move |c: &Ctx| net::Load {
                 mode,
                 client,
                 conns,
                 size,
+                idle,
                 warmup: c.warmup,
                 dur: c.dur,
             };
@@ -471,6 +489,22 @@ fn plan_net(
                     continue;
                 }
                 let b = *b;
+                if b == Backend::Select && conns + idle > SELECT_FDS {
+                    let mut r = Record::missing(
+                        w,
+                        &v,
+                        "ringport/select",
+                        net_model_of(b),
+                        format!(
+                            "n/a: select stops at FD_SETSIZE (1,024 fds per process; \
+                             {} connections planned)",
+                            conns + idle
+                        ),
+                    );
+                    r.client = client.name().to_string();
+                    p.missing.push(r);
+                    continue;
+                }
                 p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
                     net::run(net::ringport_server(b), &load(c))
                 });
@@ -558,6 +592,7 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
         port,
         mode,
         client,
+        idle,
         conns,
         size,
         warmup_ms,
@@ -583,6 +618,7 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
     let load = net::Load {
         mode,
         client,
+        idle,
         conns,
         size,
         warmup: Duration::from_millis(warmup_ms),
@@ -643,14 +679,15 @@ fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
         if w == "all" {
             return Ok(WORKLOADS.to_vec());
         }
-        match WORKLOADS.iter().find(|x| **x == w) {
+        match WORKLOADS.iter().chain(&EXTRA_WORKLOADS).find(|x| **x == w) {
             Some(x) => out.push(*x),
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "unknown workload {w:?} (expected {} or all)",
-                        WORKLOADS.join(", ")
+                        "unknown workload {w:?} (expected {}, {} or all)",
+                        WORKLOADS.join(", "),
+                        EXTRA_WORKLOADS.join(", ")
                     ),
                 ))
             }
@@ -681,14 +718,38 @@ fn suite(cli: Cli) -> io::Result<()> {
                 &avail,
                 "echo",
                 net::Mode::Echo,
-                &[(50, 128), (50, 4096), (500, 128), (500, 4096)],
+                &[(50, 128, 0), (50, 4096, 0), (500, 128, 0), (500, 4096, 0)],
+                &net::Client::ALL,
             ),
-            "accept" => plan_net(&mut plan, &avail, "accept", net::Mode::Accept, &[(64, 0)]),
+            "accept" => plan_net(
+                &mut plan,
+                &avail,
+                "accept",
+                net::Mode::Accept,
+                &[(64, 0, 0)],
+                &net::Client::ALL,
+            ),
+            // The scale curve: echo 128 B at 1 .. 1,000 connections and 50
+            // active among 1,000 idle, under the io_uring client.
+            "echo-scale" => plan_net(
+                &mut plan,
+                &avail,
+                "echo-scale",
+                net::Mode::Echo,
+                &[
+                    (1, 128, 0),
+                    (10, 128, 0),
+                    (100, 128, 0),
+                    (1000, 128, 0),
+                    (50, 128, 1000),
+                ],
+                &[net::Client::Uring],
+            ),
             _ => {}
         }
         for (b, ok) in &avail {
             if let Err(why) = ok {
-                let m = if matches!(*w, "echo" | "accept") {
+                let m = if matches!(*w, "echo" | "accept" | "echo-scale") {
                     net_model_of(*b)
                 } else {
                     model_of(*b)
@@ -701,7 +762,7 @@ fn suite(cli: Cli) -> io::Result<()> {
         let want: Vec<String> = cli.backend.iter().map(|s| s.to_lowercase()).collect();
         let keep = |w: &str, name: &str| {
             name == baseline_of(w)
-                || (matches!(w, "echo" | "accept") && name == FALLBACK_NET_BASE)
+                || (matches!(w, "echo" | "accept" | "echo-scale") && name == FALLBACK_NET_BASE)
                 || want.iter().any(|x| name.to_lowercase().contains(x))
         };
         plan.jobs.retain(|j| keep(j.workload, &j.backend));
@@ -882,7 +943,7 @@ fn suite(cli: Cli) -> io::Result<()> {
                 .iter()
                 .any(|r| r.workload == *w && r.backend == b && r.result.is_some())
         };
-        if !has(base) && matches!(*w, "echo" | "accept") && has(FALLBACK_NET_BASE) {
+        if !has(base) && matches!(*w, "echo" | "accept" | "echo-scale") && has(FALLBACK_NET_BASE) {
             base = FALLBACK_NET_BASE;
         }
         report::set_ratios(&mut records, w, base);

@@ -87,6 +87,8 @@ impl Client {
 pub struct Load {
     pub mode: Mode,
     pub client: Client,
+    /// Connections opened and left idle (the scale curve's idle + active).
+    pub idle: usize,
     pub conns: usize,
     pub size: usize,
     pub warmup: Duration,
@@ -168,6 +170,19 @@ pub fn run(serve: ServeFn, load: &Load) -> io::Result<Measured> {
     }
 }
 
+/// This process's resident memory (the server's threads, stacks, buffers).
+fn rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
 fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measured> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -181,6 +196,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
             }
         ))
         .arg(format!("--client={}", load.client.name()))
+        .arg(format!("--idle={}", load.idle))
         .arg(format!("--conns={}", load.conns))
         .arg(format!("--size={}", load.size))
         .arg(format!("--warmup-ms={}", load.warmup.as_millis()))
@@ -232,6 +248,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         next("STOP")?;
         let (cpu1, m1) = (cpu_self(), machine_cpu());
         let probe = probe.stop();
+        let rss = rss_mib();
         let mut usage = Measured::default();
         let result = next("RESULT")?;
         let ops: f64 = result
@@ -240,7 +257,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
             .and_then(|s| s.parse().ok())
             .unwrap_or(0.0);
         probe.finish(ops as u64, &mut usage);
-        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1), usage.per_op))
+        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1), usage.per_op, rss))
     })();
     let outcome = match outcome {
         Ok(o) => o,
@@ -284,7 +301,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     }
     drop(child);
     let _ = reader.join();
-    let (line, cpu, (m0, m1), per_op) = outcome;
+    let (line, cpu, (m0, m1), per_op, rss) = outcome;
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
@@ -314,6 +331,9 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
                 cpu / secs * 100.0,
                 client_cpu / secs * 100.0
             );
+            if let Some(r) = rss {
+                add_note(&mut n, &format!("server process RSS {r:.0} MiB"));
+            }
             if errors > 0.0 {
                 add_note(&mut n, &format!("{errors} client errors"));
             }
@@ -471,6 +491,8 @@ pub type ClientOut = (u64, f64, Lat, u64, f64);
 
 fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;
+    // Never used, closed when the process exits.
+    let _idle = connect_all(addr, load.idle)?;
     ready_wait();
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
