@@ -468,7 +468,28 @@ fn plan_net(
                 &v,
                 "std::net thread per connection",
                 Model::Blocking,
-                move |c| net::run(models::blocking_server(), &load(c)),
+                move |c| {
+                    // Hundreds of threads on one CPU: a round trip can outlast
+                    // a --quick window (p99 ~150 ms at c500 here), so these rows
+                    // get at least 0.5 s (+0.2 s warm-up).
+                    let mut l = load(c);
+                    if conns + idle >= 200 {
+                        l.dur = l.dur.max(Duration::from_millis(500));
+                        l.warmup = l.warmup.max(Duration::from_millis(200));
+                    }
+                    let long = l.dur > c.dur;
+                    let mut m = net::run(models::blocking_server(), &l)?;
+                    if long {
+                        measure::add_note(
+                            &mut m.note,
+                            &format!(
+                                "window {:.1} s (longer than the others)",
+                                l.dur.as_secs_f64()
+                            ),
+                        );
+                    }
+                    Ok(m)
+                },
             );
             p.job(
                 w,
