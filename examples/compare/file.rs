@@ -414,5 +414,6 @@ fn parse_fio_json(s: &str) -> io::Result<Measured> {
         p999_us: pct("99.900000"),
         cpu_s_per_mop: (ios > 0.0).then(|| cpu_s / ios * 1e6),
         note: "fio's clat (submit to reap) and CPU".into(),
+        per_op: None,
     })
 }

@@ -11,13 +11,16 @@
 //! Without `--features peers` the tokio, monoio and compio rows are shown as
 //! "n/a" (the peers are optional so that `cargo test` does not build them).
 
+mod epoll_client;
 mod file;
 mod measure;
+mod models;
 mod net;
 mod nop;
 #[cfg(feature = "peers")]
 mod peers;
 mod report;
+mod usage;
 
 use clap::{Parser, Subcommand};
 use measure::Measured;
@@ -30,6 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
+/// Workloads run only when named (not part of `all`, so `--quick` stays
+/// short): `echo-scale`, the scale curve.
+const EXTRA_WORKLOADS: [&str; 1] = ["echo-scale"];
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -41,7 +47,8 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Workloads to run, comma-separated: nop, file-randread, file-write,
-    /// echo, accept, or all.
+    /// echo, accept, or all; and echo-scale (the scale curve: 1 to 1,000
+    /// connections, 50 active + 1,000 idle), which `all` does not include.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workload: Vec<String>,
     /// Only rows whose backend/peer name contains one of these
@@ -67,9 +74,17 @@ struct Cli {
     /// Writes an SVG bar chart (throughput per backend per workload).
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Runs nothing: draws the `--chart` from a JSON file written by
+    /// `--json` before.
+    #[arg(long, requires = "chart")]
+    chart_from: Option<PathBuf>,
     /// A smaller, faster suite: 64 MiB read file, shorter runs.
     #[arg(long)]
     quick: bool,
+    /// Do not count syscalls (their tracepoint counters cost a little per
+    /// syscall while a window runs).
+    #[arg(long)]
+    no_syscalls: bool,
     /// Directory for the test files (default: the system's temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -84,6 +99,10 @@ enum Cmd {
         port: u16,
         #[arg(long)]
         mode: String,
+        #[arg(long)]
+        client: String,
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
         #[arg(long)]
         conns: usize,
         #[arg(long)]
@@ -106,6 +125,8 @@ struct Job {
     backend: String,
     model: Model,
     net: bool,
+    /// The load client of a network row.
+    client: Option<net::Client>,
     run: RunFn,
 }
 
@@ -153,7 +174,8 @@ impl Plan {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
-            net: matches!(workload, "echo" | "accept"),
+            net: matches!(workload, "echo" | "accept" | "echo-scale"),
+            client: None,
             run: Box::new(run),
         });
     }
@@ -171,15 +193,18 @@ impl Plan {
 /// The model of a backend for sockets: aio hands them to its epoll shim.
 fn net_model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring => Model::Completion,
-        _ => Model::Readiness,
+        Backend::Uring => Model::Asynchronous,
+        Backend::Sigio => Model::SignalDriven,
+        _ => Model::Multiplexing,
     }
 }
 
+/// The model of a backend for files.
 fn model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring | Backend::Aio => Model::Completion,
-        _ => Model::Readiness,
+        Backend::Uring | Backend::Aio => Model::Asynchronous,
+        Backend::Sigio => Model::SignalDriven,
+        _ => Model::Multiplexing,
     }
 }
 
@@ -199,7 +224,7 @@ fn plan_nop(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
     const W: &str = "nop";
     for batch in [1usize, 32] {
         let v = format!("batch {batch}");
-        p.job(W, &v, "raw io-uring", Model::Completion, move |c| {
+        p.job(W, &v, "raw io-uring", Model::Asynchronous, move |c| {
             nop::raw_uring(batch, c.warmup, c.dur)
         });
         for (b, ok) in avail {
@@ -232,6 +257,22 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
     });
     for qd in [1usize, 32] {
         let v = format!("qd{qd}");
+        if qd > 1 {
+            p.job(
+                W,
+                &v,
+                &format!("std pread pool ({qd} threads)"),
+                Model::Blocking,
+                move |c| models::pread_pool(c.tf()?, qd, c.warmup, c.dur),
+            );
+        }
+        p.job(
+            W,
+            &v,
+            "ringport CompletionPort (1 worker)",
+            Model::Iocp,
+            move |c| models::iocp_randread(c.tf()?, qd, c.warmup, c.dur),
+        );
         for (b, ok) in avail {
             if ok.is_err() {
                 continue;
@@ -283,15 +324,15 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 Model::Blocking,
                 move |c| peers::tokio_blocking_randread(c.tf()?, qd, c.warmup, c.dur),
             );
-            p.job(W, &v, "monoio (io_uring)", Model::Completion, move |c| {
+            p.job(W, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
                 peers::monoio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
-            p.job(W, &v, "compio (io_uring)", Model::Completion, move |c| {
+            p.job(W, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
                 peers::compio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
         }
         if fio {
-            p.job(W, &v, "fio io_uring", Model::Completion, move |c| {
+            p.job(W, &v, "fio io_uring", Model::Asynchronous, move |c| {
                 file::fio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
         }
@@ -300,7 +341,7 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
         p.na(
             W,
             "fio io_uring",
-            Model::Completion,
+            Model::Asynchronous,
             "fio not installed".into(),
         );
     }
@@ -311,8 +352,8 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
         &[
             ("tokio::fs seek+read", Model::Blocking),
             ("tokio spawn_blocking(pread)", Model::Blocking),
-            ("monoio (io_uring)", Model::Completion),
-            ("compio (io_uring)", Model::Completion),
+            ("monoio (io_uring)", Model::Asynchronous),
+            ("compio (io_uring)", Model::Asynchronous),
         ],
     );
 }
@@ -341,10 +382,10 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         p.job(W, v, "tokio::fs", Model::Blocking, |c| {
             peers::tokio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "monoio (io_uring)", Model::Completion, |c| {
+        p.job(W, v, "monoio (io_uring)", Model::Asynchronous, |c| {
             peers::monoio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "compio (io_uring)", Model::Completion, |c| {
+        p.job(W, v, "compio (io_uring)", Model::Asynchronous, |c| {
             peers::compio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
     }
@@ -354,62 +395,152 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         W,
         &[
             ("tokio::fs", Model::Blocking),
-            ("monoio (io_uring)", Model::Completion),
-            ("compio (io_uring)", Model::Completion),
+            ("monoio (io_uring)", Model::Asynchronous),
+            ("compio (io_uring)", Model::Asynchronous),
         ],
     );
 }
 
+/// Worker threads of the `CompletionPort` echo server (they share the
+/// server's CPU, as every server's threads do).
+const IOCP_WORKERS: usize = 2;
+
+/// Descriptors above which the select backend is not planned (FD_SETSIZE
+/// is 1,024 per process; the harness has some of its own).
+const SELECT_FDS: usize = 900;
+
+/// The network rows: every (active connections, payload size, idle
+/// connections) shape under each of `clients`.
 fn plan_net(
     p: &mut Plan,
     avail: &[(Backend, Result<(), String>)],
     w: &'static str,
     mode: net::Mode,
-    shapes: &[(usize, usize)],
+    shapes: &[(usize, usize, usize)],
+    clients: &[net::Client],
 ) {
-    for &(conns, size) in shapes {
+    for &(conns, size, idle) in shapes {
         let v = match mode {
+            net::Mode::Echo if w == "echo-scale" && idle > 0 => {
+                format!("c{conns} + {idle} idle")
+            }
+            net::Mode::Echo if w == "echo-scale" => format!("c{conns}"),
             net::Mode::Echo if size >= 1024 => format!("c{conns} {}KiB", size / 1024),
             net::Mode::Echo => format!("c{conns} {size}B"),
             net::Mode::Accept => format!("c{conns} connect+close"),
         };
-        let load = move |c: &Ctx| net::Load {
-            mode,
-            conns,
-            size,
-            warmup: c.warmup,
-            dur: c.dur,
-        };
-        #[cfg(feature = "peers")]
-        {
-            p.job(w, &v, "tokio current_thread", Model::Readiness, move |c| {
-                net::run(peers::tokio_server(), &load(c))
-            });
-            p.job(w, &v, "monoio (io_uring)", Model::Completion, move |c| {
-                net::run(peers::monoio_uring_server(), &load(c))
-            });
-            p.job(w, &v, "monoio (legacy epoll)", Model::Readiness, move |c| {
-                net::run(peers::monoio_legacy_server(), &load(c))
-            });
-            p.job(w, &v, "compio (io_uring)", Model::Completion, move |c| {
-                net::run(peers::compio_server(), &load(c))
-            });
-        }
-        for (b, ok) in avail {
-            if ok.is_err() {
-                continue;
-            }
-            let b = *b;
-            p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
-                net::run(net::ringport_server(b), &load(c))
-            });
-            // The same echo through the tokio-trait adapter (issue 15's ratio).
-            #[cfg(feature = "tokio-io")]
-            if matches!(mode, net::Mode::Echo) {
-                let name = format!("ringport/{b} tokio-traits");
-                p.job(w, &v, &name, net_model_of(b), move |c| {
-                    net::run(net::ringport_tokio_traits_server(b), &load(c))
+        for &client in clients {
+            let start = p.jobs.len();
+            let load = move |c: &Ctx| net::Load {
+                mode,
+                client,
+                conns,
+                size,
+                idle,
+                warmup: c.warmup,
+                dur: c.dur,
+            };
+            #[cfg(feature = "peers")]
+            {
+                p.job(
+                    w,
+                    &v,
+                    "tokio current_thread",
+                    Model::Multiplexing,
+                    move |c| net::run(peers::tokio_server(), &load(c)),
+                );
+                p.job(w, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
+                    net::run(peers::monoio_uring_server(), &load(c))
                 });
+                p.job(
+                    w,
+                    &v,
+                    "monoio (legacy epoll)",
+                    Model::Multiplexing,
+                    move |c| net::run(peers::monoio_legacy_server(), &load(c)),
+                );
+                p.job(w, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
+                    net::run(peers::compio_server(), &load(c))
+                });
+            }
+            p.job(
+                w,
+                &v,
+                "std::net thread per connection",
+                Model::Blocking,
+                move |c| {
+                    // Hundreds of threads on one CPU: a round trip can outlast
+                    // a --quick window (p99 ~150 ms at c500 here), so these rows
+                    // get at least 0.5 s (+0.2 s warm-up).
+                    let mut l = load(c);
+                    if conns + idle >= 200 {
+                        l.dur = l.dur.max(Duration::from_millis(500));
+                        l.warmup = l.warmup.max(Duration::from_millis(200));
+                    }
+                    let long = l.dur > c.dur;
+                    let mut m = net::run(models::blocking_server(), &l)?;
+                    if long {
+                        measure::add_note(
+                            &mut m.note,
+                            &format!(
+                                "window {:.1} s (longer than the others)",
+                                l.dur.as_secs_f64()
+                            ),
+                        );
+                    }
+                    Ok(m)
+                },
+            );
+            p.job(
+                w,
+                &v,
+                "nonblocking polling loop",
+                Model::Nonblocking,
+                move |c| net::run(models::nonblocking_server(), &load(c)),
+            );
+            p.job(
+                w,
+                &v,
+                &format!("ringport CompletionPort ({IOCP_WORKERS} workers)"),
+                Model::Iocp,
+                move |c| net::run(models::iocp_server(IOCP_WORKERS), &load(c)),
+            );
+            for (b, ok) in avail {
+                if ok.is_err() {
+                    continue;
+                }
+                let b = *b;
+                if b == Backend::Select && conns + idle > SELECT_FDS {
+                    let mut r = Record::missing(
+                        w,
+                        &v,
+                        "ringport/select",
+                        net_model_of(b),
+                        format!(
+                            "n/a: select stops at FD_SETSIZE (1,024 fds per process; \
+                             {} connections planned)",
+                            conns + idle
+                        ),
+                    );
+                    r.client = client.name().to_string();
+                    p.missing.push(r);
+                    continue;
+                }
+                p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
+                    net::run(net::ringport_server(b), &load(c))
+                });
+                // The same echo through the tokio-trait adapter (the
+                // ecosystem bridges' ratio).
+                #[cfg(feature = "tokio-io")]
+                if matches!(mode, net::Mode::Echo) {
+                    let name = format!("ringport/{b} tokio-traits");
+                    p.job(w, &v, &name, net_model_of(b), move |c| {
+                        net::run(net::ringport_tokio_traits_server(b), &load(c))
+                    });
+                }
+            }
+            for j in &mut p.jobs[start..] {
+                j.client = Some(client);
             }
         }
     }
@@ -418,10 +549,10 @@ fn plan_net(
         p,
         w,
         &[
-            ("tokio current_thread", Model::Readiness),
-            ("monoio (io_uring)", Model::Completion),
-            ("monoio (legacy epoll)", Model::Readiness),
-            ("compio (io_uring)", Model::Completion),
+            ("tokio current_thread", Model::Multiplexing),
+            ("monoio (io_uring)", Model::Asynchronous),
+            ("monoio (legacy epoll)", Model::Multiplexing),
+            ("compio (io_uring)", Model::Asynchronous),
         ],
     );
 }
@@ -434,6 +565,9 @@ const BASELINES: [&str; 6] = [
     "",
     "",
 ];
+
+/// The network baseline when tokio did not run.
+const FALLBACK_NET_BASE: &str = "ringport/epoll";
 
 fn baseline_of(workload: &str) -> &'static str {
     match workload {
@@ -487,6 +621,8 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
     let Cmd::LoadClient {
         port,
         mode,
+        client,
+        idle,
         conns,
         size,
         warmup_ms,
@@ -503,8 +639,16 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
             ))
         }
     };
+    let client = net::Client::parse(&client).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown client {client}"),
+        )
+    })?;
     let load = net::Load {
         mode,
+        client,
+        idle,
         conns,
         size,
         warmup: Duration::from_millis(warmup_ms),
@@ -520,6 +664,31 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("load-client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(p) = &cli.chart {
+        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            eprintln!(
+                "compare: --chart writes SVG; PNG needs a plotting crate this build does not \
+                 have (give a .svg path)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    if let (Some(from), Some(to)) = (&cli.chart_from, &cli.chart) {
+        let drawn = std::fs::read_to_string(from)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
+            .and_then(|t| report::records_from_json(&t))
+            .and_then(|recs| report::write_svg(to, &recs, "ringport compare"));
+        return match drawn {
+            Ok(()) => {
+                eprintln!("compare: wrote {}", to.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("compare: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -540,14 +709,15 @@ fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
         if w == "all" {
             return Ok(WORKLOADS.to_vec());
         }
-        match WORKLOADS.iter().find(|x| **x == w) {
+        match WORKLOADS.iter().chain(&EXTRA_WORKLOADS).find(|x| **x == w) {
             Some(x) => out.push(*x),
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "unknown workload {w:?} (expected {} or all)",
-                        WORKLOADS.join(", ")
+                        "unknown workload {w:?} (expected {}, {} or all)",
+                        WORKLOADS.join(", "),
+                        EXTRA_WORKLOADS.join(", ")
                     ),
                 ))
             }
@@ -559,6 +729,9 @@ fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
 fn suite(cli: Cli) -> io::Result<()> {
     let started = Instant::now();
     let workloads = selected(&cli)?;
+    if cli.no_syscalls {
+        usage::COUNT_SYSCALLS.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     let avail = backends();
     let fio = file::fio_available();
     let mut plan = Plan {
@@ -575,14 +748,38 @@ fn suite(cli: Cli) -> io::Result<()> {
                 &avail,
                 "echo",
                 net::Mode::Echo,
-                &[(50, 128), (50, 4096), (500, 128), (500, 4096)],
+                &[(50, 128, 0), (50, 4096, 0), (500, 128, 0), (500, 4096, 0)],
+                &net::Client::ALL,
             ),
-            "accept" => plan_net(&mut plan, &avail, "accept", net::Mode::Accept, &[(64, 0)]),
+            "accept" => plan_net(
+                &mut plan,
+                &avail,
+                "accept",
+                net::Mode::Accept,
+                &[(64, 0, 0)],
+                &net::Client::ALL,
+            ),
+            // The scale curve: echo 128 B at 1 .. 1,000 connections and 50
+            // active among 1,000 idle, under the io_uring client.
+            "echo-scale" => plan_net(
+                &mut plan,
+                &avail,
+                "echo-scale",
+                net::Mode::Echo,
+                &[
+                    (1, 128, 0),
+                    (10, 128, 0),
+                    (100, 128, 0),
+                    (1000, 128, 0),
+                    (50, 128, 1000),
+                ],
+                &[net::Client::Uring],
+            ),
             _ => {}
         }
         for (b, ok) in &avail {
             if let Err(why) = ok {
-                let m = if matches!(*w, "echo" | "accept") {
+                let m = if matches!(*w, "echo" | "accept" | "echo-scale") {
                     net_model_of(*b)
                 } else {
                     model_of(*b)
@@ -594,7 +791,9 @@ fn suite(cli: Cli) -> io::Result<()> {
     if !cli.backend.is_empty() {
         let want: Vec<String> = cli.backend.iter().map(|s| s.to_lowercase()).collect();
         let keep = |w: &str, name: &str| {
-            name == baseline_of(w) || want.iter().any(|x| name.to_lowercase().contains(x))
+            name == baseline_of(w)
+                || (matches!(w, "echo" | "accept" | "echo-scale") && name == FALLBACK_NET_BASE)
+                || want.iter().any(|x| name.to_lowercase().contains(x))
         };
         plan.jobs.retain(|j| keep(j.workload, &j.backend));
         plan.missing.retain(|r| keep(r.workload, &r.backend));
@@ -708,10 +907,13 @@ fn suite(cli: Cli) -> io::Result<()> {
                 let j = &plan.jobs[i];
                 done += 1;
                 let line = format!(
-                    "[{done}/{total}] {} | {} | {}{} ({:.0} s)",
+                    "[{done}/{total}] {} | {} | {}{}{} ({:.0} s)",
                     j.workload,
                     j.variant,
                     j.backend,
+                    j.client
+                        .map(|c| format!(" | {} client", c.name()))
+                        .unwrap_or_default(),
                     if repeat > 1 {
                         format!(" | run {}", rep + 1)
                     } else {
@@ -751,6 +953,8 @@ fn suite(cli: Cli) -> io::Result<()> {
                     format!("error: {}", e.clone().unwrap_or_default()),
                 ),
             };
+            let mut rec = rec;
+            rec.client = j.client.map_or("-", |c| c.name()).to_string();
             records.push(rec);
         }
         records.extend(plan.missing.iter().filter(|r| r.workload == *w).cloned());
@@ -761,7 +965,18 @@ fn suite(cli: Cli) -> io::Result<()> {
         eprintln!();
     }
     for w in &workloads {
-        report::set_ratios(&mut records, w, baseline_of(w));
+        // Without the peers the network rows are compared with ringport's
+        // epoll shim.
+        let mut base = baseline_of(w);
+        let has = |b: &str| {
+            records
+                .iter()
+                .any(|r| r.workload == *w && r.backend == b && r.result.is_some())
+        };
+        if !has(base) && matches!(*w, "echo" | "accept" | "echo-scale") && has(FALLBACK_NET_BASE) {
+            base = FALLBACK_NET_BASE;
+        }
+        report::set_ratios(&mut records, w, base);
     }
     // Rows of a workload in order of variant (as planned), n/a rows last.
     let table = report::table(&records);

@@ -48,6 +48,8 @@ pub struct Measured {
     pub cpu_s_per_mop: Option<f64>,
     /// Extra information for the table (e.g. MB/s, errors).
     pub note: String,
+    /// Where the time went, per op (CPU, context switches, syscalls).
+    pub per_op: Option<crate::usage::PerOp>,
 }
 
 impl Measured {
@@ -60,6 +62,7 @@ impl Measured {
             p999_us: lat.quantile_us(0.999),
             cpu_s_per_mop: cpu_s.filter(|_| ops > 0).map(|c| c / ops as f64 * 1e6),
             note: String::new(),
+            per_op: None,
         }
     }
 }
@@ -176,6 +179,7 @@ pub fn run_loop(
         n += 1;
     }
     lat.reset();
+    let probe = crate::usage::Probe::start();
     let cpu0 = cpu_self();
     let m0 = machine_cpu();
     let start = Instant::now();
@@ -192,6 +196,7 @@ pub fn run_loop(
     let cpu = cpu_self() - cpu0;
     let mut m = Measured::from_parts(ops, secs, Some(cpu), &lat);
     m.note = other_load_note(m0, machine_cpu(), cpu, secs);
+    probe.finish(ops, &mut m);
     Ok(m)
 }
 
@@ -234,6 +239,7 @@ pub struct Window {
     cpu: f64,
     machine: (f64, f64),
     at: Instant,
+    probe: crate::usage::Probe,
 }
 
 impl Shared {
@@ -275,7 +281,9 @@ impl Shared {
     /// Starts the measured window (after the warm-up).
     pub fn begin(&self) -> Window {
         self.lat.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        let probe = crate::usage::Probe::start();
         Window {
+            probe,
             count: self.count.load(std::sync::atomic::Ordering::Relaxed),
             cpu: cpu_self(),
             machine: machine_cpu(),
@@ -291,6 +299,7 @@ impl Shared {
         let lat = self.lat.lock().unwrap_or_else(|e| e.into_inner());
         let mut m = Measured::from_parts(ops, secs, Some(cpu), &lat);
         m.note = other_load_note(w.machine, machine_cpu(), cpu, secs);
+        w.probe.finish(ops, &mut m);
         m
     }
 }

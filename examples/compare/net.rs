@@ -57,10 +57,38 @@ pub fn transient(e: &io::Error) -> bool {
     )
 }
 
+/// Which load client drives a network row.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Client {
+    /// Raw io_uring: one send/recv SQE per step, one `io_uring_enter` per batch.
+    Uring,
+    /// Plain libc epoll (level-triggered) with `send`/`read`.
+    Epoll,
+}
+
+impl Client {
+    /// Both clients, in the order the table shows them.
+    pub const ALL: [Client; 2] = [Client::Uring, Client::Epoll];
+    /// The name on the command line and in the table's `client` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Uring => "uring",
+            Client::Epoll => "epoll",
+        }
+    }
+    /// The client named `s`, if any.
+    pub fn parse(s: &str) -> Option<Client> {
+        Client::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
 /// The load client's parameters.
 #[derive(Clone, Debug)]
 pub struct Load {
     pub mode: Mode,
+    pub client: Client,
+    /// Connections opened and left idle (the scale curve's idle + active).
+    pub idle: usize,
     pub conns: usize,
     pub size: usize,
     pub warmup: Duration,
@@ -142,6 +170,19 @@ pub fn run(serve: ServeFn, load: &Load) -> io::Result<Measured> {
     }
 }
 
+/// This process's resident memory (the server's threads, stacks, buffers).
+fn rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
 fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measured> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -154,6 +195,8 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
                 Mode::Accept => "accept",
             }
         ))
+        .arg(format!("--client={}", load.client.name()))
+        .arg(format!("--idle={}", load.idle))
         .arg(format!("--conns={}", load.conns))
         .arg(format!("--size={}", load.size))
         .arg(format!("--warmup-ms={}", load.warmup.as_millis()))
@@ -162,12 +205,13 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         cmd.arg(format!("--cpu={c}"));
     }
     let mut child = ChildGuard(
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?,
     );
     let stdout = child.0.stdout.take().expect("piped stdout");
+    let mut stdin = child.0.stdin.take().expect("piped stdin");
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -193,12 +237,27 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         }
     };
     let outcome = (|| {
+        // The counters are opened once the client has connected (before
+        // its warm-up ends), the window starts at START.
+        next("READY")?;
+        let mut probe = crate::usage::Probe::open();
+        std::io::Write::write_all(&mut stdin, b"GO\n")?;
         next("START")?;
+        probe.begin();
         let (cpu0, m0) = (cpu_self(), machine_cpu());
         next("STOP")?;
         let (cpu1, m1) = (cpu_self(), machine_cpu());
+        let probe = probe.stop();
+        let rss = rss_mib();
+        let mut usage = Measured::default();
         let result = next("RESULT")?;
-        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1)))
+        let ops: f64 = result
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        probe.finish(ops as u64, &mut usage);
+        Ok::<_, io::Error>((result, cpu1 - cpu0, (m0, m1), usage.per_op, rss))
     })();
     let outcome = match outcome {
         Ok(o) => o,
@@ -242,7 +301,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     }
     drop(child);
     let _ = reader.join();
-    let (line, cpu, (m0, m1)) = outcome;
+    let (line, cpu, (m0, m1), per_op, rss) = outcome;
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
@@ -263,6 +322,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
         p99_us: us(p99),
         p999_us: us(p999),
         cpu_s_per_mop: Some(cpu / ops * 1e6),
+        per_op,
         // How busy the server's and the client's cores were: the one near
         // 100% set the pace.
         note: {
@@ -271,6 +331,9 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
                 cpu / secs * 100.0,
                 client_cpu / secs * 100.0
             );
+            if let Some(r) = rss {
+                add_note(&mut n, &format!("server process RSS {r:.0} MiB"));
+            }
             if errors > 0.0 {
                 add_note(&mut n, &format!("{errors} client errors"));
             }
@@ -282,16 +345,19 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
 
 // ---------------------------------------------------------------- client --
 
-/// The hidden `load-client` subcommand: prints `START`, `STOP`, then
+/// The hidden `load-client` subcommand: prints `READY` (connected),
+/// `START`, `STOP`, then
 /// `RESULT ops secs p50_ns p99_ns p999_ns errors`, and exits.
 pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()> {
     if let Some(c) = cpu {
         let _ = pin_thread(c);
     }
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    let (ops, secs, lat, errors, cpu) = match load.mode {
-        Mode::Echo => echo_client(addr, load)?,
-        Mode::Accept => accept_client(addr, load)?,
+    let (ops, secs, lat, errors, cpu) = match (load.client, load.mode) {
+        (Client::Uring, Mode::Echo) => echo_client(addr, load)?,
+        (Client::Uring, Mode::Accept) => accept_client(addr, load)?,
+        (Client::Epoll, Mode::Echo) => crate::epoll_client::echo_client(addr, load)?,
+        (Client::Epoll, Mode::Accept) => crate::epoll_client::accept_client(addr, load)?,
     };
     let q = |x: f64| lat.quantile_us(x).map(|u| u * 1000.0).unwrap_or(0.0);
     println!(
@@ -301,6 +367,15 @@ pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()>
         q(0.999)
     );
     Ok(())
+}
+
+/// Prints `READY` (connected) and waits for the harness's go-ahead on stdin
+/// (it opens its syscall counters meanwhile); the warm-up starts after it.
+/// Without a harness (stdin closed) it goes on at once.
+pub fn ready_wait() {
+    println!("READY");
+    let mut line = String::new();
+    let _ = io::stdin().read_line(&mut line);
 }
 
 fn new_ring(entries: u32) -> io::Result<IoUring> {
@@ -330,18 +405,18 @@ fn enter(ring: &IoUring) -> io::Result<()> {
 }
 
 /// The measuring phases of a client, on its own clock.
-struct Phases {
+pub struct Phases {
     warm_end: Instant,
     end: Instant,
-    measuring: bool,
+    pub measuring: bool,
     t0: Instant,
     /// The client's own CPU time over the measured window.
     cpu0: f64,
-    cpu: f64,
+    pub cpu: f64,
 }
 
 impl Phases {
-    fn new(load: &Load) -> Phases {
+    pub fn new(load: &Load) -> Phases {
         let start = Instant::now();
         Phases {
             warm_end: start + load.warmup,
@@ -353,7 +428,7 @@ impl Phases {
         }
     }
     /// Advances the phases; true when the run is over.
-    fn tick(&mut self, now: Instant, ops: &mut u64, lat: &mut Lat, errors: &mut u64) -> bool {
+    pub fn tick(&mut self, now: Instant, ops: &mut u64, lat: &mut Lat, errors: &mut u64) -> bool {
         if !self.measuring && now >= self.warm_end {
             self.measuring = true;
             *ops = 0;
@@ -372,7 +447,7 @@ impl Phases {
         false
     }
     /// The measured window's length, once the run is over.
-    fn secs(&self) -> f64 {
+    pub fn secs(&self) -> f64 {
         (self.end - self.t0).as_secs_f64().max(1e-9)
     }
 }
@@ -392,7 +467,7 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
+pub fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
     let mut fds = Vec::with_capacity(n);
     let deadline = Instant::now() + Duration::from_secs(10);
     while fds.len() < n {
@@ -412,10 +487,13 @@ fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
 }
 
 /// Ops, seconds, latencies, errors, the client's CPU seconds.
-type ClientOut = (u64, f64, Lat, u64, f64);
+pub type ClientOut = (u64, f64, Lat, u64, f64);
 
 fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let fds = connect_all(addr, load.conns)?;
+    // Never used, closed when the process exits.
+    let _idle = connect_all(addr, load.idle)?;
+    ready_wait();
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
     // Never freed (ManuallyDrop): requests may be in flight on any exit.
@@ -513,6 +591,7 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
 }
 
 fn accept_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
+    ready_wait();
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
     // Never freed (ManuallyDrop): requests may be in flight on any exit.

@@ -104,6 +104,7 @@ pub fn runtime(b: Backend, tasks: usize, warmup: Duration, dur: Duration) -> io:
         }
         ringport::sleep(warmup).await?;
         lat.borrow_mut().reset();
+        let probe = crate::usage::Probe::start();
         let (c0, cpu0, t0) = (count.get(), cpu_self(), Instant::now());
         let m0 = machine_cpu();
         ringport::sleep(dur).await?;
@@ -115,6 +116,7 @@ pub fn runtime(b: Backend, tasks: usize, warmup: Duration, dur: Duration) -> io:
         let lat = lat.borrow();
         let mut m = Measured::from_parts(c1 - c0, secs, Some(cpu1 - cpu0), &lat);
         m.note = other_load_note(m0, machine_cpu(), cpu1 - cpu0, secs);
+        probe.finish(c1 - c0, &mut m);
         Ok(m)
     })
 }

@@ -5,30 +5,55 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-/// How a row performs its I/O: the model it stands for in the chart.
+/// The I/O model a row stands for: the five Unix models of the classic
+/// taxonomy, plus IOCP.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 pub enum Model {
-    /// Native completions (io_uring, POSIX aio).
-    Completion,
-    /// Readiness: epoll / poll / select / sigio (ringport shim, tokio, monoio legacy).
-    Readiness,
-    /// Blocking syscalls, on this thread or a thread pool.
+    /// Blocking syscalls: on this thread, one thread per connection, or a
+    /// pool of threads each blocked in one.
     Blocking,
+    /// Non-blocking sockets polled in a loop, with no poller.
+    Nonblocking,
+    /// I/O multiplexing: select, poll, epoll (ringport's shim, tokio, monoio
+    /// legacy).
+    Multiplexing,
+    /// Signal-driven I/O (`O_ASYNC`, SIGIO).
+    SignalDriven,
+    /// Asynchronous I/O: POSIX aio, io_uring.
+    Asynchronous,
+    /// ringport's `CompletionPort` (IOCP semantics) with worker threads.
+    Iocp,
 }
 
 impl Model {
+    /// Every model, in the taxonomy's order.
+    pub const ALL: [Model; 6] = [
+        Model::Blocking,
+        Model::Nonblocking,
+        Model::Multiplexing,
+        Model::SignalDriven,
+        Model::Asynchronous,
+        Model::Iocp,
+    ];
     fn color(self) -> &'static str {
         match self {
-            Model::Completion => "#2b7bba",
-            Model::Readiness => "#e08214",
             Model::Blocking => "#7f7f7f",
+            Model::Nonblocking => "#b2182b",
+            Model::Multiplexing => "#e08214",
+            Model::SignalDriven => "#8073ac",
+            Model::Asynchronous => "#2b7bba",
+            Model::Iocp => "#1b7837",
         }
     }
-    fn name(self) -> &'static str {
+    /// The name in the table and the JSON.
+    pub fn name(self) -> &'static str {
         match self {
-            Model::Completion => "completion",
-            Model::Readiness => "readiness",
-            Model::Blocking => "blocking / thread pool",
+            Model::Blocking => "blocking",
+            Model::Nonblocking => "nonblocking",
+            Model::Multiplexing => "multiplexing",
+            Model::SignalDriven => "signal-driven",
+            Model::Asynchronous => "asynchronous",
+            Model::Iocp => "IOCP",
         }
     }
 }
@@ -42,6 +67,8 @@ pub struct Record {
     /// A ringport backend (`ringport-uring (driver)`...) or a peer (`tokio`...).
     pub backend: String,
     pub model: Model,
+    /// The load client of a network row (`uring`, `epoll`), else `-`.
+    pub client: String,
     /// None when not run: then `note` says why (`n/a: ...` or `error: ...`).
     pub result: Option<Measured>,
     pub note: String,
@@ -67,6 +94,7 @@ impl Record {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
+            client: "-".to_string(),
             result: Some(m),
             note,
             ratio: None,
@@ -86,6 +114,7 @@ impl Record {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
+            client: "-".to_string(),
             result: None,
             note,
             ratio: None,
@@ -98,32 +127,36 @@ impl Record {
     }
 }
 
-/// Fills `ratio` and `baseline`: within each (workload, variant), every row
-/// is divided by the row named `base` (in the same variant or, for rows like
-/// the pread loop measured once, by the workload's only such row).
+/// Fills `ratio` and `baseline`: within each (workload, variant, client),
+/// every row is divided by the row named `base` under the same client (or,
+/// for rows like the pread loop measured once, by the workload's only such
+/// row).
 pub fn set_ratios(recs: &mut [Record], workload: &str, base: &str) {
-    let groups: Vec<String> = {
-        let mut v: Vec<String> = recs
-            .iter()
-            .filter(|r| r.workload == workload)
-            .map(|r| r.variant.clone())
-            .collect();
-        v.dedup();
+    let groups: Vec<(String, String)> = {
+        let mut v: Vec<(String, String)> = Vec::new();
+        for r in recs.iter().filter(|r| r.workload == workload) {
+            let g = (r.variant.clone(), r.client.clone());
+            if !v.contains(&g) {
+                v.push(g);
+            }
+        }
         v
     };
     let any_base = recs
         .iter()
         .find(|r| r.workload == workload && r.backend == base && r.result.is_some())
         .and_then(|r| r.ops());
-    for g in groups {
+    for (g, client) in groups {
         let base_ops = recs
             .iter()
-            .find(|r| r.workload == workload && r.variant == g && r.backend == base)
+            .find(|r| {
+                r.workload == workload && r.variant == g && r.client == client && r.backend == base
+            })
             .and_then(|r| r.ops())
-            .or(any_base);
+            .or(if client == "-" { any_base } else { None });
         for r in recs
             .iter_mut()
-            .filter(|r| r.workload == workload && r.variant == g)
+            .filter(|r| r.workload == workload && r.variant == g && r.client == client)
         {
             r.baseline = base.to_string();
             r.is_baseline = r.backend == base;
@@ -145,6 +178,34 @@ fn fmt_ops(v: f64) -> String {
     }
 }
 
+/// A per-op count or time: three significant digits, `0` for zero.
+fn fmt_small(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The `n` largest kinds, e.g. `read 1.00, write 1.00, epoll_wait 0.12`.
+fn kinds_text(kinds: &[(&str, f64)], n: usize) -> String {
+    if kinds.is_empty() {
+        return "-".into();
+    }
+    kinds
+        .iter()
+        .take(n)
+        .map(|(k, v)| format!("{k} {}", fmt_small(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn fmt_us(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
@@ -156,7 +217,28 @@ fn fmt_us(v: Option<f64>) -> String {
 
 /// The table as Markdown (what the terminal shows and BENCHMARKS.md holds).
 pub fn table(recs: &[Record]) -> String {
-    let mut rows: Vec<[String; 10]> = Vec::new();
+    // (heading, right-aligned)
+    let head: &[(&str, bool)] = &[
+        ("workload", false),
+        ("variant", false),
+        ("backend / peer", false),
+        ("model", false),
+        ("client", false),
+        ("ops/s", true),
+        ("p50 µs", true),
+        ("p99 µs", true),
+        ("p999 µs", true),
+        ("CPU s/Mop", true),
+        ("user µs/op", true),
+        ("sys µs/op", true),
+        ("vcsw/op", true),
+        ("ivcsw/op", true),
+        ("syscalls/op", true),
+        ("syscalls by kind, per op", false),
+        ("ratio", false),
+        ("note", false),
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for r in recs {
         let (ops, p50, p99, p999, cpu) = match &r.result {
             Some(m) => (
@@ -184,36 +266,52 @@ pub fn table(recs: &[Record]) -> String {
         if r.result.is_none() && note.is_empty() {
             note = "n/a".into();
         }
-        rows.push([
-            r.workload.to_string(),
-            r.variant.clone(),
-            r.backend.clone(),
-            ops,
-            p50,
-            p99,
-            p999,
-            cpu,
-            if vs.is_empty() {
-                ratio
-            } else {
-                format!("{ratio} × {vs}")
-            },
-            note,
-        ]);
+        let u = r.result.as_ref().and_then(|m| m.per_op.as_ref());
+        let f = |v: Option<f64>| v.map(fmt_small).unwrap_or_else(|| "-".into());
+        let usage = [
+            f(u.map(|u| u.user_us)),
+            f(u.map(|u| u.sys_us)),
+            f(u.map(|u| u.vcsw)),
+            f(u.map(|u| u.ivcsw)),
+            f(u.and_then(|u| u.syscalls)),
+            u.map(|u| kinds_text(&u.by_kind, 4))
+                .unwrap_or_else(|| "-".into()),
+        ];
+        if let Some(u) = u {
+            if !u.syscalls_note.is_empty() {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                note.push_str(&u.syscalls_note);
+            }
+        }
+        rows.push(
+            vec![
+                r.workload.to_string(),
+                r.variant.clone(),
+                r.backend.clone(),
+                r.model.name().to_string(),
+                r.client.clone(),
+                ops,
+                p50,
+                p99,
+                p999,
+                cpu,
+            ]
+            .into_iter()
+            .chain(usage)
+            .chain([
+                if vs.is_empty() {
+                    ratio
+                } else {
+                    format!("{ratio} × {vs}")
+                },
+                note,
+            ])
+            .collect(),
+        );
     }
-    let head = [
-        "workload",
-        "variant",
-        "backend / peer",
-        "ops/s",
-        "p50 µs",
-        "p99 µs",
-        "p999 µs",
-        "CPU s/Mop",
-        "ratio",
-        "note",
-    ];
-    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    let mut w: Vec<usize> = head.iter().map(|h| h.0.chars().count()).collect();
     for row in &rows {
         for (i, c) in row.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
@@ -223,7 +321,7 @@ pub fn table(recs: &[Record]) -> String {
         let mut s = String::from("|");
         for (i, c) in cells.iter().enumerate() {
             let pad = w[i] - c.chars().count();
-            if (3..=7).contains(&i) {
+            if head[i].1 {
                 let _ = write!(s, " {}{} |", " ".repeat(pad), c);
             } else {
                 let _ = write!(s, " {}{} |", c, " ".repeat(pad));
@@ -232,10 +330,10 @@ pub fn table(recs: &[Record]) -> String {
         s.push('\n');
         s
     };
-    let mut out = line(&head.map(String::from));
+    let mut out = line(&head.iter().map(|h| h.0.to_string()).collect::<Vec<_>>());
     out.push('|');
     for (i, wi) in w.iter().enumerate() {
-        if (3..=7).contains(&i) {
+        if head[i].1 {
             let _ = write!(out, " {}: |", "-".repeat(wi - 1));
         } else {
             let _ = write!(out, " {} |", "-".repeat(*wi));
@@ -280,20 +378,48 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
     s.push_str("  \"records\": [\n");
     for (i, r) in recs.iter().enumerate() {
         let m = r.result.as_ref();
+        let u = m.and_then(|m| m.per_op.as_ref());
         let _ = write!(
             s,
             "    {{\"workload\": {}, \"variant\": {}, \"backend\": {}, \"model\": {}, \
-             \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
-             \"cpu_s_per_mop\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
+             \"client\": {}, \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
+             \"cpu_s_per_mop\": {}, \"user_us_per_op\": {}, \"sys_us_per_op\": {}, \
+             \"vcsw_per_op\": {}, \"ivcsw_per_op\": {}, \"syscalls_per_op\": {}, \
+             \"syscalls_by_kind\": {}, \"syscalls_note\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
             json_str(r.workload),
             json_str(&r.variant),
             json_str(&r.backend),
             json_str(r.model.name()),
+            json_str(&r.client),
             json_num(m.map(|m| m.ops_per_sec)),
             json_num(m.and_then(|m| m.p50_us)),
             json_num(m.and_then(|m| m.p99_us)),
             json_num(m.and_then(|m| m.p999_us)),
             json_num(m.and_then(|m| m.cpu_s_per_mop)),
+            json_num(u.map(|u| u.user_us)),
+            json_num(u.map(|u| u.sys_us)),
+            json_num(u.map(|u| u.vcsw)),
+            json_num(u.map(|u| u.ivcsw)),
+            json_num(u.and_then(|u| u.syscalls)),
+            match u {
+                Some(u) => format!(
+                    "{{{}}}",
+                    u.by_kind
+                        .iter()
+                        .map(|(k, v)| format!("{}: {}", json_str(k), json_num(Some(*v))))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "null".into(),
+            },
+            json_str(u.map_or(
+                if m.is_some() {
+                    "not measured for this row"
+                } else {
+                    ""
+                },
+                |u| u.syscalls_note.as_str()
+            )),
             json_num(r.ratio),
             json_str(&r.baseline),
             json_str(&r.note),
@@ -315,7 +441,11 @@ fn xml(s: &str) -> String {
 pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
     let mut panels: Vec<(String, Vec<&Record>)> = Vec::new();
     for r in recs.iter().filter(|r| r.result.is_some()) {
-        let key = format!("{} — {}", r.workload, r.variant);
+        let key = if r.client == "-" {
+            format!("{} — {}", r.workload, r.variant)
+        } else {
+            format!("{} — {} — {} client", r.workload, r.variant, r.client)
+        };
         match panels.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push(r),
             None => panels.push((key, vec![r])),
@@ -363,7 +493,7 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
         xml(title)
     );
     let mut lx = 10.0;
-    for m in [Model::Completion, Model::Readiness, Model::Blocking] {
+    for m in Model::ALL {
         let _ = writeln!(
             s,
             "<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{}\"/>\
@@ -372,7 +502,7 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
             lx + 16.0,
             m.name()
         );
-        lx += 180.0;
+        lx += 110.0;
     }
     let _ = writeln!(
         s,
@@ -433,4 +563,57 @@ pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
     }
     s.push_str("</svg>\n");
     std::fs::write(path, s)
+}
+
+/// The records of a file written by [`write_json`] (enough of them to draw
+/// the chart: names, model, client, throughput, ratio, baseline).
+pub fn records_from_json(text: &str) -> io::Result<Vec<Record>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not JSON: {e}")))?;
+    let recs = v
+        .get("records")
+        .and_then(|r| r.as_array())
+        .ok_or_else(|| bad("no \"records\" array"))?;
+    let mut out = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let s = |k: &str| -> io::Result<String> {
+            r.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("record {i} has no \"{k}\"")))
+        };
+        let num = |k: &str| r.get(k).and_then(|x| x.as_f64());
+        let workload: &'static str = Box::leak(s("workload")?.into_boxed_str());
+        let model_name = s("model")?;
+        let model = Model::ALL
+            .into_iter()
+            .find(|m| m.name() == model_name)
+            .ok_or_else(|| bad(&format!("record {i}: unknown model {model_name:?}")))?;
+        let note = s("note").unwrap_or_default();
+        let mut rec = match num("ops_per_sec") {
+            Some(ops) => Record::ok(
+                workload,
+                &s("variant")?,
+                &s("backend")?,
+                model,
+                Measured {
+                    ops_per_sec: ops,
+                    p50_us: num("p50_us"),
+                    p99_us: num("p99_us"),
+                    p999_us: num("p999_us"),
+                    cpu_s_per_mop: num("cpu_s_per_mop"),
+                    note,
+                    per_op: None,
+                },
+            ),
+            None => Record::missing(workload, &s("variant")?, &s("backend")?, model, note),
+        };
+        rec.client = s("client").unwrap_or_else(|_| "-".into());
+        rec.ratio = num("ratio");
+        rec.baseline = s("baseline").unwrap_or_default();
+        rec.is_baseline = !rec.baseline.is_empty() && rec.baseline == rec.backend;
+        out.push(rec);
+    }
+    Ok(out)
 }
