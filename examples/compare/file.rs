@@ -344,11 +344,16 @@ pub fn fio_available() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs fio's io_uring engine on the same file (random 4 KiB reads, page
-/// cache, `--invalidate=0`) and reads its JSON output: IOPS, the
-/// completion-latency percentiles and its CPU share.
+/// The fio engines the comparison runs: the native completion interface and
+/// glibc's POSIX aio (the reference for the aio backend).
+pub const FIO_ENGINES: [&str; 2] = ["io_uring", "posixaio"];
+
+/// Runs fio's `engine` on the same file (random 4 KiB reads, page cache,
+/// `--invalidate=0`) and reads its JSON output: IOPS, the completion-latency
+/// percentiles and its CPU share.
 pub fn fio_randread(
     tf: &TestFile,
+    engine: &str,
     qd: usize,
     warmup: Duration,
     dur: Duration,
@@ -358,7 +363,7 @@ pub fn fio_randread(
         .args([
             "--name=randread",
             &format!("--filename={}", tf.path.display()),
-            "--ioengine=io_uring",
+            &format!("--ioengine={engine}"),
             &format!("--iodepth={qd}"),
             "--invalidate=0",
             "--rw=randread",

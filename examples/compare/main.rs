@@ -332,18 +332,26 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
             });
         }
         if fio {
-            p.job(W, &v, "fio io_uring", Model::Asynchronous, move |c| {
-                file::fio_randread(c.tf()?, qd, c.warmup, c.dur)
-            });
+            for engine in file::FIO_ENGINES {
+                p.job(
+                    W,
+                    &v,
+                    &format!("fio {engine}"),
+                    Model::Asynchronous,
+                    move |c| file::fio_randread(c.tf()?, engine, qd, c.warmup, c.dur),
+                );
+            }
         }
     }
     if !fio {
-        p.na(
-            W,
-            "fio io_uring",
-            Model::Asynchronous,
-            "fio not installed".into(),
-        );
+        for engine in file::FIO_ENGINES {
+            p.na(
+                W,
+                &format!("fio {engine}"),
+                Model::Asynchronous,
+                "fio not installed".into(),
+            );
+        }
     }
     #[cfg(not(feature = "peers"))]
     peers_missing(
