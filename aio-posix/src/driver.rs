@@ -9,7 +9,8 @@ use crate::notify::{self, Notifier};
 use crate::ops::{self, set_error_code, AioReq, AioState, NOT_QUEUED};
 use crate::AioBuilder;
 use ringport_core::driver::{
-    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
+    admit, cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
+    Support,
 };
 use ringport_core::op::{CancelTarget, Offset, Op, OpId, OpKind};
 use slab::Slab;
@@ -739,14 +740,10 @@ impl Driver for AioDriver {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        if let Err(error) = op.validate() {
+        let fds = &self.fds;
+        let closing = |fd: RawFd| fds.get(fd as usize).is_some_and(|s| s.close_parked);
+        if let Err(error) = admit(&op, &self.caps, "aio", closing) {
             return Err(SubmitError { error, op });
-        }
-        if let Some(fd) = op.fd() {
-            if self.fd_state(fd).close_parked {
-                let error = ringport_core::driver::fd_closing(fd);
-                return Err(SubmitError { error, op });
-            }
         }
         let generation = self.next_gen();
         let key = self.entries.vacant_key();

@@ -234,6 +234,28 @@ pub fn fd_closing(fd: RawFd) -> io::Error {
     ))
 }
 
+/// The checks every driver makes before it accepts `op`, in the same order
+/// everywhere: the op's own input ([`Op::validate`]: fd range, offsets,
+/// addresses, iovec count), the backend's support for its kind, and no close
+/// pending on its fd (`closing` says whether one is, for a valid fd). The
+/// caller hands the op back with the error in a `SubmitError`.
+#[inline]
+pub fn admit(
+    op: &Op,
+    caps: &Capabilities,
+    backend: &str,
+    closing: impl FnOnce(RawFd) -> bool,
+) -> io::Result<()> {
+    op.validate()?;
+    if caps.get(op.kind()) == Support::Unsupported {
+        return Err(unsupported_error(op.kind(), backend));
+    }
+    match op.fd() {
+        Some(fd) if closing(fd) => Err(fd_closing(fd)),
+        _ => Ok(()),
+    }
+}
+
 /// Drops a completion that will never be delivered (its driver is going
 /// away): an fd its op made (an accept, an open) is closed, then the op and
 /// its buffers are dropped. Only for completions whose kernel or worker side

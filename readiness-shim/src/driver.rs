@@ -6,7 +6,7 @@ use crate::poller::{Event, Poller};
 use crate::pool::{self, close_result_fd, Job, Pool};
 use crate::{PollerKind, ShimBuilder};
 use ringport_core::driver::{
-    cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
+    admit, cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
     Support, Wake,
 };
 use ringport_core::op::{Direction, Op, OpId};
@@ -634,23 +634,15 @@ impl Driver for ShimDriver {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        if let Err(error) = op.validate() {
+        let fds = &self.fds;
+        let closing = |fd: RawFd| fds.get(fd as usize).is_some_and(|s| s.closing.is_some());
+        if let Err(error) = admit(&op, &self.caps, self.name, closing) {
             return Err(SubmitError { error, op });
         }
         if let Err(error) = self.ensure_waker() {
             return Err(SubmitError { error, op });
         }
         let fd = op.fd();
-        if let Some(fd) = fd {
-            if self
-                .fds
-                .get(fd as usize)
-                .is_some_and(|s| s.closing.is_some())
-            {
-                let error = ringport_core::driver::fd_closing(fd);
-                return Err(SubmitError { error, op });
-            }
-        }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let key = self.slots.insert(Slot {

@@ -10,8 +10,8 @@ use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
 use ringport_core::driver::{
-    cancelled, deadline_passed, drop_undelivered, Capabilities, Completion, Driver, DriverWaker,
-    SubmitError, Support, Wake,
+    admit, cancelled, deadline_passed, drop_undelivered, Capabilities, Completion, Driver,
+    DriverWaker, SubmitError, Support, Wake,
 };
 use ringport_core::op::{CancelTarget, Direction, Op, OpId, OpKind};
 use slab::Slab;
@@ -519,27 +519,16 @@ impl Driver for UringDriver {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        if let Err(error) = op.validate() {
+        let fds = &self.fds;
+        let closing = |fd: RawFd| fds.get(fd as usize).is_some_and(|s| s.closing.is_some());
+        if let Err(error) = admit(&op, &self.caps, "uring", closing) {
             return Err(SubmitError { error, op });
-        }
-        let kind = op.kind();
-        if self.caps.get(kind) == Support::Unsupported {
-            return Err(SubmitError::unsupported(op, "uring"));
         }
         if let Err(error) = self.ensure_enabled() {
             return Err(SubmitError { error, op });
         }
+        let kind = op.kind();
         let fd = op.fd();
-        if let Some(fd) = fd {
-            if self
-                .fds
-                .get(fd as usize)
-                .is_some_and(|s| s.closing.is_some())
-            {
-                let error = ringport_core::driver::fd_closing(fd);
-                return Err(SubmitError { error, op });
-            }
-        }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let dir = op.direction();
