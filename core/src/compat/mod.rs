@@ -49,7 +49,8 @@ pub mod hyper;
 mod tokio;
 
 use crate::buf::{AnyBuf, AnyBufMut};
-use crate::op::{Offset, Op, ShutdownHow};
+use crate::op::{Op, ShutdownHow};
+use crate::runtime::net::{stream_read_op, stream_write_op};
 use crate::runtime::{submit, OpFuture, PipeReader, PipeWriter, TcpStream, UnixStream};
 use std::fmt;
 use std::future::Future;
@@ -111,16 +112,7 @@ impl ReadState {
                     b.clear();
                     b.reserve(READ_BUF);
                     self.pos = 0;
-                    let buf = AnyBufMut::new(b);
-                    let op = if socket {
-                        Op::Recv { fd, buf, flags: 0 }
-                    } else {
-                        Op::Read {
-                            fd,
-                            offset: Offset::Current,
-                            buf,
-                        }
-                    };
+                    let op = stream_read_op(fd, AnyBufMut::new(b), socket);
                     self.inflight.insert(submit(op, None))
                 }
             };
@@ -208,16 +200,7 @@ impl WriteState {
             let mut b = std::mem::take(&mut self.spare);
             b.clear();
             fill(&mut b);
-            let buf = AnyBuf::new(b);
-            let op = if socket {
-                Op::Send { fd, buf, flags: 0 }
-            } else {
-                Op::Write {
-                    fd,
-                    offset: Offset::Current,
-                    buf,
-                }
-            };
+            let op = stream_write_op(fd, AnyBuf::new(b), socket);
             self.inflight = Some(submit(op, None));
         }
         ready!(self.poll_inflight(cx));

@@ -16,7 +16,7 @@
 //! buffer and the real result instead.
 
 mod fs;
-mod net;
+pub(crate) mod net;
 mod op;
 mod time;
 

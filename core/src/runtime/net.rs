@@ -177,15 +177,10 @@ fn back<B: IoBuf>(op: Op) -> B {
         .expect("ringport driver broke its contract: the op came back changed")
 }
 
-/// One read on a stream fd (recv on sockets, read on pipes).
-async fn read_stream<B: IoBufMut>(
-    fd: RawFd,
-    buf: B,
-    socket: bool,
-    deadline: Option<Instant>,
-) -> (io::Result<usize>, B) {
-    let buf = AnyBufMut::new(buf);
-    let op = if socket {
+/// The op of one read on a stream fd: recv on a socket, read at the current
+/// position on a pipe.
+pub(crate) fn stream_read_op(fd: RawFd, buf: AnyBufMut, socket: bool) -> Op {
+    if socket {
         Op::Recv { fd, buf, flags: 0 }
     } else {
         Op::Read {
@@ -193,7 +188,31 @@ async fn read_stream<B: IoBufMut>(
             offset: Offset::Current,
             buf,
         }
-    };
+    }
+}
+
+/// The op of one whole write on a stream fd: send on a socket, write at the
+/// current position on a pipe.
+pub(crate) fn stream_write_op(fd: RawFd, buf: AnyBuf, socket: bool) -> Op {
+    if socket {
+        Op::Send { fd, buf, flags: 0 }
+    } else {
+        Op::Write {
+            fd,
+            offset: Offset::Current,
+            buf,
+        }
+    }
+}
+
+/// One read on a stream fd (recv on sockets, read on pipes).
+async fn read_stream<B: IoBufMut>(
+    fd: RawFd,
+    buf: B,
+    socket: bool,
+    deadline: Option<Instant>,
+) -> (io::Result<usize>, B) {
+    let op = stream_read_op(fd, AnyBufMut::new(buf), socket);
     let (res, op) = submit(op, deadline).await;
     (res, back_mut(op))
 }
@@ -205,16 +224,7 @@ async fn write_stream<B: IoBuf>(
     socket: bool,
     deadline: Option<Instant>,
 ) -> (io::Result<usize>, B) {
-    let buf = AnyBuf::new(buf);
-    let op = if socket {
-        Op::Send { fd, buf, flags: 0 }
-    } else {
-        Op::Write {
-            fd,
-            offset: Offset::Current,
-            buf,
-        }
-    };
+    let op = stream_write_op(fd, AnyBuf::new(buf), socket);
     let (res, op) = submit(op, deadline).await;
     (res, back(op))
 }
