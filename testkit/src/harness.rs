@@ -326,6 +326,29 @@ pub fn run_child(test: &str, env: &[(&str, String)]) -> std::process::Output {
     cmd.output().expect("spawn child test process")
 }
 
+/// Runs child test `<target>::<child>` with `var=1` and checks that it
+/// neither died of SIGPIPE nor failed, and that it ran (printed `marker`).
+pub fn expect_child_ok(b: Target, child: &str, var: &str, marker: &str) {
+    let out = run_child(&format!("{}::{child}", b.name()), &[(var, "1".into())]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_ne!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "the child died of SIGPIPE:\n{text}"
+    );
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains(marker),
+        "the child did not run the case:\n{text}"
+    );
+}
+
 /// The thread's own CPU time.
 pub fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes one timespec.

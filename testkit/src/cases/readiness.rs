@@ -2,7 +2,7 @@
 //! worker pool, readiness that must be armed before the first try, wakes
 //! after drop, and fd numbers that come back. They run on every backend.
 
-use crate::harness::{rt, run_child, Drv, Pipe, TempFile};
+use crate::harness::{rt, Drv, Pipe, TempFile};
 use crate::Target;
 use ringport::{AnyBuf, AnyBufMut, CancelTarget, Offset, Op};
 use std::ffi::CString;
@@ -348,27 +348,7 @@ pub fn r5_unix_stream_send_resumes(b: Target) {
 /// SIGPIPE at its default action (which a write to a pipe without reader
 /// would raise).
 pub fn r6_wake_after_drop_is_harmless(b: Target) {
-    let out = run_child(
-        &format!("{}::r6_child", b.name()),
-        &[("RINGPORT_R6_CHILD", "1".into())],
-    );
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    use std::os::unix::process::ExitStatusExt;
-    assert_ne!(
-        out.status.signal(),
-        Some(libc::SIGPIPE),
-        "the child died of SIGPIPE:\n{text}"
-    );
-    assert!(
-        out.status.success(),
-        "child failed: {:?}\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains("R6 OK"),
-        "the child did not run the case:\n{text}"
-    );
+    crate::harness::expect_child_ok(b, "r6_child", "RINGPORT_R6_CHILD", "R6 OK");
 }
 
 /// Child of R6: SIGPIPE at its default action, then wakes after drop.

@@ -129,27 +129,7 @@ pub fn s5_connect_refused(b: Target) {
 }
 
 pub fn s6_send_to_gone_peer(b: Target) {
-    let out = run_child(
-        &format!("{}::s6_child", b.name()),
-        &[("RINGPORT_S6_CHILD", "1".into())],
-    );
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    use std::os::unix::process::ExitStatusExt;
-    assert_ne!(
-        out.status.signal(),
-        Some(libc::SIGPIPE),
-        "the child died of SIGPIPE:\n{text}"
-    );
-    assert!(
-        out.status.success(),
-        "child failed: {:?}\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains("S6 OK"),
-        "the child did not run the case:\n{text}"
-    );
+    crate::harness::expect_child_ok(b, "s6_child", "RINGPORT_S6_CHILD", "S6 OK");
 }
 
 /// Child of S6: SIGPIPE at its default action, then send to a dead peer.
