@@ -2,6 +2,8 @@
 //!
 //! - [`buf`]: owned buffers with a stable address ([`IoBuf`], [`IoBufMut`]);
 //! - [`op`]: the operations ([`Op`]), defined once for every backend;
+//! - [`lifecycle`]: the one op lifecycle (in-flight table, per-fd order,
+//!   close protocol, cancellation) every backend keeps;
 //! - [`driver`]: the [`Driver`] trait every backend implements, and
 //!   [`Completion`];
 //! - [`runtime`]: a single-threaded async runtime over any driver;
@@ -14,6 +16,7 @@
 pub mod buf;
 pub mod compat;
 pub mod driver;
+pub mod lifecycle;
 pub mod op;
 pub mod port;
 pub mod runtime;
