@@ -266,6 +266,24 @@ impl<X> InFlight<X> {
         Ok((id, key, Admitted::Start))
     }
 
+    /// Takes back an op just admitted with [`Admitted::Start`] that the
+    /// backend refused before it ran (it is then as if never submitted).
+    pub fn retract(&mut self, key: usize) -> Op {
+        let slot = self.slots.remove(key);
+        if let Some(fd) = slot.fd {
+            let st = self.fd_state(fd);
+            if slot.is_close {
+                st.closing = None;
+            } else {
+                st.ops = st.ops.saturating_sub(1);
+                if let Some(d) = slot.dir {
+                    st.running[dir_index(d)] = false;
+                }
+            }
+        }
+        slot.op.expect("a refused op is in its slot")
+    }
+
     /// The slot of a live op, by id.
     #[inline]
     pub fn lookup(&self, id: OpId) -> Option<usize> {
