@@ -29,7 +29,7 @@
 
 use crate::driver::{
     admit, cancelled, deadline_passed, drop_undelivered, not_in_flight, Capabilities, Completion,
-    SubmitError,
+    Ready, SubmitError,
 };
 use crate::op::{CancelTarget, Direction, Op, OpId};
 use slab::Slab;
@@ -48,6 +48,9 @@ pub enum Stage {
     Running,
     /// A close waiting for its fd's other ops to end.
     Parked,
+    /// Finished: the op and its result wait in place for their owner
+    /// ([`InFlight::take`]).
+    Done,
 }
 
 /// Why an op was asked to end early.
@@ -82,6 +85,8 @@ pub struct Slot<X> {
     stage: Stage,
     has_deadline: bool,
     ending: Option<Ending>,
+    /// The result, once finished.
+    outcome: Option<io::Result<usize>>,
     /// Bytes of a stream write already out (a write resubmitted until all
     /// are), or any other count the backend keeps between attempts.
     pub progress: usize,
@@ -155,7 +160,10 @@ pub struct InFlight<X> {
     slots: Slab<Slot<X>>,
     next_generation: u32,
     fds: Vec<FdState>,
-    ready: Vec<Completion>,
+    /// Finished ops not yet announced, in the order they finished.
+    ready: Vec<Ready>,
+    /// How many slots hold a finished op.
+    done: usize,
     starts: Vec<(usize, u32)>,
     cancels: Vec<(usize, u32)>,
     deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -175,6 +183,7 @@ impl<X> InFlight<X> {
             next_generation: 0,
             fds: Vec::new(),
             ready: Vec::with_capacity(n.min(256)),
+            done: 0,
             starts: Vec::new(),
             cancels: Vec::new(),
             deadlines: BinaryHeap::new(),
@@ -234,6 +243,7 @@ impl<X> InFlight<X> {
             stage: Stage::Running,
             has_deadline: deadline.is_some(),
             ending: None,
+            outcome: None,
             progress: 0,
             extra,
         });
@@ -284,13 +294,37 @@ impl<X> InFlight<X> {
         slot.op.expect("a refused op is in its slot")
     }
 
-    /// The slot of a live op, by id.
+    /// The slot of an op not yet finished, by id.
     #[inline]
     pub fn lookup(&self, id: OpId) -> Option<usize> {
         match self.slots.get(id.slot()) {
-            Some(s) if s.generation == id.generation() => Some(id.slot()),
+            Some(s) if s.generation == id.generation() && s.stage != Stage::Done => Some(id.slot()),
             _ => None,
         }
+    }
+
+    /// Takes a finished op back, with its result: the one move out of the
+    /// table. `None` if it has not finished (or was taken already).
+    #[inline]
+    pub fn take(&mut self, id: OpId) -> Option<Completion> {
+        match self.slots.get(id.slot()) {
+            Some(s) if s.generation == id.generation() && s.stage == Stage::Done => {}
+            _ => return None,
+        }
+        let slot = self.slots.remove(id.slot());
+        self.done -= 1;
+        Some(Completion {
+            id,
+            token: slot.token,
+            result: slot.outcome.expect("a finished op has its result"),
+            op: slot.op.expect("a finished op is back from its worker"),
+        })
+    }
+
+    /// Whether `ready` still names a finished op nobody took.
+    fn is_waiting(&self, r: &Ready) -> bool {
+        matches!(self.slots.get(r.id.slot()),
+            Some(s) if s.generation == r.id.generation() && s.stage == Stage::Done)
     }
 
     /// The id of the op in slot `key`.
@@ -325,9 +359,9 @@ impl<X> InFlight<X> {
         self.slots.iter_mut()
     }
 
-    /// Ops in the table plus completions not yet handed out.
+    /// Ops in the table: in flight, or finished and not yet taken.
     pub fn len(&self) -> usize {
-        self.slots.len() + self.ready.len()
+        self.slots.len()
     }
 
     /// Whether nothing is in flight and nothing waits to be handed out.
@@ -335,12 +369,12 @@ impl<X> InFlight<X> {
         self.len() == 0
     }
 
-    /// Ops still in the table (not yet finished).
+    /// Ops not yet finished.
     pub fn live(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.done
     }
 
-    /// Completions finished and not yet handed out.
+    /// Finished ops not yet announced.
     pub fn ready_len(&self) -> usize {
         self.ready.len()
     }
@@ -357,7 +391,7 @@ impl<X> InFlight<X> {
     #[inline]
     pub fn next_start(&mut self) -> Option<usize> {
         while let Some((k, g)) = self.starts.pop() {
-            if self.is_live(k, g) {
+            if self.is_live(k, g) && self.slots[k].stage == Stage::Running {
                 return Some(k);
             }
         }
@@ -385,7 +419,9 @@ impl<X> InFlight<X> {
     /// out completes with their count.
     #[inline]
     pub fn finish(&mut self, key: usize, result: io::Result<usize>) {
-        let slot = self.slots.remove(key);
+        let slot = &mut self.slots[key];
+        debug_assert!(slot.stage != Stage::Done, "an op finished twice");
+        debug_assert!(slot.op.is_some(), "a finished op is back from its worker");
         let id = OpId::new(key as u32, slot.generation);
         let result = match result {
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
@@ -395,22 +431,24 @@ impl<X> InFlight<X> {
                     None if slot.has_deadline => Ending::DeadlinePassed,
                     None => Ending::Cancelled,
                 };
-                early_end(&slot, why)
+                early_end(slot, why)
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut && slot.ending.is_some() => {
-                early_end(&slot, Ending::DeadlinePassed)
+                early_end(slot, Ending::DeadlinePassed)
             }
             r => r,
         };
-        let op = slot.op.expect("a finished op is back from its worker");
-        self.ready.push(Completion {
+        let was = slot.stage;
+        slot.stage = Stage::Done;
+        slot.outcome = Some(result);
+        let (fd, dir, is_close) = (slot.fd, slot.dir, slot.is_close);
+        self.ready.push(Ready {
             id,
             token: slot.token,
-            result,
-            op,
         });
-        let Some(fd) = slot.fd else { return };
-        if slot.is_close {
+        self.done += 1;
+        let Some(fd) = fd else { return };
+        if is_close {
             // The fd's number may now name another file: forget it all.
             if let Some(st) = self.fds.get_mut(fd as usize) {
                 *st = FdState::default();
@@ -419,9 +457,9 @@ impl<X> InFlight<X> {
         }
         let st = self.fd_state(fd);
         st.ops = st.ops.saturating_sub(1);
-        if let Some(d) = slot.dir {
+        if let Some(d) = dir {
             let i = dir_index(d);
-            if slot.stage == Stage::Running {
+            if was == Stage::Running {
                 match st.queue[i].pop_front() {
                     Some(next) => {
                         self.slots[next].stage = Stage::Running;
@@ -463,7 +501,7 @@ impl<X> InFlight<X> {
                 let g = slot.generation;
                 self.cancels.push((key, g));
             }
-            Stage::Parked => {}
+            Stage::Parked | Stage::Done => {}
         }
     }
 
@@ -472,7 +510,7 @@ impl<X> InFlight<X> {
         let keys: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.fd == Some(fd) && !s.is_close)
+            .filter(|(_, s)| s.fd == Some(fd) && !s.is_close && s.stage != Stage::Done)
             .map(|(k, _)| k)
             .collect();
         for &k in &keys {
@@ -519,7 +557,7 @@ impl<X> InFlight<X> {
                 return Some(at);
             }
             self.deadlines.pop();
-            if self.is_live(key, g) {
+            if self.is_live(key, g) && self.slots[key].stage != Stage::Done {
                 expired.push(key);
             }
         }
@@ -532,11 +570,36 @@ impl<X> InFlight<X> {
         self.deadlines.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    /// Hands the finished completions to `out` (a swap when `out` is empty);
-    /// returns how many.
+    /// Announces the finished ops to `out` (their ops stay in place until
+    /// taken); returns how many. Ops taken before they were announced are
+    /// left out.
     #[inline]
+    pub fn deliver_ready(&mut self, out: &mut Vec<Ready>) -> usize {
+        let n = out.len();
+        if self.done == self.ready.len() && out.is_empty() {
+            // Nothing was taken early (the usual case): hand the list over.
+            std::mem::swap(out, &mut self.ready);
+        } else {
+            let mut ready = std::mem::take(&mut self.ready);
+            out.extend(ready.drain(..).filter(|r| self.is_waiting(r)));
+            self.ready = ready;
+        }
+        out.len() - n
+    }
+
+    /// Takes every finished op out, as completions, into `out`; returns how
+    /// many.
     pub fn deliver(&mut self, out: &mut Vec<Completion>) -> usize {
-        crate::driver::deliver(out, &mut self.ready)
+        let n = out.len();
+        out.reserve(self.ready.len());
+        for i in 0..self.ready.len() {
+            let id = self.ready[i].id;
+            if let Some(c) = self.take(id) {
+                out.push(c);
+            }
+        }
+        self.ready.clear();
+        out.len() - n
     }
 
     /// For a driver's drop: removes every op that never started (queued ones,
@@ -549,7 +612,7 @@ impl<X> InFlight<X> {
         let keys: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.stage != Stage::Running)
+            .filter(|(_, s)| matches!(s.stage, Stage::Queued | Stage::Parked))
             .map(|(k, _)| k)
             .collect();
         for k in keys {
@@ -571,9 +634,21 @@ impl<X> InFlight<X> {
         parked
     }
 
-    /// Drops the completions nobody will collect (closing fds they made).
+    /// Drops the finished ops nobody will take (closing fds they made).
     pub fn drop_ready(&mut self) {
-        self.ready.drain(..).for_each(drop_undelivered);
+        self.ready.clear();
+        let keys: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.stage == Stage::Done)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            let id = self.id_of(k);
+            if let Some(c) = self.take(id) {
+                drop_undelivered(c);
+            }
+        }
     }
 
     /// Removes a running op without a completion: only for a driver's drop,

@@ -11,7 +11,7 @@ use crate::poller::{Event, Poller};
 use crate::pool::{self, close_result_fd, Job, Pool};
 use crate::{PollerKind, ShimBuilder};
 use ringport_core::driver::{
-    cancelled, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support, Wake,
+    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
 use ringport_core::lifecycle::{Admitted, Ending, InFlight};
 use ringport_core::op::{Direction, Op, OpId};
@@ -554,6 +554,22 @@ impl Driver for ShimDriver {
         let r = self.wait_inner(min, timeout);
         let n = self.life.deliver(out);
         r.map(|_| n)
+    }
+
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let r = self.wait_inner(min, timeout);
+        let n = self.life.deliver_ready(out);
+        r.map(|_| n)
+    }
+
+    #[inline]
+    fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.life.take(id)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {

@@ -12,7 +12,7 @@ use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
 use ringport_core::driver::{
-    cancelled, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support, Wake,
+    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
 use ringport_core::lifecycle::{Admitted, InFlight, Stage};
 use ringport_core::op::{Direction, Op, OpId, OpKind};
@@ -405,6 +405,23 @@ impl Driver for UringDriver {
         let r = self.wait_inner(min, timeout);
         let n = self.life.deliver(out);
         r.map(|_| n)
+    }
+
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.ensure_enabled()?;
+        let r = self.wait_inner(min, timeout);
+        let n = self.life.deliver_ready(out);
+        r.map(|_| n)
+    }
+
+    #[inline]
+    fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.life.take(id)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
