@@ -1,6 +1,8 @@
 //! ringport-core: the backend-free vocabulary of ringport.
 //!
 //! - [`buf`]: owned buffers with a stable address ([`IoBuf`], [`IoBufMut`]);
+//! - [`bufpool`]: buffer pools for reads whose buffer is chosen when data
+//!   arrives ([`BufPool`], [`PooledBuf`]);
 //! - [`op`]: the operations ([`Op`]), defined once for every backend;
 //! - [`lifecycle`]: the one op lifecycle (in-flight table, per-fd order,
 //!   close protocol, cancellation) every backend keeps;
@@ -14,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod buf;
+pub mod bufpool;
 pub mod compat;
 pub mod driver;
 pub mod lifecycle;
@@ -22,6 +25,7 @@ pub mod port;
 pub mod runtime;
 
 pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
+pub use bufpool::{BufPool, PooledBuf};
 pub use driver::{
     Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };

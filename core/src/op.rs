@@ -8,6 +8,7 @@
 //! heap (a buffer, a `Box`), never inline, so the `Op` itself may move.
 
 use crate::buf::{AnyBuf, AnyBufMut};
+use crate::bufpool::{BufPool, PooledBuf};
 use std::ffi::CString;
 use std::io;
 use std::mem;
@@ -409,6 +410,30 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// `recv` into a buffer of `pool`, chosen only when data arrives (see
+    /// [`crate::bufpool`]); `ENOBUFS` if none is free then.
+    RecvPooled {
+        /// The socket.
+        fd: RawFd,
+        /// Where the buffer comes from.
+        pool: BufPool,
+        /// `MSG_*` flags.
+        flags: i32,
+        /// Output: the bytes received, in a buffer of the pool.
+        got: Option<PooledBuf>,
+    },
+    /// `pread` (or `read` at [`Offset::Current`]) into a buffer of `pool`,
+    /// chosen only when data is there (see [`crate::bufpool`]).
+    ReadPooled {
+        /// The fd.
+        fd: RawFd,
+        /// Where in the fd.
+        offset: Offset,
+        /// Where the buffer comes from.
+        pool: BufPool,
+        /// Output: the bytes read, in a buffer of the pool.
+        got: Option<PooledBuf>,
+    },
     /// `send` on a socket (always with `MSG_NOSIGNAL`). On a stream socket it
     /// completes only when every byte is sent, or on error.
     Send {
@@ -551,6 +576,8 @@ op_kinds! {
     Readv => "readv": "[`Op::Readv`]",
     Writev => "writev": "[`Op::Writev`]",
     Recv => "recv": "[`Op::Recv`]",
+    RecvPooled => "recv_pooled": "[`Op::RecvPooled`]",
+    ReadPooled => "read_pooled": "[`Op::ReadPooled`]",
     Send => "send": "[`Op::Send`]",
     RecvFrom => "recvfrom": "[`Op::RecvFrom`]",
     SendTo => "sendto": "[`Op::SendTo`]",
@@ -575,6 +602,8 @@ impl Op {
             | Op::Readv { fd, .. }
             | Op::Writev { fd, .. }
             | Op::Recv { fd, .. }
+            | Op::RecvPooled { fd, .. }
+            | Op::ReadPooled { fd, .. }
             | Op::Send { fd, .. }
             | Op::RecvFrom { fd, .. }
             | Op::SendTo { fd, .. }
@@ -594,13 +623,15 @@ impl Op {
     /// fd and direction.
     pub fn direction(&self) -> Option<Direction> {
         match self {
-            Op::Read { offset, .. } | Op::Readv { offset, .. } if *offset == Offset::Current => {
+            Op::Read { offset, .. } | Op::Readv { offset, .. } | Op::ReadPooled { offset, .. }
+                if *offset == Offset::Current =>
+            {
                 Some(Direction::Read)
             }
             Op::Write { offset, .. } | Op::Writev { offset, .. } if *offset == Offset::Current => {
                 Some(Direction::Write)
             }
-            Op::Recv { .. } | Op::RecvFrom { .. } => Some(Direction::Read),
+            Op::Recv { .. } | Op::RecvFrom { .. } | Op::RecvPooled { .. } => Some(Direction::Read),
             Op::Send { .. } | Op::SendTo { .. } => Some(Direction::Write),
             _ => None,
         }
@@ -642,7 +673,8 @@ impl Op {
         if let Op::Read { offset, .. }
         | Op::Write { offset, .. }
         | Op::Readv { offset, .. }
-        | Op::Writev { offset, .. } = self
+        | Op::Writev { offset, .. }
+        | Op::ReadPooled { offset, .. } = self
         {
             offset.validate()?;
         }

@@ -634,6 +634,7 @@ impl ShimDriver {
                 | Op::Write { .. }
                 | Op::Readv { .. }
                 | Op::Writev { .. }
+                | Op::ReadPooled { .. }
                 | Op::Fsync { .. }
                 | Op::Stat { .. }
         );

@@ -158,5 +158,10 @@ macro_rules! conformance {
         $crate::child!($t, a6_child);
         $crate::case!($t, st6_write_deadline_reports_bytes_out);
         $crate::case!($t, l9_op_future_dropped_on_another_thread_is_cancelled);
+        // Pooled reads
+        $crate::case!($t, bp1_pooled_recv_gets_the_bytes_in_a_pool_buffer);
+        $crate::case!($t, bp2_pool_refills_on_drop_and_exhaustion_is_enobufs);
+        $crate::case!($t, bp3_a_waiting_pooled_recv_holds_no_buffer);
+        $crate::case!($t, bp4_pooled_file_read_at_an_offset);
     };
 }

@@ -7,7 +7,8 @@
 //! op becomes an SQE and what its result means is in `ops/`; the ring itself
 //! (push, enter, reap) in `ring.rs`.
 
-use crate::ops::{self, Extra};
+use crate::bufring;
+use crate::ops::{self, Extra, Scratch};
 use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
@@ -80,8 +81,10 @@ pub struct UringDriver {
     /// What `io_uring_enter` is called on: the ring fd, or its registered index.
     pub(crate) enter_fd: i32,
     pub(crate) enter_flags: u32,
-    /// Reused buffer of (user_data, result) pairs copied out of the CQ.
-    pub(crate) cqe_batch: Vec<(u64, i32)>,
+    /// Reused buffer of (user_data, result, flags) copied out of the CQ.
+    pub(crate) cqe_batch: Vec<(u64, i32, u32)>,
+    /// Buffer pools registered as provided-buffer rings (by first use).
+    pools: Vec<bufring::Registered>,
 }
 
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
@@ -150,6 +153,7 @@ impl UringDriver {
             enter_fd: ring_fd,
             enter_flags: 0,
             cqe_batch: Vec::with_capacity(256),
+            pools: Vec::new(),
             flags_used,
         })
     }
@@ -203,9 +207,33 @@ impl UringDriver {
         }
     }
 
+    /// The buffer group of `pool`, registering it as a provided-buffer
+    /// ring on first use.
+    fn pool_group(&mut self, pool: &ringport_core::BufPool) -> io::Result<u16> {
+        if let Some(r) = self.pools.iter().find(|r| r.pool.id() == pool.id()) {
+            return Ok(r.ring.bgid());
+        }
+        let bgid = u16::try_from(self.pools.len()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many buffer pools on one ring",
+            )
+        })?;
+        let r = bufring::register(&self.ring, pool, bgid)?;
+        self.pools.push(r);
+        Ok(bgid)
+    }
+
     /// Gives slot `key`'s op to the kernel.
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
+        if let Some(Op::RecvPooled { pool, .. } | Op::ReadPooled { pool, .. }) =
+            &self.life.slot(key).op
+        {
+            let pool = pool.clone();
+            let g = self.pool_group(&pool)?;
+            *ops::scratch(&mut self.life.slot_mut(key).extra.extra) = Scratch::Group(g);
+        }
         let ud = self.life.id_of(key).to_u64();
         let slot = self.life.slot_mut(key);
         slot.extra.polling = false;
@@ -264,7 +292,7 @@ impl UringDriver {
 
     /// Handles one CQE of slot `key`: ends the op, or starts it again (a
     /// poll after `EAGAIN`, the rest of a stream write).
-    pub(crate) fn on_cqe(&mut self, key: usize, res: i32) {
+    pub(crate) fn on_cqe(&mut self, key: usize, res: i32, flags: u32) {
         let slot = self.life.slot_mut(key);
         if slot.stage() != Stage::Running {
             return;
@@ -296,6 +324,15 @@ impl UringDriver {
         if res < 0 {
             return self.life.finish(key, Err(ops::os_error(res)));
         }
+        if let (Some(bid), Some(Op::RecvPooled { pool, .. } | Op::ReadPooled { pool, .. })) =
+            (io_uring::cqueue::buffer_select(flags), &slot.op)
+        {
+            // The ring no longer holds the buffer the kernel picked.
+            if let Some(r) = self.pools.iter().find(|r| r.pool.id() == pool.id()) {
+                r.ring.taken(bid);
+            }
+        }
+        let slot = self.life.slot_mut(key);
         let op = slot.op.as_mut().expect("a uring op never leaves its slot");
         let step = ops::complete(
             op,
@@ -303,6 +340,7 @@ impl UringDriver {
             &mut slot.progress,
             res as usize,
             asked,
+            flags,
         );
         match step {
             ops::Step::Done(n) => self.life.finish(key, Ok(n)),
@@ -505,10 +543,19 @@ impl Drop for UringDriver {
             // ours will start on it again.
             unsafe { libc::close(fd) };
         }
-        if !cleanly {
-            // The kernel may still write into these: leak them, never free early.
+        if cleanly {
+            // No read can pick a buffer any more: the pools get their
+            // buffers back.
+            for r in std::mem::take(&mut self.pools) {
+                bufring::unregister(&self.ring, r);
+            }
+        } else {
+            // The kernel may still write into these: leak them, never free
+            // early (the rings and their pools with them).
             self.life.leak_all();
-        } else if !self.waker_buf.is_null() {
+            std::mem::forget(std::mem::take(&mut self.pools));
+        }
+        if cleanly && !self.waker_buf.is_null() {
             // SAFETY: made by Box::into_raw in with_builder; no read is in flight.
             drop(unsafe { Box::from_raw(self.waker_buf) });
         }

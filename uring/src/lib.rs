@@ -22,6 +22,7 @@
 //!   partial send's resubmission), grouped as `rw`, `net`, `fs`, `ctl`.
 #![warn(missing_docs)]
 
+mod bufring;
 mod driver;
 mod ops;
 mod ring;

@@ -198,12 +198,16 @@ impl UringDriver {
             // them, since handling may push SQEs or even reap recursively.
             let mut batch = std::mem::take(&mut self.cqe_batch);
             batch.clear();
-            batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            batch.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             if batch.is_empty() {
                 self.cqe_batch = batch;
                 return;
             }
-            for &(ud, res) in &batch {
+            for &(ud, res, flags) in &batch {
                 if ud == UD_IGNORE {
                     continue;
                 }
@@ -212,7 +216,7 @@ impl UringDriver {
                     continue;
                 }
                 if let Some(key) = self.lookup(OpId::from_u64(ud)) {
-                    self.on_cqe(key, res);
+                    self.on_cqe(key, res, flags);
                 }
             }
             self.cqe_batch = batch;

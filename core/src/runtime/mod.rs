@@ -18,6 +18,7 @@
 mod fs;
 pub(crate) mod net;
 mod op;
+mod pooled;
 mod time;
 
 pub use fs::{File, OpenOptions};

@@ -63,10 +63,13 @@ pub(crate) fn attempt_of(r: io::Result<usize>) -> Attempt {
 pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
     match op {
         Op::Nop => Attempt::Done(Ok(0)),
-        Op::Read { .. } | Op::Write { .. } | Op::Readv { .. } | Op::Writev { .. } => {
-            rw::attempt(op, progress)
-        }
+        Op::Read { .. }
+        | Op::Write { .. }
+        | Op::Readv { .. }
+        | Op::Writev { .. }
+        | Op::ReadPooled { .. } => rw::attempt(op, progress),
         Op::Recv { .. }
+        | Op::RecvPooled { .. }
         | Op::Send { .. }
         | Op::RecvFrom { .. }
         | Op::SendTo { .. }
@@ -108,9 +111,11 @@ pub(crate) fn write_all(
 /// Performs a file op with blocking syscalls (on a pool thread).
 pub(crate) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
     match op {
-        Op::Read { .. } | Op::Write { .. } | Op::Readv { .. } | Op::Writev { .. } => {
-            rw::perform_blocking(op)
-        }
+        Op::Read { .. }
+        | Op::Write { .. }
+        | Op::Readv { .. }
+        | Op::Writev { .. }
+        | Op::ReadPooled { .. } => rw::perform_blocking(op),
         Op::Fsync { .. } | Op::OpenAt { .. } | Op::Stat { .. } => fs::perform_blocking(op),
         Op::Nop => Ok(0),
         _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),

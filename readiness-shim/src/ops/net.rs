@@ -21,6 +21,19 @@ impl ShimDriver {
 /// One non-blocking attempt at a socket op.
 pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
     match op {
+        Op::RecvPooled {
+            fd,
+            pool,
+            flags,
+            got,
+        } => {
+            let (f, fl) = (*fd, *flags);
+            super::rw::pooled(f, pool, got, |p, n| {
+                // SAFETY: p points at n writable bytes of a pool buffer this
+                // attempt owns.
+                unsafe { libc::recv(f, p.cast(), n, fl | libc::MSG_DONTWAIT) }
+            })
+        }
         Op::Recv { fd, buf, flags } => {
             let (f, p, n, fl) = (*fd, buf.as_mut_ptr(), buf.capacity(), *flags);
             // SAFETY: p points at n writable bytes owned by the op.

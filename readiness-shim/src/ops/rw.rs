@@ -3,8 +3,10 @@
 //! from the page cache first.
 
 use super::{attempt_of, retry, write_all, Attempt};
+use ringport_core::bufpool::{BufPool, PooledBuf};
 use ringport_core::op::{Offset, Op};
 use std::io;
+use std::os::fd::RawFd;
 
 /// Whether this OS has `preadv2(RWF_NOWAIT)` for the inline file-read attempt.
 pub(crate) const NOWAIT_READS: bool = cfg!(target_os = "linux");
@@ -57,6 +59,24 @@ pub(crate) fn read_nowait(op: &mut Op) -> Nowait {
 /// One non-blocking attempt at a read or write.
 pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
     match op {
+        Op::ReadPooled {
+            fd,
+            offset,
+            pool,
+            got,
+        } => {
+            let (f, at) = (*fd, *offset);
+            pooled(f, pool, got, |p, n| {
+                // SAFETY: p points at n writable bytes of a pool buffer this
+                // attempt owns.
+                unsafe {
+                    match at {
+                        Offset::Current => libc::read(f, p.cast(), n),
+                        Offset::At(at) => libc::pread(f, p.cast(), n, at as libc::off_t),
+                    }
+                }
+            })
+        }
         Op::Read { fd, offset, buf } => {
             let (f, p, n) = (*fd, buf.as_mut_ptr(), buf.capacity());
             let r = retry(|| {
@@ -151,7 +171,7 @@ fn perform_vectored(op: &mut Op) -> io::Result<usize> {
 /// A read or write with blocking syscalls (on a pool thread).
 pub(super) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
     match op {
-        Op::Read { .. } | Op::Write { .. } => {
+        Op::Read { .. } | Op::Write { .. } | Op::ReadPooled { .. } => {
             let mut progress = 0;
             match attempt(op, &mut progress) {
                 Attempt::Done(r) => r,
@@ -159,5 +179,44 @@ pub(super) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
             }
         }
         _ => perform_vectored(op),
+    }
+}
+
+/// One pooled read attempt: a buffer is taken from `pool` only when there is
+/// something to read (a stream with nothing waiting would block without one),
+/// filled by `read`, and becomes the op's output; an empty pool when bytes are
+/// waiting is `ENOBUFS`, as on every backend.
+pub(crate) fn pooled(
+    fd: RawFd,
+    pool: &BufPool,
+    got: &mut Option<PooledBuf>,
+    mut read: impl FnMut(*mut u8, usize) -> isize,
+) -> Attempt {
+    let Some(idx) = pool.try_take() else {
+        // No buffer: fail only if bytes (or the end) are there to read.
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        return if n == 0 {
+            Attempt::WouldBlock
+        } else {
+            Attempt::Done(Err(ringport_core::bufpool::pool_exhausted()))
+        };
+    };
+    let r = retry(|| read(pool.addr(idx), pool.buf_size()));
+    match r {
+        Ok(n) if n > 0 => {
+            // SAFETY: we took `idx` from the pool and the read wrote n bytes.
+            *got = Some(unsafe { pool.filled(idx, n) });
+            Attempt::Done(Ok(n))
+        }
+        r => {
+            pool.put_back(idx);
+            attempt_of(r)
+        }
     }
 }

@@ -40,6 +40,18 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
             buf: AnyBufMut::new(Vec::with_capacity(8)),
             flags: 0,
         },
+        OpKind::RecvPooled => Op::RecvPooled {
+            fd: p.rfd(),
+            pool: ringport::BufPool::new(1, 8).expect("pool"),
+            flags: 0,
+            got: None,
+        },
+        OpKind::ReadPooled => Op::ReadPooled {
+            fd: file,
+            offset: Offset::At(0),
+            pool: ringport::BufPool::new(1, 8).expect("pool"),
+            got: None,
+        },
         OpKind::Send => Op::Send {
             fd: p.wfd(),
             buf: AnyBuf::new(vec![3u8; 4]),

@@ -24,6 +24,8 @@ pub(crate) enum Scratch {
     Msg(libc::msghdr, libc::iovec),
     Statx(libc::statx),
     Time(types::Timespec),
+    /// The provided-buffer group a pooled read picks from.
+    Group(u16),
 }
 
 /// What only some ops need, boxed so the common slot stays small.
@@ -37,6 +39,15 @@ pub(crate) struct Extra {
 // SAFETY: the raw pointers inside point into the op's own heap memory (its
 // buffers and boxes) or into this box, which travel with the op.
 unsafe impl Send for Extra {}
+
+/// The buffer group the driver put in a pooled read's scratch before
+/// preparing it.
+fn group(extra: &Option<Box<Extra>>) -> u16 {
+    match extra.as_deref().map(|e| &e.scratch) {
+        Some(Scratch::Group(g)) => *g,
+        _ => unreachable!("a pooled read is prepared after its pool is registered"),
+    }
+}
 
 pub(super) fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {
     &mut extra.get_or_insert_with(Box::default).scratch
@@ -66,6 +77,12 @@ pub(crate) fn prepare(
         Op::Readv { fd, offset, bufs } => rw::readv(*fd, *offset, bufs, extra),
         Op::Writev { fd, offset, bufs } => rw::writev(*fd, *offset, bufs, extra),
         Op::Recv { fd, buf, flags } => net::recv(*fd, buf, *flags),
+        Op::RecvPooled {
+            fd, pool, flags, ..
+        } => net::recv_pooled(*fd, pool, *flags, group(extra)),
+        Op::ReadPooled {
+            fd, offset, pool, ..
+        } => rw::read_pooled(*fd, *offset, pool, group(extra)),
         Op::Send { fd, buf, flags } => net::send(*fd, buf, *flags, progress),
         Op::RecvFrom { fd, buf, addr } => net::recvfrom(*fd, buf, addr, extra),
         Op::SendTo { fd, buf, addr } => net::sendto(*fd, buf, addr, extra),
@@ -97,8 +114,12 @@ pub(crate) fn complete(
     progress: &mut usize,
     n: usize,
     cancel_requested: bool,
+    cqe_flags: u32,
 ) -> Step {
     match op {
+        Op::RecvPooled { pool, got, .. } | Op::ReadPooled { pool, got, .. } => {
+            return rw::pooled_done(pool, got, n, cqe_flags);
+        }
         Op::Read { buf, .. } => rw::read_done(buf, n),
         Op::Recv { buf, .. } => net::recv_done(buf, n),
         Op::RecvFrom { buf, addr, .. } => net::recvfrom_done(buf, addr, extra, n),
@@ -135,6 +156,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> u8 {
         OpKind::Readv => opcode::Readv::CODE,
         OpKind::Writev => opcode::Writev::CODE,
         OpKind::Recv => opcode::Recv::CODE,
+        OpKind::RecvPooled => opcode::Recv::CODE,
+        OpKind::ReadPooled => opcode::Read::CODE,
         OpKind::Send => opcode::Send::CODE,
         OpKind::RecvFrom => opcode::RecvMsg::CODE,
         OpKind::SendTo => opcode::SendMsg::CODE,

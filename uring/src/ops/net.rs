@@ -6,6 +6,7 @@
 use super::{clamp, scratch, stream_write_step, Extra, Scratch, Step};
 use io_uring::{opcode, squeue, types};
 use ringport_core::buf::{AnyBuf, AnyBufMut};
+use ringport_core::bufpool::BufPool;
 use ringport_core::op::{ShutdownHow, SockAddr};
 use std::os::fd::RawFd;
 
@@ -14,6 +15,15 @@ pub(super) fn recv(fd: RawFd, buf: &mut AnyBufMut, flags: i32) -> squeue::Entry 
     opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), clamp(buf.capacity()))
         .flags(flags)
         .build()
+}
+
+/// A recv whose buffer the kernel picks from group `bgid` when data comes.
+pub(super) fn recv_pooled(fd: RawFd, pool: &BufPool, flags: i32, bgid: u16) -> squeue::Entry {
+    opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), clamp(pool.buf_size()))
+        .flags(flags)
+        .buf_group(bgid)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
 }
 
 /// `progress` bytes of the send are already done.

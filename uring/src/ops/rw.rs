@@ -5,6 +5,7 @@
 use super::{clamp, scratch, stream_write_step, Extra, Scratch, Step};
 use io_uring::{opcode, squeue, types};
 use ringport_core::buf::{AnyBuf, AnyBufMut};
+use ringport_core::bufpool::{BufPool, PooledBuf};
 use ringport_core::op::Offset;
 use std::os::fd::RawFd;
 
@@ -13,6 +14,15 @@ pub(super) fn read(fd: RawFd, offset: Offset, buf: &mut AnyBufMut) -> squeue::En
     opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), clamp(buf.capacity()))
         .offset(offset.to_raw())
         .build()
+}
+
+/// A read whose buffer the kernel picks from group `bgid` when data is there.
+pub(super) fn read_pooled(fd: RawFd, offset: Offset, pool: &BufPool, bgid: u16) -> squeue::Entry {
+    opcode::Read::new(types::Fd(fd), std::ptr::null_mut(), clamp(pool.buf_size()))
+        .offset(offset.to_raw())
+        .buf_group(bgid)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
 }
 
 /// `progress` bytes of the write are already done.
@@ -77,6 +87,26 @@ pub(super) fn writev(
 pub(super) fn read_done(buf: &mut AnyBufMut, n: usize) {
     // SAFETY: the kernel reported n bytes written at the buffer's start.
     unsafe { buf.set_init(n) }
+}
+
+/// A pooled read of `n` bytes: the buffer the kernel picked (named in the
+/// CQE's flags) becomes the op's output; at end of stream it goes straight
+/// back to the pool.
+pub(super) fn pooled_done(
+    pool: &BufPool,
+    got: &mut Option<PooledBuf>,
+    n: usize,
+    cqe_flags: u32,
+) -> Step {
+    if let Some(bid) = io_uring::cqueue::buffer_select(cqe_flags) {
+        // SAFETY: the kernel handed buffer `bid` of this pool's group to
+        // this read and wrote `n` bytes into it; it is ours until dropped.
+        let b = unsafe { pool.filled(bid, n.min(pool.buf_size())) };
+        if n > 0 {
+            *got = Some(b);
+        }
+    }
+    Step::Done(n)
 }
 
 /// A readv of `n` bytes fills the buffers in order.
