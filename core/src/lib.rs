@@ -9,6 +9,7 @@
 //! - [`driver`]: the [`Driver`] trait every backend implements, and
 //!   [`Completion`];
 //! - [`runtime`]: a single-threaded async runtime over any driver;
+//! - [`fs`]: file-system operations by path (`rename`, `metadata`, ...);
 //! - [`port`]: the IOCP-style [`CompletionPort`] for worker-thread pools;
 //! - [`compat`]: tokio, futures-io and hyper traits for the streams (features).
 //!
@@ -19,10 +20,14 @@ pub mod buf;
 pub mod bufpool;
 pub mod compat;
 pub mod driver;
+#[path = "runtime/fsops.rs"]
+pub mod fs;
 pub mod lifecycle;
 pub mod op;
 pub mod port;
 pub mod runtime;
+#[path = "runtime/sendfile.rs"]
+mod sendfile;
 
 pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use bufpool::{BufPool, PooledBuf};

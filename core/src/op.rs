@@ -13,7 +13,7 @@ use std::ffi::CString;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -498,7 +498,7 @@ pub enum Op {
     },
     /// `openat`: the result is the new fd (close-on-exec is always added).
     OpenAt {
-        /// Directory fd, or `libc::AT_FDCWD`.
+        /// Directory fd (open until the op completes), or `libc::AT_FDCWD`.
         dir: RawFd,
         /// The path.
         path: CString,
@@ -533,6 +533,125 @@ pub enum Op {
         fd: RawFd,
         /// `POLL*` bits.
         events: i16,
+    },
+    /// `openat2`: `openat` with rules for how the path may be resolved
+    /// (`RESOLVE_BENEATH`, `RESOLVE_NO_SYMLINKS`, `RESOLVE_NO_MAGICLINKS`,
+    /// ...). The result is the new fd (close-on-exec is always added). `dir`
+    /// is the op's fd: its close waits for the open.
+    OpenAt2 {
+        /// Directory fd the path is resolved from, or `libc::AT_FDCWD`.
+        dir: RawFd,
+        /// The path.
+        path: CString,
+        /// `O_*` flags.
+        flags: i32,
+        /// Permission bits for a created file (only with `O_CREAT` or
+        /// `O_TMPFILE`; otherwise it must be 0).
+        mode: u32,
+        /// `RESOLVE_*` bits.
+        resolve: u64,
+    },
+    /// Metadata by path (`statx`/`fstatat`), following a final symlink or not.
+    StatAt {
+        /// Directory fd (open until the op completes), or `libc::AT_FDCWD`.
+        dir: RawFd,
+        /// The path.
+        path: CString,
+        /// Follow a symlink at the end of the path (`std::fs::metadata`), or
+        /// describe the link itself (`std::fs::symlink_metadata`).
+        follow: bool,
+        /// Output: the metadata.
+        stat: Box<FileStat>,
+    },
+    /// `renameat2`: moves `from` to `to`, replacing `to` atomically.
+    RenameAt {
+        /// Directory fd of `from` (open until the op completes), or `libc::AT_FDCWD`.
+        from_dir: RawFd,
+        /// The old path.
+        from: CString,
+        /// Directory fd of `to` (open until the op completes), or `libc::AT_FDCWD`.
+        to_dir: RawFd,
+        /// The new path.
+        to: CString,
+        /// `RENAME_*` flags (0 for a plain `rename`; other values only on Linux).
+        flags: u32,
+    },
+    /// `unlinkat`: removes a file, or an empty directory with
+    /// `libc::AT_REMOVEDIR`.
+    UnlinkAt {
+        /// Directory fd (open until the op completes), or `libc::AT_FDCWD`.
+        dir: RawFd,
+        /// The path.
+        path: CString,
+        /// 0 or `libc::AT_REMOVEDIR`.
+        flags: i32,
+    },
+    /// `mkdirat`: creates a directory.
+    MkdirAt {
+        /// Directory fd (open until the op completes), or `libc::AT_FDCWD`.
+        dir: RawFd,
+        /// The path.
+        path: CString,
+        /// Permission bits (before the umask).
+        mode: u32,
+    },
+    /// `symlinkat`: creates `path`, a symlink whose contents are `target`.
+    SymlinkAt {
+        /// What the link points at (not resolved now).
+        target: CString,
+        /// Directory fd of `path` (open until the op completes), or `libc::AT_FDCWD`.
+        dir: RawFd,
+        /// The link to create.
+        path: CString,
+    },
+    /// `linkat`: a new name `to` for the file at `from`.
+    LinkAt {
+        /// Directory fd of `from` (open until the op completes), or `libc::AT_FDCWD`.
+        from_dir: RawFd,
+        /// The existing path.
+        from: CString,
+        /// Directory fd of `to` (open until the op completes), or `libc::AT_FDCWD`.
+        to_dir: RawFd,
+        /// The new name.
+        to: CString,
+        /// 0 or `libc::AT_SYMLINK_FOLLOW`.
+        flags: i32,
+    },
+    /// `fallocate`: allocates (or with `mode` bits, punches or zeroes) the
+    /// byte range `offset..offset + len` of a file.
+    Fallocate {
+        /// The file.
+        fd: RawFd,
+        /// `FALLOC_FL_*` bits; 0 allocates and extends the size if needed
+        /// (the only mode outside Linux).
+        mode: i32,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range (more than 0).
+        len: u64,
+    },
+    /// `ftruncate`: sets a file's size to `len`, cutting or zero-extending it.
+    Ftruncate {
+        /// The file.
+        fd: RawFd,
+        /// The new size.
+        len: u64,
+    },
+    /// Sends `len` bytes of `file` from `offset` on the stream socket `fd`
+    /// (Windows' `TransmitFile`). It completes once, with the count sent: all
+    /// `len` bytes, fewer if the file ends first, or an error. A stream write
+    /// (ordered with the socket's sends). `file`'s position is left alone.
+    SendFile {
+        /// The socket.
+        fd: RawFd,
+        /// The file the bytes come from: the op's own handle (a duplicate,
+        /// `try_clone`), so the file stays open while the kernel reads it
+        /// even if the caller closes theirs; it closes when the op is dropped.
+        file: OwnedFd,
+        /// Where in the file to start.
+        offset: u64,
+        /// How many bytes to send at most.
+        len: u64,
     },
 }
 
@@ -591,6 +710,16 @@ op_kinds! {
     Timeout => "timeout": "[`Op::Timeout`]",
     Cancel => "cancel": "[`Op::Cancel`]",
     Poll => "poll": "[`Op::Poll`]",
+    OpenAt2 => "openat2": "[`Op::OpenAt2`]",
+    StatAt => "statat": "[`Op::StatAt`]",
+    RenameAt => "renameat": "[`Op::RenameAt`]",
+    UnlinkAt => "unlinkat": "[`Op::UnlinkAt`]",
+    MkdirAt => "mkdirat": "[`Op::MkdirAt`]",
+    SymlinkAt => "symlinkat": "[`Op::SymlinkAt`]",
+    LinkAt => "linkat": "[`Op::LinkAt`]",
+    Fallocate => "fallocate": "[`Op::Fallocate`]",
+    Ftruncate => "ftruncate": "[`Op::Ftruncate`]",
+    SendFile => "sendfile": "[`Op::SendFile`]",
 }
 
 impl Op {
@@ -613,8 +742,26 @@ impl Op {
             | Op::Close { fd }
             | Op::Fsync { fd, .. }
             | Op::Stat { fd, .. }
-            | Op::Poll { fd, .. } => Some(fd),
-            Op::Nop | Op::OpenAt { .. } | Op::Timeout { .. } | Op::Cancel { .. } => None,
+            | Op::Poll { fd, .. }
+            | Op::Fallocate { fd, .. }
+            | Op::Ftruncate { fd, .. }
+            | Op::SendFile { fd, .. } => Some(fd),
+            // An open beneath a directory works on it: a close of the
+            // directory waits for the open, so the number is never reused
+            // (and the rules applied to another directory) under it.
+            Op::OpenAt2 { dir, .. } if dir != libc::AT_FDCWD => Some(dir),
+            // Other path ops name a directory, not an fd they work on.
+            Op::Nop
+            | Op::OpenAt { .. }
+            | Op::OpenAt2 { .. }
+            | Op::StatAt { .. }
+            | Op::RenameAt { .. }
+            | Op::UnlinkAt { .. }
+            | Op::MkdirAt { .. }
+            | Op::SymlinkAt { .. }
+            | Op::LinkAt { .. }
+            | Op::Timeout { .. }
+            | Op::Cancel { .. } => None,
         }
     }
 
@@ -632,7 +779,7 @@ impl Op {
                 Some(Direction::Write)
             }
             Op::Recv { .. } | Op::RecvFrom { .. } | Op::RecvPooled { .. } => Some(Direction::Read),
-            Op::Send { .. } | Op::SendTo { .. } => Some(Direction::Write),
+            Op::Send { .. } | Op::SendTo { .. } | Op::SendFile { .. } => Some(Direction::Write),
             _ => None,
         }
     }
@@ -642,7 +789,9 @@ impl Op {
     /// must have this fd closed, or it leaks.
     pub fn made_fd(&self, result: &io::Result<usize>) -> Option<RawFd> {
         match (self, result) {
-            (Op::OpenAt { .. } | Op::Accept { .. }, Ok(fd)) => Some(*fd as RawFd),
+            (Op::OpenAt { .. } | Op::OpenAt2 { .. } | Op::Accept { .. }, Ok(fd)) => {
+                Some(*fd as RawFd)
+            }
             _ => None,
         }
     }
@@ -679,6 +828,29 @@ impl Op {
             offset.validate()?;
         }
         match self {
+            Op::OpenAt2 { dir, .. }
+            | Op::StatAt { dir, .. }
+            | Op::UnlinkAt { dir, .. }
+            | Op::MkdirAt { dir, .. }
+            | Op::SymlinkAt { dir, .. } => check_dir(*dir),
+            Op::RenameAt {
+                from_dir, to_dir, ..
+            }
+            | Op::LinkAt {
+                from_dir, to_dir, ..
+            } => check_dir(*from_dir).and_then(|_| check_dir(*to_dir)),
+            Op::Fallocate { offset, len, .. } => {
+                if *len == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "fallocate of 0 bytes (the length must be more than 0)",
+                    ));
+                }
+                check_end(*offset, *len, "fallocate")
+            }
+            Op::Ftruncate { len, .. } => check_end(0, *len, "ftruncate"),
+            // Any length: the op ends at the end of the file.
+            Op::SendFile { offset, .. } => check_end(*offset, 0, "sendfile"),
             Op::SendTo { addr, .. } | Op::Connect { addr, .. } => addr.validate(),
             Op::Readv { bufs, .. } if bufs.len() > 1024 => Err(too_many_iovecs(bufs.len())),
             Op::Writev { bufs, .. } if bufs.len() > 1024 => Err(too_many_iovecs(bufs.len())),
@@ -723,6 +895,30 @@ pub fn check_fd(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     Ok(())
+}
+
+/// A directory fd of a path op: `AT_FDCWD`, or an fd [`check_fd`] accepts.
+fn check_dir(dir: RawFd) -> io::Result<()> {
+    if dir == libc::AT_FDCWD {
+        Ok(())
+    } else {
+        check_fd(dir)
+    }
+}
+
+/// A byte range `offset..offset + len` of a file must end at or before the
+/// largest file offset.
+fn check_end(offset: u64, len: u64, what: &str) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= Offset::MAX => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{what}: offset {offset} + length {len} is beyond the largest file offset ({})",
+                Offset::MAX
+            ),
+        )),
+    }
 }
 
 fn too_many_iovecs(n: usize) -> io::Error {

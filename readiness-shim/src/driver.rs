@@ -158,6 +158,7 @@ impl ShimDriver {
         let mut caps = Capabilities::all(Support::Emulated);
         caps.needs_nonblocking = true;
         caps.max_fd = poller.max_fd();
+        ops::limit_caps(&mut caps);
         Ok(ShimDriver {
             name: poller.name(),
             poller,
@@ -609,7 +610,8 @@ impl ShimDriver {
                 self.start_ctl(key);
                 return Ok(());
             }
-            Op::OpenAt { .. } => return self.start_open(key),
+            // Path ops (open, stat by path, rename, ...) name no fd: the pool.
+            _ if slot.fd().is_none() => return self.start_open(key),
             _ => {}
         }
         let fd = slot.fd().unwrap_or(-1);
@@ -638,7 +640,7 @@ impl ShimDriver {
                 | Op::Fsync { .. }
                 | Op::Stat { .. }
         );
-        if (kind == FdKind::File && file_op) || matches!(op, Op::Fsync { .. } | Op::Stat { .. }) {
+        if (kind == FdKind::File && file_op) || ops::on_pool(op) {
             if self.nowait_reads {
                 match ops::read_nowait(op) {
                     Nowait::Done(n) => {

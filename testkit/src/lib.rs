@@ -163,5 +163,20 @@ macro_rules! conformance {
         $crate::case!($t, bp2_pool_refills_on_drop_and_exhaustion_is_enobufs);
         $crate::case!($t, bp3_a_waiting_pooled_recv_holds_no_buffer);
         $crate::case!($t, bp4_pooled_file_read_at_an_offset);
+        // The file system by path, and send_file
+        $crate::case!($t, p1_metadata_by_path_matches_std);
+        $crate::case!($t, p2_dirs_and_removal_match_std);
+        $crate::case!($t, p3_rename_and_links_match_std);
+        $crate::case!($t, p4_read_dir_matches_std);
+        $crate::case!($t, p5_set_len_and_allocate);
+        $crate::case!($t, p6_open_beneath);
+        $crate::case!($t, p7_atomic_replace);
+        $crate::case!($t, p8_dir_close_waits_for_open_beneath);
+        $crate::case!($t, p9_refused_fs_ops_run_on_a_helper_thread);
+        $crate::case!($t, z1_send_file_ranges);
+        $crate::case!($t, z2_send_file_one_mib_slow_reader);
+        $crate::case!($t, z3_send_file_keeps_stream_order);
+        $crate::case!($t, z4_send_file_to_gone_peer);
+        $crate::case!($t, z5_ended_send_file_reports_bytes_out);
     };
 }

@@ -344,6 +344,7 @@ impl UringDriver {
         );
         match step {
             ops::Step::Done(n) => self.life.finish(key, Ok(n)),
+            ops::Step::Fail(e) => self.life.finish(key, Err(e)),
             ops::Step::Again => self.reissue(key),
         }
     }

@@ -3,6 +3,7 @@
 //! group file per kind of op (rw, net, fs, ctl), so "how does the shim do
 //! X" is answered in one file; this one dispatches and holds the helpers.
 
+use ringport_core::driver::Capabilities;
 use ringport_core::op::Op;
 use std::io;
 
@@ -10,6 +11,7 @@ mod ctl;
 mod fs;
 mod net;
 mod rw;
+mod sendfile;
 
 pub(crate) use ctl::poll_queue;
 pub(crate) use rw::{read_nowait, Nowait, NOWAIT_READS};
@@ -77,6 +79,7 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
         | Op::Connect { .. }
         | Op::Shutdown { .. } => net::attempt(op, progress),
         Op::Poll { .. } => ctl::attempt(op),
+        Op::SendFile { .. } => sendfile::attempt(op, progress),
         // File ops, timers, close and cancel are handled by the driver.
         _ => Attempt::Done(perform_blocking(op)),
     }
@@ -116,8 +119,44 @@ pub(crate) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
         | Op::Readv { .. }
         | Op::Writev { .. }
         | Op::ReadPooled { .. } => rw::perform_blocking(op),
-        Op::Fsync { .. } | Op::OpenAt { .. } | Op::Stat { .. } => fs::perform_blocking(op),
+        Op::Fsync { .. }
+        | Op::OpenAt { .. }
+        | Op::Stat { .. }
+        | Op::OpenAt2 { .. }
+        | Op::StatAt { .. }
+        | Op::RenameAt { .. }
+        | Op::UnlinkAt { .. }
+        | Op::MkdirAt { .. }
+        | Op::SymlinkAt { .. }
+        | Op::LinkAt { .. }
+        | Op::Fallocate { .. }
+        | Op::Ftruncate { .. } => fs::perform_blocking(op),
         Op::Nop => Ok(0),
         _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
     }
+}
+
+/// Ops on an fd that go to the pool whatever the fd is (they never report
+/// readiness): fsync, stat, fallocate, ftruncate, and an open beneath a
+/// directory fd.
+pub(crate) fn on_pool(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Fsync { .. }
+            | Op::Stat { .. }
+            | Op::Fallocate { .. }
+            | Op::Ftruncate { .. }
+            | Op::OpenAt2 { .. }
+    )
+}
+
+/// What this OS cannot do at all, marked unsupported in `caps` (every other
+/// kind is emulated).
+pub(crate) fn limit_caps(caps: &mut Capabilities) {
+    #[cfg(not(target_os = "linux"))]
+    caps.set(
+        ringport_core::op::OpKind::OpenAt2,
+        ringport_core::driver::Support::Unsupported,
+    );
+    let _ = caps;
 }

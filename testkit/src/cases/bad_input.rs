@@ -8,6 +8,13 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A path under a directory that does not exist.
+const MISSING: &str = "/ringport-missing-dir/x";
+
+fn cpath(p: &str) -> std::ffi::CString {
+    std::ffi::CString::new(p).unwrap()
+}
+
 /// One op of `kind`, on fds of `p` (a pipe) and `f` (a regular file).
 fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
     use ringport::{CancelTarget, ShutdownHow};
@@ -107,6 +114,65 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
         OpKind::Poll => Op::Poll {
             fd: p.wfd(),
             events: libc::POLLOUT,
+        },
+        OpKind::OpenAt2 => Op::OpenAt2 {
+            dir: libc::AT_FDCWD,
+            path: cpath("/dev/null"),
+            flags: libc::O_RDONLY,
+            mode: 0,
+            resolve: 0,
+        },
+        OpKind::StatAt => Op::StatAt {
+            dir: libc::AT_FDCWD,
+            path: cpath("/dev/null"),
+            follow: true,
+            stat: Box::default(),
+        },
+        // The path ops aim at a directory that does not exist: ENOENT.
+        OpKind::RenameAt => Op::RenameAt {
+            from_dir: libc::AT_FDCWD,
+            from: cpath(MISSING),
+            to_dir: libc::AT_FDCWD,
+            to: cpath(MISSING),
+            flags: 0,
+        },
+        OpKind::UnlinkAt => Op::UnlinkAt {
+            dir: libc::AT_FDCWD,
+            path: cpath(MISSING),
+            flags: 0,
+        },
+        OpKind::MkdirAt => Op::MkdirAt {
+            dir: libc::AT_FDCWD,
+            path: cpath(MISSING),
+            mode: 0o700,
+        },
+        OpKind::SymlinkAt => Op::SymlinkAt {
+            target: cpath("x"),
+            dir: libc::AT_FDCWD,
+            path: cpath(MISSING),
+        },
+        OpKind::LinkAt => Op::LinkAt {
+            from_dir: libc::AT_FDCWD,
+            from: cpath(MISSING),
+            to_dir: libc::AT_FDCWD,
+            to: cpath(MISSING),
+            flags: 0,
+        },
+        OpKind::Fallocate => Op::Fallocate {
+            fd: file,
+            mode: 0,
+            offset: 0,
+            len: 10,
+        },
+        OpKind::Ftruncate => Op::Ftruncate { fd: file, len: 10 },
+        OpKind::SendFile => Op::SendFile {
+            fd: p.wfd(),
+            // SAFETY: `file` is the caller's open fd; the op owns a duplicate.
+            file: unsafe { std::os::fd::BorrowedFd::borrow_raw(file) }
+                .try_clone_to_owned()
+                .unwrap(),
+            offset: 0,
+            len: 4,
         },
     }
 }

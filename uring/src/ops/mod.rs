@@ -1,6 +1,6 @@
 //! How io_uring performs each [`Op`]: the SQE it becomes, and what its CQE
 //! result means. `prepare` and `complete` dispatch by op to the group files
-//! (`rw`, `net`, `fs`, `ctl`), which hold everything specific to one op; this
+//! (`rw`, `net`, `fs`, `ctl`, `splice`), which hold everything specific to one op; this
 //! file holds what they share: the scratch memory an SQE points at, the
 //! stream-write rule, the probe list.
 
@@ -8,10 +8,12 @@ mod ctl;
 mod fs;
 mod net;
 mod rw;
+mod splice;
 
 use io_uring::{opcode, squeue, types};
 use ringport_core::op::{Op, OpKind};
 use std::io;
+use std::os::fd::AsRawFd;
 
 /// Memory the kernel reads or writes after submission that the `Op` does not
 /// hold itself. It lives in the slot's boxed [`Extra`], so it never moves while
@@ -26,6 +28,8 @@ pub(crate) enum Scratch {
     Time(types::Timespec),
     /// The provided-buffer group a pooled read picks from.
     Group(u16),
+    OpenHow(types::OpenHow),
+    Splice(Box<splice::SpliceState>),
 }
 
 /// What only some ops need, boxed so the common slot stays small.
@@ -57,8 +61,11 @@ pub(super) fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {
 pub(crate) enum Step {
     /// It is done, with this result.
     Done(usize),
-    /// A stream write with bytes left: issue it again (from `progress`).
+    /// A stream write with bytes left, or the next step of a multi-step op:
+    /// issue it again (from `progress`).
     Again,
+    /// The op failed in a step of its own (not in the kernel's result).
+    Fail(io::Error),
 }
 
 /// The SQE for `op`, with `progress` bytes of a stream write already done.
@@ -101,6 +108,46 @@ pub(crate) fn prepare(
         Op::Timeout { deadline } => ctl::timeout(*deadline, extra),
         Op::Cancel { target } => ctl::cancel(*target),
         Op::Poll { fd, events } => ctl::poll(*fd, *events),
+        Op::OpenAt2 {
+            dir,
+            path,
+            flags,
+            mode,
+            resolve,
+        } => fs::openat2(*dir, path, *flags, *mode, *resolve, extra),
+        Op::StatAt {
+            dir, path, follow, ..
+        } => fs::stat_at(*dir, path, *follow, extra),
+        Op::RenameAt {
+            from_dir,
+            from,
+            to_dir,
+            to,
+            flags,
+        } => fs::rename_at(*from_dir, from, *to_dir, to, *flags),
+        Op::UnlinkAt { dir, path, flags } => fs::unlink_at(*dir, path, *flags),
+        Op::MkdirAt { dir, path, mode } => fs::mkdir_at(*dir, path, *mode),
+        Op::SymlinkAt { target, dir, path } => fs::symlink_at(target, *dir, path),
+        Op::LinkAt {
+            from_dir,
+            from,
+            to_dir,
+            to,
+            flags,
+        } => fs::link_at(*from_dir, from, *to_dir, to, *flags),
+        Op::Fallocate {
+            fd,
+            mode,
+            offset,
+            len,
+        } => fs::fallocate(*fd, *mode, *offset, *len),
+        Op::Ftruncate { fd, len } => fs::ftruncate(*fd, *len),
+        Op::SendFile {
+            fd,
+            file,
+            offset,
+            len,
+        } => splice::send_file(*fd, file.as_raw_fd(), *offset, *len, extra),
     }
 }
 
@@ -124,7 +171,10 @@ pub(crate) fn complete(
         Op::Recv { buf, .. } => net::recv_done(buf, n),
         Op::RecvFrom { buf, addr, .. } => net::recvfrom_done(buf, addr, extra, n),
         Op::Readv { bufs, .. } => rw::readv_done(bufs, n),
-        Op::Stat { stat, .. } => fs::stat_done(stat, extra),
+        Op::Stat { stat, .. } | Op::StatAt { stat, .. } => fs::stat_done(stat, extra),
+        Op::SendFile { len, .. } => {
+            return splice::send_file_done(*len, extra, progress, n, cancel_requested)
+        }
         Op::Write { offset, buf, .. } => {
             return rw::write_done(*offset, buf, progress, n, cancel_requested)
         }
@@ -171,6 +221,16 @@ pub(crate) fn opcode_of(kind: OpKind) -> u8 {
         OpKind::Timeout => opcode::Timeout::CODE,
         OpKind::Cancel => opcode::AsyncCancel::CODE,
         OpKind::Poll => opcode::PollAdd::CODE,
+        OpKind::OpenAt2 => opcode::OpenAt2::CODE,
+        OpKind::StatAt => opcode::Statx::CODE,
+        OpKind::RenameAt => opcode::RenameAt::CODE,
+        OpKind::UnlinkAt => opcode::UnlinkAt::CODE,
+        OpKind::MkdirAt => opcode::MkDirAt::CODE,
+        OpKind::SymlinkAt => opcode::SymlinkAt::CODE,
+        OpKind::LinkAt => opcode::LinkAt::CODE,
+        OpKind::Fallocate => opcode::Fallocate::CODE,
+        OpKind::Ftruncate => opcode::Ftruncate::CODE,
+        OpKind::SendFile => opcode::Splice::CODE,
     }
 }
 
