@@ -34,6 +34,15 @@ macro_rules! port_tests {
         case!($b, cancel_all_on_an_fd);
         case!($b, close_with_waiters_and_ops_in_flight);
         case!($b, socket_round_trip);
+        case!($b, exit_packets_reach_2x_cpu_workers);
+        case!($b, exit_packets_reach_4_workers_at_concurrency_1);
+        case!($b, panicking_worker_keeps_concurrency);
+        case!($b, close_closes_queued_accepts);
+        #[test]
+        #[ignore = "run by close_closes_queued_accepts in a child process"]
+        fn close_accepts_child() {
+            crate::close_accepts_child($b)
+        }
     };
 }
 
@@ -367,4 +376,154 @@ fn iocp_echo_serves_200_clients(b: Backend) {
         .collect();
     let bytes: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     assert!(bytes > 200 * 5);
+}
+
+/// The standard IOCP shutdown: `workers` threads loop on `get`; one exit
+/// packet is posted per worker; every worker must have left within 1 s.
+fn exit_packets_reach_every_worker(b: Backend, concurrency: usize, workers: usize) {
+    const EXIT: usize = usize::MAX;
+    let p = port(b, concurrency);
+    let (tx, rx) = mpsc::channel();
+    let threads: Vec<_> = (0..workers)
+        .map(|i| {
+            let (p, tx) = (p.clone(), tx.clone());
+            std::thread::spawn(move || loop {
+                match p.get(WAIT) {
+                    Ok(e) if e.key == EXIT => {
+                        tx.send(i).unwrap();
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            })
+        })
+        .collect();
+    // Let every worker park in `get` first.
+    let t = Instant::now();
+    while p.waiting() < workers && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(p.waiting(), workers, "the workers did not all park");
+    let t0 = Instant::now();
+    for _ in 0..workers {
+        p.post(0, EXIT, 0).unwrap();
+    }
+    let mut left = HashSet::new();
+    while left.len() < workers {
+        let rest = Duration::from_secs(1).saturating_sub(t0.elapsed());
+        match rx.recv_timeout(rest) {
+            Ok(i) => {
+                left.insert(i);
+            }
+            Err(_) => break,
+        }
+    }
+    let n = left.len();
+    p.close(); // releases any stranded worker, so the test ends either way
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        n, workers,
+        "only {n} of {workers} workers (concurrency {concurrency}) got their exit packet within 1 s"
+    );
+}
+
+fn exit_packets_reach_2x_cpu_workers(b: Backend) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    exit_packets_reach_every_worker(b, cpus, 2 * cpus);
+}
+
+fn exit_packets_reach_4_workers_at_concurrency_1(b: Backend) {
+    exit_packets_reach_every_worker(b, 1, 4);
+}
+
+/// A worker that panics while it holds an entry gives its slot back: two
+/// workers at concurrency 2 can still hold an entry each at the same time.
+fn panicking_worker_keeps_concurrency(b: Backend) {
+    const PANIC: usize = 1;
+    const MEET: usize = 2;
+    let p = port(b, 2);
+    let holding = Arc::new(AtomicUsize::new(0));
+    let spawn = |p: Arc<CompletionPort>, holding: Arc<AtomicUsize>| {
+        std::thread::spawn(move || -> bool {
+            let Ok(e) = p.get(Some(Duration::from_secs(3))) else {
+                return false; // no entry: its slot is still taken
+            };
+            if e.overlapped == PANIC {
+                panic!("worker panics inside its processing (expected by the test)");
+            }
+            // Hold this entry until the other worker holds one too.
+            holding.fetch_add(1, Ordering::SeqCst);
+            let t = Instant::now();
+            while holding.load(Ordering::SeqCst) < 2 {
+                if t.elapsed() > Duration::from_secs(2) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            true
+        })
+    };
+    let victim = spawn(p.clone(), holding.clone());
+    p.post(0, 0, PANIC).unwrap();
+    assert!(victim.join().is_err(), "the worker panicked");
+    let a = spawn(p.clone(), holding.clone());
+    let c = spawn(p.clone(), holding.clone());
+    p.post(0, 0, MEET).unwrap();
+    p.post(0, 0, MEET).unwrap();
+    let (a, c) = (a.join().unwrap(), c.join().unwrap());
+    assert!(
+        a && c,
+        "after a worker panicked, two workers could not run at once at concurrency 2"
+    );
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Runs in a child process (its fd count is its own): 8 accepts complete
+/// and stay queued; `close()` must close the 8 accepted sockets.
+fn close_accepts_child(b: Backend) {
+    if std::env::var_os("RINGPORT_PORT_CLOSE_CHILD").is_none() {
+        return;
+    }
+    let baseline = fd_count();
+    {
+        let p = port(b, 0);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        p.associate(l.as_raw_fd(), 1).unwrap();
+        for i in 0..8 {
+            p.accept(l.as_raw_fd(), i).unwrap();
+        }
+        let clients: Vec<_> = (0..8)
+            .map(|_| std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap())
+            .collect();
+        let t = Instant::now();
+        while p.queued() < 8 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.queued(), 8, "8 accepts completed and queued");
+        p.close();
+        // Each client sees its server side closed (end of stream), not a leak.
+        for mut c in clients {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 1];
+            assert_eq!(c.read(&mut b).unwrap(), 0, "the accepted socket was closed");
+        }
+    }
+    assert_eq!(fd_count(), baseline, "fds leaked by close()");
+    println!("CLOSE OK");
+}
+
+fn close_closes_queued_accepts(b: Backend) {
+    harness::expect_child_ok(
+        b.into(),
+        "close_accepts_child",
+        "RINGPORT_PORT_CLOSE_CHILD",
+        "CLOSE OK",
+    );
 }
