@@ -38,6 +38,7 @@ macro_rules! port_tests {
         case!($b, exit_packets_reach_4_workers_at_concurrency_1);
         case!($b, panicking_worker_keeps_concurrency);
         case!($b, close_closes_queued_accepts);
+        case!($b, iocp_echo_sigint_shutdown);
         #[test]
         #[ignore = "run by close_closes_queued_accepts in a child process"]
         fn close_accepts_child() {
@@ -305,8 +306,9 @@ fn socket_round_trip(b: Backend) {
     p.close_fd(fd).unwrap();
 }
 
-/// `iocp_echo` as a real program, 200 clients, random-sized messages.
-fn iocp_echo_serves_200_clients(b: Backend) {
+/// The `iocp_echo` binary cargo built next to this test (built now if
+/// missing), as tests/examples.rs finds the examples.
+fn iocp_echo_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -322,7 +324,21 @@ fn iocp_echo_serves_200_clients(b: Backend) {
             .success();
         assert!(ok, "cargo build --example iocp_echo failed");
     }
-    let mut child = std::process::Command::new(&bin)
+    bin
+}
+
+/// A started example, killed if the test ends before it does.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_iocp_echo(b: Backend) -> (Kill, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut child = std::process::Command::new(iocp_echo_bin())
         .args([
             "--threads",
             "4",
@@ -334,25 +350,76 @@ fn iocp_echo_serves_200_clients(b: Backend) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _guard = Kill(child);
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let addr = line
         .split_whitespace()
         .find(|w| w.starts_with("127.0.0.1:"))
         .unwrap_or_else(|| panic!("iocp_echo said {line:?}"))
         .to_string();
+    (Kill(child), out, addr)
+}
+
+/// `iocp_echo --threads 4` with 200 connected clients gets SIGINT: it
+/// exits 0 within 1 s, every client sees its connection closed, and the
+/// fd count it reports at exit is the one it had at start.
+fn iocp_echo_sigint_shutdown(b: Backend) {
+    let (mut child, mut out, addr) = start_iocp_echo(b);
+    let mut clients = Vec::new();
+    for i in 0..200u32 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = i.to_le_bytes();
+        c.write_all(&msg).unwrap();
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg, "client {i}: echo");
+        clients.push(c);
+    }
+    let pid = child.0.id() as libc::pid_t;
+    // SAFETY: sends a signal to our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "iocp_echo did not exit within 1 s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let took = t0.elapsed();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "iocp_echo exited with {status}: {rest}");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    let fds = rest
+        .lines()
+        .find_map(|l| l.split_once("open fds "))
+        .map(|(_, f)| f.to_string())
+        .unwrap_or_else(|| panic!("iocp_echo reported no fd counts: {rest:?}"));
+    let nums: Vec<usize> = fds
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "fd counts in {fds:?}");
+    assert_eq!(nums[0], nums[1], "fds at start vs at exit: {fds}");
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut buf = [0u8; 1];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("client {i}: its connection was not closed: {other:?}"),
+        }
+    }
+}
+
+/// `iocp_echo` as a real program, 200 clients, random-sized messages.
+fn iocp_echo_serves_200_clients(b: Backend) {
+    let (_guard, _out, addr) = start_iocp_echo(b);
     let clients: Vec<_> = (0..200)
         .map(|i| {
             let addr = addr.clone();

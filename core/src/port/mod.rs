@@ -273,6 +273,9 @@ struct Cmds {
     list: Vec<Cmd>,
     /// The ring thread has ended and its driver is gone.
     done: bool,
+    /// Ends the ring thread's wait; dropped (with the fd it may hold) when
+    /// the ring thread ends, so a closed port holds no fd.
+    waker: Option<DriverWaker>,
 }
 
 struct Timer {
@@ -295,7 +298,6 @@ struct Shared {
     concurrency: usize,
     state: Mutex<State>,
     cmds: Mutex<Cmds>,
-    waker: DriverWaker,
     keys: Mutex<HashMap<RawFd, usize>>,
     closed: AtomicBool,
     timers: Mutex<Timers>,
@@ -313,15 +315,26 @@ impl Shared {
     /// Queues a command for the ring thread; the command comes back when
     /// the ring thread has ended.
     fn push(&self, cmd: Cmd) -> Option<Cmd> {
-        {
+        let waker = {
             let mut c = lock(&self.cmds);
             if c.done {
                 return Some(cmd);
             }
             c.list.push(cmd);
+            c.waker.clone()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.waker.wake();
         None
+    }
+
+    /// Ends the ring thread's current wait (to look at the timers again).
+    fn wake(&self) {
+        let waker = lock(&self.cmds).waker.clone();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -418,8 +431,8 @@ impl CompletionPort {
                     cmds: Mutex::new(Cmds {
                         list: Vec::new(),
                         done: false,
+                        waker: Some(driver.waker()),
                     }),
-                    waker: driver.waker(),
                     keys: Mutex::new(HashMap::new()),
                     closed: AtomicBool::new(false),
                     timers: Mutex::new(Timers::default()),
@@ -432,6 +445,7 @@ impl CompletionPort {
                 let late = {
                     let mut c = lock(&shared.cmds);
                     c.done = true;
+                    c.waker = None;
                     std::mem::take(&mut c.list)
                 };
                 let late = late.into_iter().filter_map(|c| match c {
@@ -785,7 +799,7 @@ impl CompletionPort {
             t.heap.push(std::cmp::Reverse((due, id)));
             id
         };
-        self.shared.waker.wake();
+        self.shared.wake();
         Ok(TimerId(id))
     }
 
