@@ -39,6 +39,14 @@ macro_rules! port_tests {
         case!($b, panicking_worker_keeps_concurrency);
         case!($b, close_closes_queued_accepts);
         case!($b, iocp_echo_sigint_shutdown);
+        case!($b, release_slot_and_blocking_let_another_run);
+        case!($b, close_and_drain_hands_over_every_entry);
+        case!($b, accept_with_data_one_entry);
+        case!($b, send_file_1mib_head_and_tail);
+        case!($b, send_file_ranges_and_short_file);
+        case!($b, open_and_read_without_association);
+        case!($b, periodic_timer_fires_10_times);
+        case!($b, one_shot_timer_fires_once);
         #[test]
         #[ignore = "run by close_closes_queued_accepts in a child process"]
         fn close_accepts_child() {
@@ -289,7 +297,9 @@ fn socket_round_trip(b: Backend) {
     let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let e = p.get(WAIT).unwrap();
     assert_eq!((e.key, e.overlapped), (100, 1));
-    let fd = e.status.unwrap() as i32;
+    assert_eq!(e.peer_addr(), Some(c.local_addr().unwrap()), "the peer");
+    let fd = *e.status.as_ref().unwrap() as i32;
+    assert_eq!(e.accepted_fd(), Some(fd));
     p.associate(fd, 200).unwrap();
     p.recv(fd, Vec::with_capacity(64), 2).unwrap();
     c.write_all(b"hello port").unwrap();
@@ -593,4 +603,337 @@ fn close_closes_queued_accepts(b: Backend) {
         "RINGPORT_PORT_CLOSE_CHILD",
         "CLOSE OK",
     );
+}
+
+/// Concurrency 1: a worker that gives its slot back (`release_slot`, or
+/// inside `blocking`) lets a second worker take an entry meanwhile.
+fn release_slot_and_blocking_let_another_run(b: Backend) {
+    let p = port(b, 1);
+    for use_blocking in [false, true] {
+        let other = Arc::new(AtomicUsize::new(0));
+        let (p1, o1) = (p.clone(), other.clone());
+        let (got_tx, got_rx) = mpsc::channel();
+        let first = std::thread::spawn(move || {
+            let _e = p1.get(WAIT).expect("first entry");
+            got_tx.send(()).unwrap();
+            let wait_for_other = || {
+                let t = Instant::now();
+                while o1.load(Ordering::SeqCst) == 0 && t.elapsed() < Duration::from_secs(2) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                o1.load(Ordering::SeqCst) == 1
+            };
+            let ran = if use_blocking {
+                p1.blocking(wait_for_other)
+            } else {
+                assert!(p1.release_slot(), "the thread held a slot");
+                wait_for_other()
+            };
+            let running = p1.running();
+            (ran, running)
+        });
+        p.post(0, 0, 1).unwrap();
+        got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let (p2, o2) = (p.clone(), other.clone());
+        let second = std::thread::spawn(move || {
+            let e = p2.get(Some(Duration::from_secs(3)));
+            o2.store(1, Ordering::SeqCst);
+            e.is_ok()
+        });
+        p.post(0, 0, 2).unwrap();
+        let (ran, running) = first.join().unwrap();
+        assert!(second.join().unwrap(), "the second worker got no entry");
+        assert!(
+            ran,
+            "blocking={use_blocking}: the second worker did not run meanwhile"
+        );
+        if use_blocking {
+            // Back from `blocking`, the first counts again, over the limit
+            // for a moment, as on Windows (the second still holds its slot
+            // until its thread ended, which it may have by now).
+            assert!(running >= 1, "running {running}");
+        }
+        // Both threads have ended: every slot is back.
+        let t = Instant::now();
+        while p.running() != 0 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.running(), 0, "slots given back when the threads ended");
+    }
+}
+
+/// `close_and_drain` hands the caller every entry nobody took: 3 queued
+/// accepts (with their sockets) and the cancelled receive in flight.
+fn close_and_drain_hands_over_every_entry(b: Backend) {
+    let p = port(b, 0);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    p.associate(l.as_raw_fd(), 1).unwrap();
+    for i in 0..3 {
+        p.accept(l.as_raw_fd(), i).unwrap();
+    }
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap())
+        .collect();
+    let (_c, s) = tcp_pair();
+    s.set_nonblocking(true).unwrap();
+    p.associate(s.as_raw_fd(), 2).unwrap();
+    let (buf, dropped) = Counted::new(16);
+    p.recv(s.as_raw_fd(), buf, 9).unwrap();
+    let t = Instant::now();
+    while p.queued() < 3 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(p.queued(), 3);
+    let mut accepted = Vec::new();
+    let mut cancelled = Vec::new();
+    let t0 = Instant::now();
+    p.close_and_drain(|mut e| {
+        if let Some(fd) = e.accepted_fd() {
+            accepted.push(fd);
+            p.close_fd(fd).unwrap();
+        } else {
+            let err = e.status.as_ref().unwrap_err().raw_os_error();
+            cancelled.push((e.key, e.overlapped, err));
+            drop(e.op.take());
+        }
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "close_and_drain hung"
+    );
+    assert_eq!(accepted.len(), 3, "the 3 queued accepts, each with its fd");
+    assert_eq!(cancelled, vec![(2, 9, Some(libc::ECANCELED))]);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the recv buffer came back"
+    );
+    for mut c in clients {
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0, "the accepted socket was closed");
+    }
+}
+
+/// AcceptEx with a receive length: no entry for the bare connection, then
+/// one entry with the new fd, the peer address and the first bytes; a peer
+/// that closes without sending gives 0 bytes and still its fd.
+fn accept_with_data_one_entry(b: Backend) {
+    let p = port(b, 0);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    p.associate(l.as_raw_fd(), 100).unwrap();
+    p.accept_with_data(l.as_raw_fd(), Vec::with_capacity(64), 5)
+        .unwrap();
+    let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    assert_eq!(
+        p.get(Some(Duration::from_millis(100))).unwrap_err(),
+        GetError::Timeout,
+        "no entry before the first bytes"
+    );
+    c.write_all(b"first bytes").unwrap();
+    let mut e = p.get(WAIT).unwrap();
+    assert_eq!((e.key, e.overlapped, e.bytes), (100, 5, 11));
+    assert_eq!(e.status.as_ref().unwrap(), &11);
+    let fd = e.accepted_fd().expect("the accepted fd");
+    assert_eq!(e.new_fd(), Some(fd));
+    assert_eq!(e.peer_addr(), Some(c.local_addr().unwrap()), "the peer");
+    let buf: Vec<u8> = e.take_read_buf().unwrap();
+    assert_eq!(buf, b"first bytes");
+    // The fd is a working connection.
+    p.associate(fd, 200).unwrap();
+    p.send(fd, buf, 6).unwrap();
+    let e = p.get(WAIT).unwrap();
+    assert_eq!((e.key, e.overlapped, e.bytes), (200, 6, 11));
+    let mut back = [0u8; 11];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"first bytes");
+    p.close_fd(fd).unwrap();
+    // A peer that connects and closes without a byte.
+    p.accept_with_data(l.as_raw_fd(), Vec::with_capacity(64), 7)
+        .unwrap();
+    drop(std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
+    let e = p.get(WAIT).unwrap();
+    assert_eq!((e.overlapped, e.bytes), (7, 0));
+    assert!(e.status.is_ok(), "{:?}", e.status);
+    let fd = e.accepted_fd().expect("the fd, even with no data");
+    p.close_fd(fd).unwrap();
+}
+
+fn read_all(mut c: std::net::TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut v = Vec::new();
+        c.read_to_end(&mut v).unwrap();
+        v
+    })
+}
+
+/// TransmitFile: head, 1 MiB of file, tail, as one entry whose count is the
+/// total, byte-exact at the peer; the file is not associated.
+fn send_file_1mib_head_and_tail(b: Backend) {
+    const MIB: usize = 1 << 20;
+    let p = port(b, 0);
+    let data = harness::pattern_vec(MIB);
+    let f = harness::TempFile::with(&data);
+    let file = f.raw_fd();
+    let (c, s) = tcp_pair();
+    s.set_nonblocking(true).unwrap();
+    p.associate(s.as_raw_fd(), 9).unwrap();
+    let reader = read_all(c);
+    let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+    let tail = b"--end--".to_vec();
+    let spec = ringport::SendFile::new(file.as_raw_fd(), 0, Some(MIB as u64))
+        .head(head.clone())
+        .tail(tail.clone());
+    p.send_file(s.as_raw_fd(), spec, 77).unwrap();
+    let e = p.get(WAIT).unwrap();
+    let total = head.len() + MIB + tail.len();
+    assert_eq!((e.key, e.overlapped), (9, 77));
+    assert_eq!(e.status.as_ref().unwrap(), &total, "{:?}", e.status);
+    assert_eq!(e.bytes, total);
+    assert!(
+        p.get(Some(Duration::from_millis(20))).is_err(),
+        "one entry for the whole transfer"
+    );
+    drop(s);
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), total);
+    let mut want = head;
+    want.extend_from_slice(&data);
+    want.extend_from_slice(&tail);
+    assert!(got == want, "bytes differ");
+}
+
+/// A range in the middle, a range to the end of the file (`len` None), and
+/// a range longer than the file (`UnexpectedEof`, with what was sent).
+fn send_file_ranges_and_short_file(b: Backend) {
+    let p = port(b, 0);
+    let data = harness::pattern_vec(100_000);
+    let f = harness::TempFile::with(&data);
+    let file = f.raw_fd();
+    let (c, s) = tcp_pair();
+    s.set_nonblocking(true).unwrap();
+    p.associate(s.as_raw_fd(), 1).unwrap();
+    let reader = read_all(c);
+    let fd = file.as_raw_fd();
+    let mid = ringport::SendFile::new(fd, 1000, Some(5000)).chunk_size(4096);
+    p.send_file(s.as_raw_fd(), mid, 1).unwrap();
+    let e = p.get(WAIT).unwrap();
+    assert_eq!(e.status.as_ref().unwrap(), &5000);
+    let to_end = ringport::SendFile::new(fd, 90_000, None).tail(b"!".to_vec());
+    p.send_file(s.as_raw_fd(), to_end, 2).unwrap();
+    let e = p.get(WAIT).unwrap();
+    assert_eq!(e.status.as_ref().unwrap(), &10_001);
+    let short = ringport::SendFile::new(fd, 99_000, Some(5000))
+        .head(b"H".to_vec())
+        .tail(b"never".to_vec());
+    p.send_file(s.as_raw_fd(), short, 3).unwrap();
+    let e = p.get(WAIT).unwrap();
+    let err = e.status.as_ref().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    assert_eq!(
+        e.bytes,
+        1 + 1000,
+        "head and the file's last 1000 bytes were sent"
+    );
+    drop(s);
+    let got = reader.join().unwrap();
+    let mut want = data[1000..6000].to_vec();
+    want.extend_from_slice(&data[90_000..]);
+    want.push(b'!');
+    want.push(b'H');
+    want.extend_from_slice(&data[99_000..]);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "bytes differ");
+}
+
+/// An open through the port (no fd, so no association), then a read of the
+/// new fd with an explicit key, also without association.
+fn open_and_read_without_association(b: Backend) {
+    let p = port(b, 0);
+    let f = harness::TempFile::with(b"opened through the port");
+    p.open(&f.path, libc::O_RDONLY, 0, 3, 4).unwrap();
+    let e = p.get(WAIT).unwrap();
+    assert_eq!((e.key, e.overlapped), (3, 4));
+    let fd = e.new_fd().expect("the opened fd");
+    assert_eq!(e.bytes, fd as usize);
+    assert_eq!(e.accepted_fd(), None, "not an accept");
+    let op = ringport::Op::Read {
+        fd,
+        offset: ringport::Offset::At(0),
+        buf: ringport::AnyBufMut::new(Vec::with_capacity(64)),
+    };
+    p.start_keyed(op, 8, 5).unwrap();
+    let mut e = p.get(WAIT).unwrap();
+    assert_eq!((e.key, e.overlapped), (8, 5));
+    let buf: Vec<u8> = e.take_read_buf().unwrap();
+    assert_eq!(buf, b"opened through the port");
+    // `start` takes an fd-less op too (key 0).
+    let path = std::ffi::CString::new(f.path.as_os_str().as_encoded_bytes()).unwrap();
+    let op = ringport::Op::OpenAt {
+        dir: libc::AT_FDCWD,
+        path,
+        flags: libc::O_RDONLY,
+        mode: 0,
+    };
+    p.start(op, 6).unwrap();
+    let e = p.get(WAIT).unwrap();
+    assert_eq!((e.key, e.overlapped), (0, 6));
+    let fd2 = e.new_fd().expect("the opened fd");
+    p.close_fd(fd).unwrap();
+    p.close_fd(fd2).unwrap();
+}
+
+/// A periodic port timer posts its key and overlapped 10 times, at its
+/// period, and nothing once cancelled.
+fn periodic_timer_fires_10_times(b: Backend) {
+    let p = port(b, 0);
+    let period = Duration::from_millis(20);
+    let t0 = Instant::now();
+    let id = p.set_timer(period, Some(period), 31, 32).unwrap();
+    let mut periods = 0;
+    for _ in 0..10 {
+        let e = p.get(WAIT).unwrap();
+        assert_eq!((e.key, e.overlapped), (31, 32));
+        assert!(e.op.is_none());
+        assert!(e.bytes >= 1);
+        periods += e.bytes;
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= period * periods as u32,
+        "{periods} periods of {period:?} in {took:?}"
+    );
+    assert!(p.cancel_timer(id), "the timer was set");
+    assert!(!p.cancel_timer(id));
+    // At most one more that fired before the cancel.
+    let _ = p.get(Some(Duration::from_millis(5)));
+    assert_eq!(
+        p.get(Some(Duration::from_millis(100))).unwrap_err(),
+        GetError::Timeout,
+        "a cancelled timer fired"
+    );
+    assert!(
+        p.set_timer(period, Some(Duration::ZERO), 0, 0).is_err(),
+        "a zero period is refused"
+    );
+}
+
+fn one_shot_timer_fires_once(b: Backend) {
+    let p = port(b, 0);
+    let t0 = Instant::now();
+    let id = p.set_timer(Duration::from_millis(30), None, 5, 6).unwrap();
+    let late = p.set_timer(Duration::from_secs(60), None, 7, 8).unwrap();
+    let e = p.get(WAIT).unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(30));
+    assert_eq!((e.key, e.overlapped, e.bytes), (5, 6, 1));
+    assert_eq!(
+        p.get(Some(Duration::from_millis(80))).unwrap_err(),
+        GetError::Timeout,
+        "a one-shot timer fires once"
+    );
+    assert!(!p.cancel_timer(id), "a fired one-shot timer is gone");
+    assert!(p.cancel_timer(late));
 }
