@@ -9,7 +9,7 @@ use harness::Counted;
 use ringport::{Backend, CompletionPort, GetError};
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -723,6 +723,7 @@ fn accept_with_data_one_entry(b: Backend) {
     let p = port(b, 0);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
     p.associate(l.as_raw_fd(), 100).unwrap();
     p.accept_with_data(l.as_raw_fd(), Vec::with_capacity(64), 5)
         .unwrap();
@@ -759,6 +760,29 @@ fn accept_with_data_one_entry(b: Backend) {
     assert!(e.status.is_ok(), "{:?}", e.status);
     let fd = e.accepted_fd().expect("the fd, even with no data");
     p.close_fd(fd).unwrap();
+    // Cancelled (on the listener) while it waits for the first bytes: the
+    // entry still carries the accepted socket. Then the same through
+    // `close_fd` of the listener.
+    let lfd = l.into_raw_fd();
+    for (round, ov) in [(0, 8), (1, 9)] {
+        p.accept_with_data(lfd, Vec::with_capacity(64), ov).unwrap();
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // accepted, now receiving
+        if round == 0 {
+            assert_eq!(p.cancel(lfd, Some(ov)).unwrap(), 1);
+        } else {
+            p.close_fd(lfd).unwrap();
+        }
+        let e = p.get(WAIT).unwrap();
+        assert_eq!(e.overlapped, ov);
+        let err = e.status.as_ref().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECANCELED), "{err}");
+        let fd = e
+            .accepted_fd()
+            .expect("the accepted socket, though cancelled");
+        assert_eq!(e.peer_addr(), Some(c.local_addr().unwrap()));
+        p.close_fd(fd).unwrap();
+    }
 }
 
 fn read_all(mut c: std::net::TcpStream) -> std::thread::JoinHandle<Vec<u8>> {

@@ -79,6 +79,8 @@ struct Ring<'a> {
     shutdown: Shutdown,
     /// Entries that found the port closed before the shutdown command came.
     orphans: Vec<PortEntry>,
+    /// Composite ops in the table (a close of their fd looks for them).
+    composites: usize,
 }
 
 /// Runs the ring thread until the port shuts down; returns the fds that
@@ -91,6 +93,7 @@ pub(super) fn run(s: &Shared, driver: &mut dyn Driver) -> Vec<RawFd> {
         table: Slab::new(),
         shutdown: Shutdown::Running,
         orphans: Vec::new(),
+        composites: 0,
     };
     let mut out: Vec<Completion> = Vec::new();
     loop {
@@ -119,10 +122,21 @@ pub(super) fn run(s: &Shared, driver: &mut dyn Driver) -> Vec<RawFd> {
             let Some(f) = r.table.try_remove(c.token as usize) else {
                 continue;
             };
+            if f.what.is_composite() {
+                r.composites -= 1;
+            }
             if let Some(e) = r.advance(f, c) {
                 r.hand_over(e);
             }
         }
+    }
+}
+
+impl What {
+    /// A composite op, whose current step may be on another fd than the
+    /// one `cancel` and `close_fd` name.
+    fn is_composite(&self) -> bool {
+        matches!(self, What::FirstRecv { .. } | What::SendFile(_))
     }
 }
 
@@ -162,6 +176,16 @@ impl Ring<'_> {
                 if self.submit(f, Op::Close { fd }).is_some() {
                     // The driver refused the close (say, one is already under
                     // way for this fd); nothing more the port can do.
+                }
+                // The driver cancels the ops on `fd`; a composite op named by
+                // `fd` may be at a step on another fd (the first receive of
+                // an accept with data, the file read of a send_file).
+                if self.composites > 0 {
+                    for (_, f) in self.table.iter() {
+                        if f.fd == fd && f.what.is_composite() {
+                            let _ = self.driver.cancel(f.id);
+                        }
+                    }
                 }
             }
             Cmd::Cancel {
@@ -205,6 +229,9 @@ impl Ring<'_> {
         match self.driver.submit(op, slot.key() as u64, None) {
             Ok(id) => {
                 f.id = id;
+                if f.what.is_composite() {
+                    self.composites += 1;
+                }
                 slot.insert(f);
                 None
             }
