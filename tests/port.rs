@@ -1,7 +1,11 @@
 //! The CompletionPort (IOCP model), on every backend: W2, W3, the
 //! concurrency limit, LIFO wake order, cancel-all on an fd, close with
-//! waiters and ops in flight, a real socket round trip, and `iocp_echo`
-//! serving 200 clients.
+//! waiters and ops in flight, a real socket round trip; running slots
+//! (exit packets reach every worker, a panicking worker, `release_slot` and
+//! `blocking`); close without losing accepted sockets (`close`,
+//! `close_and_drain`); accept with a first receive; `send_file`; opens and
+//! fd-less ops; port timers; and `iocp_echo` serving 200 clients and
+//! shutting down on SIGINT.
 
 use ringport_testkit::harness;
 
