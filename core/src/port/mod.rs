@@ -754,9 +754,11 @@ impl CompletionPort {
     /// PostQueuedCompletionStatus: an entry delivered unchanged.
     pub fn post(&self, bytes: usize, key: usize, overlapped: usize) -> io::Result<()> {
         self.check_open()?;
-        let mut e = PortEntry::new(key, overlapped, Ok(bytes), None);
-        e.bytes = bytes;
-        let _ = deliver(&self.shared, e);
+        // A posted entry owns nothing: if the port closed meanwhile, it goes.
+        let _ = deliver(
+            &self.shared,
+            PortEntry::new(key, overlapped, Ok(bytes), None),
+        );
         Ok(())
     }
 
@@ -852,8 +854,8 @@ impl CompletionPort {
                 return Ok(e);
             }
         }
-        // Our slot may let a parked waiter take a queued entry.
-        dispatch(&mut st, s.concurrency);
+        // (Nothing queued is left for a parked waiter: with a free slot we
+        // would have taken it ourselves.)
         if st.closed {
             return Err(GetError::Closed);
         }
