@@ -48,6 +48,7 @@ macro_rules! port_tests {
         case!($b, accept_with_data_one_entry);
         case!($b, send_file_1mib_head_and_tail);
         case!($b, send_file_ranges_and_short_file);
+        case!($b, send_file_to_a_gone_peer_fails);
         case!($b, open_and_read_without_association);
         case!($b, periodic_timer_fires_10_times);
         case!($b, one_shot_timer_fires_once);
@@ -964,4 +965,47 @@ fn one_shot_timer_fires_once(b: Backend) {
     );
     assert!(!p.cancel_timer(id), "a fired one-shot timer is gone");
     assert!(p.cancel_timer(late));
+}
+
+/// The peer resets the connection: send_file ends with the OS error (no
+/// hang, one entry), `bytes` what went out before it.
+fn send_file_to_a_gone_peer_fails(b: Backend) {
+    let p = port(b, 0);
+    let data = harness::pattern_vec(1 << 20);
+    let f = harness::TempFile::with(&data);
+    let file = f.raw_fd();
+    let (c, s) = tcp_pair();
+    // Close with a reset (linger 0) so the sender's next send fails.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: c is an open socket; the option is one plain struct.
+    let r = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(c);
+    s.set_nonblocking(true).unwrap();
+    p.associate(s.as_raw_fd(), 4).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let spec = ringport::SendFile::new(file.as_raw_fd(), 0, None);
+    p.send_file(s.as_raw_fd(), spec, 1).unwrap();
+    let e = p.get(WAIT).unwrap();
+    let err = e.status.as_ref().unwrap_err();
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(libc::EPIPE) | Some(libc::ECONNRESET)
+        ),
+        "{err}"
+    );
+    assert!(e.bytes < data.len(), "bytes {}", e.bytes);
+    assert!(p.get(Some(Duration::from_millis(20))).is_err(), "one entry");
 }
