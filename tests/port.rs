@@ -44,6 +44,7 @@ macro_rules! port_tests {
         case!($b, close_closes_queued_accepts);
         case!($b, iocp_echo_sigint_shutdown);
         case!($b, release_slot_and_blocking_let_another_run);
+        case!($b, waiting_on_another_port_gives_the_slot_back);
         case!($b, close_and_drain_hands_over_every_entry);
         case!($b, accept_with_data_one_entry);
         case!($b, send_file_1mib_head_and_tail);
@@ -1008,4 +1009,31 @@ fn send_file_to_a_gone_peer_fails(b: Backend) {
     );
     assert!(e.bytes < data.len(), "bytes {}", e.bytes);
     assert!(p.get(Some(Duration::from_millis(20))).is_err(), "one entry");
+}
+
+/// As on Windows, a thread that waits on a second port leaves the first:
+/// its slot there goes back, so another worker of the first port runs.
+fn waiting_on_another_port_gives_the_slot_back(b: Backend) {
+    let a = port(b, 1);
+    let other = port(b, 1);
+    let (a1, o1) = (a.clone(), other.clone());
+    let (tx, rx) = mpsc::channel();
+    let first = std::thread::spawn(move || {
+        let _e = a1.get(WAIT).expect("an entry of port a");
+        tx.send(()).unwrap();
+        // Now wait on the other port, holding a's entry.
+        let _ = o1.get(Some(Duration::from_secs(3)));
+    });
+    a.post(0, 0, 1).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let a2 = a.clone();
+    let second = std::thread::spawn(move || a2.get(Some(Duration::from_secs(2))).is_ok());
+    a.post(0, 0, 2).unwrap();
+    let ran = second.join().unwrap();
+    other.post(0, 0, 0).unwrap(); // lets the first thread end
+    first.join().unwrap();
+    assert!(
+        ran,
+        "a thread waiting on another port kept its slot on port a"
+    );
 }

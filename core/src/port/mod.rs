@@ -379,6 +379,32 @@ fn take_held(id: u64) -> bool {
     .unwrap_or(false)
 }
 
+/// Gives back this thread's slots on every port but `id` (a thread waits
+/// on one port at a time: waiting on this one leaves the others, as on
+/// Windows). Called with no port's state locked.
+fn leave_other_ports(id: u64) {
+    let others: Vec<Weak<Shared>> = HELD
+        .try_with(|h| {
+            let mut h = h.0.borrow_mut();
+            let mut gone = Vec::new();
+            h.retain(|(p, w)| {
+                if *p == id {
+                    true
+                } else {
+                    gone.push(w.clone());
+                    false
+                }
+            });
+            gone
+        })
+        .unwrap_or_default();
+    for port in others {
+        if let Some(s) = port.upgrade() {
+            s.release_one();
+        }
+    }
+}
+
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
 
 /// The IOCP-style completion port. `Send + Sync`: share it (in an `Arc`, or
@@ -839,10 +865,12 @@ impl CompletionPort {
 
     /// GetQueuedCompletionStatus: the next entry, waiting at most `timeout`
     /// (`None`: forever). A thread holding a running slot from an earlier
-    /// `get` gives it back when it calls this again.
+    /// `get` gives it back when it calls this again — on this port or, as
+    /// on Windows, on another one.
     pub fn get(&self, timeout: Option<Duration>) -> Result<PortEntry, GetError> {
         let s = &self.shared;
         let end = timeout.map(|t| Instant::now().checked_add(t));
+        leave_other_ports(s.id);
         let mut st = lock(&s.state);
         if take_held(s.id) {
             st.running = st.running.saturating_sub(1);
