@@ -24,10 +24,10 @@
 //! when the ring thread submits it arrive as entries, too). At most
 //! `concurrency` threads are released at once. A thread holds a *running
 //! slot* from the moment `get` hands it an entry until it leaves the port:
-//! it calls `get` again, it calls [`CompletionPort::release_slot`] (or runs
-//! blocking work inside [`CompletionPort::blocking`]), or it ends — by
-//! returning or by a panic that unwinds it (its thread-local record gives
-//! the slot back). A stream send completes only when every byte is sent (the
+//! it calls `get` again (on this port or another), it calls
+//! [`CompletionPort::release_slot`] (or runs blocking work inside
+//! [`CompletionPort::blocking`]), or it ends — by returning or by a panic
+//! that unwinds it (its thread-local record gives the slot back). A stream send completes only when every byte is sent (the
 //! drivers guarantee it), as with `WSASend`. `close` releases every waiter
 //! with [`GetError::Closed`], cancels what is in flight, and hands every
 //! entry nobody took to the drain callback (or closes the fd it made),
