@@ -71,6 +71,13 @@ mod aio {
     port_tests!(ringport::Backend::Aio);
 }
 
+/// Not a backend property: the port's own bound on `close`, with a driver
+/// whose ops never complete, not even when cancelled.
+#[test]
+fn close_is_bounded_when_ops_never_complete() {
+    crate::close_bounded_with_a_stuck_driver()
+}
+
 mod epoll {
     port_tests!(ringport::Backend::Epoll);
     case!(ringport::Backend::Epoll, iocp_echo_serves_200_clients);
@@ -1036,4 +1043,94 @@ fn waiting_on_another_port_gives_the_slot_back(b: Backend) {
         ran,
         "a thread waiting on another port kept its slot on port a"
     );
+}
+
+/// A driver that accepts every op and never completes any.
+struct Stuck {
+    caps: ringport::Capabilities,
+    wake: Arc<StuckWake>,
+    ops: Vec<ringport::Op>,
+}
+
+#[derive(Default)]
+struct StuckWake {
+    woken: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl ringport_core::Wake for StuckWake {
+    fn wake(&self) {
+        *self.woken.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl ringport::Driver for Stuck {
+    fn name(&self) -> &'static str {
+        "stuck"
+    }
+    fn capabilities(&self) -> &ringport::Capabilities {
+        &self.caps
+    }
+    fn submit(
+        &mut self,
+        op: ringport::Op,
+        _token: u64,
+        _deadline: Option<Instant>,
+    ) -> Result<ringport::OpId, ringport::SubmitError> {
+        self.ops.push(op);
+        Ok(ringport::OpId::new(self.ops.len() as u32, 1))
+    }
+    fn wait(
+        &mut self,
+        _out: &mut Vec<ringport::Completion>,
+        _min: usize,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<usize> {
+        let mut w = self.wake.woken.lock().unwrap();
+        if !*w {
+            let t = timeout.unwrap_or(Duration::from_secs(1));
+            w = self.wake.cv.wait_timeout(w, t).unwrap().0;
+        }
+        *w = false;
+        Ok(0)
+    }
+    fn cancel(&mut self, _id: ringport::OpId) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn cancel_fd(&mut self, _fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        Ok(0)
+    }
+    fn waker(&self) -> ringport::DriverWaker {
+        ringport::DriverWaker::new(self.wake.clone())
+    }
+    fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+fn close_bounded_with_a_stuck_driver() {
+    let p = ringport_core::CompletionPort::with_driver(0, || {
+        Ok(Box::new(Stuck {
+            caps: ringport::Capabilities::all(ringport::Support::Native),
+            wake: Arc::default(),
+            ops: Vec::new(),
+        }))
+    })
+    .unwrap();
+    let (_c, s) = tcp_pair();
+    p.associate(s.as_raw_fd(), 1).unwrap();
+    p.recv(s.as_raw_fd(), Vec::with_capacity(8), 1).unwrap();
+    p.set_timer(Duration::from_secs(60), None, 0, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let t0 = Instant::now();
+    let mut drained = 0;
+    p.close_and_drain(|_| drained += 1);
+    let took = t0.elapsed();
+    assert!(
+        took < ringport_core::port::SHUTDOWN_LIMIT + Duration::from_secs(1),
+        "close took {took:?}"
+    );
+    assert_eq!(drained, 0, "the stuck op never came back");
+    assert_eq!(p.get(Some(Duration::ZERO)).unwrap_err(), GetError::Closed);
 }
