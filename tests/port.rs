@@ -78,6 +78,34 @@ fn close_is_bounded_when_ops_never_complete() {
     crate::close_bounded_with_a_stuck_driver()
 }
 
+/// A ring thread that dies (its driver panics) does not leave workers
+/// waiting forever, and `close` still returns at once.
+#[test]
+fn a_dead_ring_thread_releases_waiters_and_close() {
+    let p = Arc::new(crate::stuck_port(true));
+    let q = p.clone();
+    let waiter = std::thread::spawn(move || q.get(Some(Duration::from_secs(10))));
+    std::thread::sleep(Duration::from_millis(20));
+    p.post(0, 0, 0).ok();
+    let t0 = Instant::now();
+    // The first op makes the driver panic in its next wait.
+    p.start_keyed(ringport::Op::Nop, 0, 1).unwrap();
+    let got = waiter.join().unwrap();
+    // The posted entry may have reached the waiter first; then wait again.
+    match got {
+        Ok(_) => assert_eq!(
+            p.get(Some(Duration::from_secs(10))).unwrap_err(),
+            GetError::Closed
+        ),
+        Err(e) => assert_eq!(e, GetError::Closed),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "waiters stranded");
+    let t1 = Instant::now();
+    p.close();
+    assert!(t1.elapsed() < Duration::from_secs(1), "close hung");
+    assert!(p.start_keyed(ringport::Op::Nop, 0, 2).is_err());
+}
+
 mod epoll {
     port_tests!(ringport::Backend::Epoll);
     case!(ringport::Backend::Epoll, iocp_echo_serves_200_clients);
@@ -1047,6 +1075,8 @@ fn waiting_on_another_port_gives_the_slot_back(b: Backend) {
 
 /// A driver that accepts every op and never completes any.
 struct Stuck {
+    /// Panic in `wait` instead (a driver bug that kills the ring thread).
+    panic: bool,
     caps: ringport::Capabilities,
     wake: Arc<StuckWake>,
     ops: Vec<ringport::Op>,
@@ -1087,6 +1117,9 @@ impl ringport::Driver for Stuck {
         _min: usize,
         timeout: Option<Duration>,
     ) -> std::io::Result<usize> {
+        if self.panic && !self.ops.is_empty() {
+            panic!("the stuck driver panics in wait (expected by the test)");
+        }
         let mut w = self.wake.woken.lock().unwrap();
         if !*w {
             let t = timeout.unwrap_or(Duration::from_secs(1));
@@ -1109,15 +1142,20 @@ impl ringport::Driver for Stuck {
     }
 }
 
-fn close_bounded_with_a_stuck_driver() {
-    let p = ringport_core::CompletionPort::with_driver(0, || {
+fn stuck_port(panic: bool) -> ringport_core::CompletionPort {
+    ringport_core::CompletionPort::with_driver(0, move || {
         Ok(Box::new(Stuck {
+            panic,
             caps: ringport::Capabilities::all(ringport::Support::Native),
             wake: Arc::default(),
             ops: Vec::new(),
         }))
     })
-    .unwrap();
+    .unwrap()
+}
+
+fn close_bounded_with_a_stuck_driver() {
+    let p = stuck_port(false);
     let (_c, s) = tcp_pair();
     p.associate(s.as_raw_fd(), 1).unwrap();
     p.recv(s.as_raw_fd(), Vec::with_capacity(8), 1).unwrap();

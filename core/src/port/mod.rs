@@ -407,6 +407,47 @@ fn leave_other_ports(id: u64) {
 
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
 
+/// The end of the ring thread, run when it returns and when it unwinds from
+/// a panic, so that a port whose ring thread died still closes: the driver
+/// goes first (fds closed after it have no driver state left behind), then
+/// the port stops taking commands — which drops the drain sender a `close`
+/// waits on — and the fds nobody else will close are closed.
+struct RingEnd {
+    shared: Arc<Shared>,
+    driver: Option<Box<dyn Driver>>,
+    /// Fds made by ops still out when the ring thread gave up waiting.
+    stranded: Vec<RawFd>,
+}
+
+impl Drop for RingEnd {
+    fn drop(&mut self) {
+        drop(self.driver.take());
+        let late = {
+            let mut c = lock(&self.shared.cmds);
+            c.done = true;
+            c.waker = None;
+            std::mem::take(&mut c.list)
+        };
+        let late = late.into_iter().filter_map(|c| match c {
+            Cmd::Close { fd } => Some(fd),
+            _ => None,
+        });
+        for fd in self.stranded.drain(..).chain(late) {
+            // SAFETY: the fd was made by an op of this port (or handed to
+            // close_fd) and the driver that used it is gone; nothing else
+            // closes it.
+            unsafe { libc::close(fd) };
+        }
+        // A waiter must not wait for entries that will never come. (The
+        // queue stays for `close`, which still hands it over.)
+        let mut st = lock(&self.shared.state);
+        st.closed = true;
+        for w in st.waiters.drain(..) {
+            w.cv.notify_one();
+        }
+    }
+}
+
 /// The IOCP-style completion port. `Send + Sync`: share it (in an `Arc`, or
 /// by reference in scoped threads) among any number of worker threads.
 pub struct CompletionPort {
@@ -438,7 +479,7 @@ impl CompletionPort {
         let thread = std::thread::Builder::new()
             .name("ringport-port".into())
             .spawn(move || {
-                let mut driver = match make() {
+                let driver = match make() {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -464,26 +505,15 @@ impl CompletionPort {
                     timers: Mutex::new(Timers::default()),
                 });
                 let _ = tx.send(Ok(shared.clone()));
-                let stranded = ring::run(&shared, &mut *driver);
-                // The driver goes first; fds closed after it have no driver
-                // state left behind.
-                drop(driver);
-                let late = {
-                    let mut c = lock(&shared.cmds);
-                    c.done = true;
-                    c.waker = None;
-                    std::mem::take(&mut c.list)
+                let mut end = RingEnd {
+                    shared,
+                    driver: Some(driver),
+                    stranded: Vec::new(),
                 };
-                let late = late.into_iter().filter_map(|c| match c {
-                    Cmd::Close { fd } => Some(fd),
-                    _ => None,
-                });
-                for fd in stranded.into_iter().chain(late) {
-                    // SAFETY: the fd was made by an op of this port (or
-                    // handed to close_fd) and the driver that used it is
-                    // gone; nothing else closes it.
-                    unsafe { libc::close(fd) };
+                if let Some(d) = end.driver.as_mut() {
+                    end.stranded = ring::run(&end.shared, &mut **d);
                 }
+                // `end` drops here, or while a panic unwinds this thread.
             })?;
         let shared = rx
             .recv()
