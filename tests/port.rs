@@ -5,7 +5,8 @@
 //! `blocking`); close without losing accepted sockets (`close`,
 //! `close_and_drain`); accept with a first receive; `send_file`; opens and
 //! fd-less ops; port timers; and `iocp_echo` serving 200 clients and
-//! shutting down on SIGINT.
+//! shutting down on SIGINT. Two cases use a fake driver, not a backend:
+//! `close` bounded when ops never complete, and a ring thread that dies.
 
 use ringport_testkit::harness;
 
