@@ -37,7 +37,8 @@ pub use backend::{driver, Backend, BACKEND_ENV};
 pub use port::CompletionPort;
 pub use ringport_core::buf::{self, AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use ringport_core::driver::{
-    self as drv, Capabilities, Completion, Driver, DriverWaker, SubmitError, Support,
+    self as drv, Capabilities, Completion, Driver, DriverWaker, Parking, Ready, SubmitError,
+    Support,
 };
 pub use ringport_core::op::{
     self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,

@@ -2,15 +2,19 @@
 //! backends: `Wrapped` is a `Driver` written here, as a user would write one
 //! outside the repository (it forwards to the epoll shim under its own
 //! name), and the whole conformance suite runs on it through
-//! `ringport_testkit::conformance!`.
+//! `ringport_testkit::conformance!`. It hands out whole completions from its
+//! `wait` and serves `wait_ready`/`take` through core's `Parking`, as a
+//! driver with its own completion list would.
 
-use ringport::{Capabilities, Completion, Driver, DriverWaker, Op, OpId, SubmitError};
+use ringport::{
+    Capabilities, Completion, Driver, DriverWaker, Op, OpId, Parking, Ready, SubmitError,
+};
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// A driver of "someone else's": the epoll shim behind a name of its own.
-struct Wrapped(Box<dyn Driver>);
+struct Wrapped(Box<dyn Driver>, Parking);
 
 impl Driver for Wrapped {
     fn name(&self) -> &'static str {
@@ -35,6 +39,18 @@ impl Driver for Wrapped {
     ) -> io::Result<usize> {
         self.0.wait(out, min, timeout)
     }
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let inner = &mut self.0;
+        self.1.wait_ready(out, |got| inner.wait(got, min, timeout))
+    }
+    fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.1.take(id)
+    }
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
         self.0.cancel(id)
     }
@@ -45,13 +61,13 @@ impl Driver for Wrapped {
         self.0.waker()
     }
     fn in_flight(&self) -> usize {
-        self.0.in_flight()
+        self.0.in_flight() + self.1.len()
     }
 }
 
 mod wrapped {
     ringport_testkit::conformance!(ringport_testkit::Target::new("wrapped", || {
         let inner = ringport::driver(ringport::Backend::Epoll)?;
-        Ok(Box::new(super::Wrapped(inner)) as Box<dyn ringport::Driver>)
+        Ok(Box::new(super::Wrapped(inner, Default::default())) as Box<dyn ringport::Driver>)
     }));
 }

@@ -9,8 +9,8 @@ use crate::notify::{self, Notifier};
 use crate::ops::{self, set_error_code, AioReq, AioState, NOT_QUEUED};
 use crate::AioBuilder;
 use ringport_core::driver::{
-    admit, cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
-    Support,
+    admit, cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, Parking,
+    Ready, SubmitError, Support,
 };
 use ringport_core::op::{CancelTarget, Offset, Op, OpId, OpKind};
 use slab::Slab;
@@ -90,6 +90,8 @@ pub struct AioDriver {
     in_glibc: usize,
     max_in_flight: usize,
     ready: Vec<Completion>,
+    /// Completions announced by `wait_ready`, until taken.
+    parking: Parking,
     delegate_out: Vec<Completion>,
     signalled: Vec<(usize, u32)>,
     poll_armed: bool,
@@ -142,6 +144,7 @@ impl AioDriver {
             in_glibc: 0,
             max_in_flight,
             ready: Vec::new(),
+            parking: Parking::default(),
             delegate_out: Vec::new(),
             signalled: Vec::new(),
             poll_armed: false,
@@ -845,6 +848,24 @@ impl Driver for AioDriver {
         r.map(|_| n)
     }
 
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        // This driver's table hands out whole completions; they are parked
+        // until taken.
+        let mut parking = std::mem::take(&mut self.parking);
+        let r = parking.wait_ready(out, |got| self.wait(got, min, timeout));
+        self.parking = parking;
+        r
+    }
+
+    fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.parking.take(id)
+    }
+
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
         let key = self
             .lookup(id)
@@ -870,7 +891,7 @@ impl Driver for AioDriver {
     }
 
     fn in_flight(&self) -> usize {
-        self.entries.len() + self.ready.len()
+        self.entries.len() + self.ready.len() + self.parking.len()
     }
 }
 

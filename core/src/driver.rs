@@ -27,6 +27,17 @@ pub struct Completion {
     pub op: Op,
 }
 
+/// The announcement that an op finished: its id and token. The op and its
+/// result stay in the driver until [`Driver::take`] moves them out once, so
+/// a runtime needs no table of its own and a completion is this small record.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub struct Ready {
+    /// The id `submit` returned.
+    pub id: OpId,
+    /// The token the caller gave at submit.
+    pub token: u64,
+}
+
 /// An op refused at submit, handed back with the reason.
 pub struct SubmitError {
     /// Why it was refused (`Unsupported`, `InvalidInput`, `WouldBlock` for a
@@ -186,6 +197,20 @@ pub trait Driver: Send {
         timeout: Option<Duration>,
     ) -> io::Result<usize>;
 
+    /// Like [`Driver::wait`], but announces finished ops instead of handing
+    /// them out: each stays in the driver (buffers and result) until
+    /// [`Driver::take`]. An op taken before it was announced is not announced.
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize>;
+
+    /// Moves a finished op out of the driver: its completion, once. `None`
+    /// if it has not finished yet, or was taken already.
+    fn take(&mut self, id: OpId) -> Option<Completion>;
+
     /// Asks for one op to end early. The op still completes on its own (with
     /// `ECANCELED` or its real result). `NotFound` if it already completed.
     fn cancel(&mut self, id: OpId) -> io::Result<()>;
@@ -198,6 +223,60 @@ pub trait Driver: Send {
 
     /// How many submitted ops have not yet been handed back.
     fn in_flight(&self) -> usize;
+}
+
+/// Keeps whole completions for a driver whose own table hands them out, so
+/// it can also announce them ([`Driver::wait_ready`]) and hand each out once
+/// ([`Driver::take`]). Drivers built on [`crate::lifecycle::InFlight`] need
+/// none: their ops stay in place.
+#[derive(Default)]
+pub struct Parking {
+    parked: std::collections::HashMap<u64, Completion>,
+    scratch: Vec<Completion>,
+}
+
+impl Parking {
+    /// Parks the completions `wait` (the driver's own) produces and
+    /// announces them in `out`.
+    pub fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        wait: impl FnOnce(&mut Vec<Completion>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut got = std::mem::take(&mut self.scratch);
+        let r = wait(&mut got);
+        let n = got.len();
+        for c in got.drain(..) {
+            out.push(Ready {
+                id: c.id,
+                token: c.token,
+            });
+            self.parked.insert(c.id.to_u64(), c);
+        }
+        self.scratch = got;
+        r.map(|_| n)
+    }
+
+    /// The parked completion of `id`, once.
+    pub fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.parked.remove(&id.to_u64())
+    }
+
+    /// How many are parked.
+    pub fn len(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Whether none are parked.
+    pub fn is_empty(&self) -> bool {
+        self.parked.is_empty()
+    }
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        self.parked.drain().for_each(|(_, c)| drop_undelivered(c));
+    }
 }
 
 /// Maps a kernel-style result (negative errno or a count) to `io::Result`.

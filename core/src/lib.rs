@@ -2,6 +2,8 @@
 //!
 //! - [`buf`]: owned buffers with a stable address ([`IoBuf`], [`IoBufMut`]);
 //! - [`op`]: the operations ([`Op`]), defined once for every backend;
+//! - [`lifecycle`]: the one op lifecycle (in-flight table, per-fd order,
+//!   close protocol, cancellation) every backend keeps;
 //! - [`driver`]: the [`Driver`] trait every backend implements, and
 //!   [`Completion`];
 //! - [`runtime`]: a single-threaded async runtime over any driver;
@@ -14,12 +16,15 @@
 pub mod buf;
 pub mod compat;
 pub mod driver;
+pub mod lifecycle;
 pub mod op;
 pub mod port;
 pub mod runtime;
 
 pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
-pub use driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError, Support, Wake};
+pub use driver::{
+    Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
+};
 pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
 pub use port::{CompletionPort, GetError, PortEntry, SendFile, TimerId};
 pub use runtime::{spawn, yield_now, JoinHandle, Runtime};

@@ -1,52 +1,40 @@
-//! The shim's [`Driver`]: submit (validate, try at once or queue), wait
-//! (poller, pool results, timers), cancel, and drop.
+//! The shim's [`Driver`]. The op lifecycle (the in-flight table, per-fd
+//! order, the close protocol, deadlines, what a cancel makes of a result) is
+//! core's [`InFlight`]; this file supplies the readiness mechanism: start an
+//! op (an optimistic attempt, else a wait for readiness; a file op on the
+//! pool; a timer), run an fd's wait lists when the poller reports it ready,
+//! and stop a running op (take it off its wait list, out of the pool's
+//! queue, or interrupt its worker).
 
 use crate::ops::{self, Attempt, Nowait};
 use crate::poller::{Event, Poller};
 use crate::pool::{self, close_result_fd, Job, Pool};
 use crate::{PollerKind, ShimBuilder};
 use ringport_core::driver::{
-    admit, cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, SubmitError,
-    Support, Wake,
+    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
+use ringport_core::lifecycle::{Admitted, Ending, InFlight};
 use ringport_core::op::{Direction, Op, OpId};
-use slab::Slab;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Copy, Clone, PartialEq, Eq, Debug)]
-pub(crate) enum State {
-    /// In its fd's queue for this direction (0 read, 1 write; 2 both, a
-    /// poll for either).
-    Queued(usize),
-    /// A current-position file op in its fd's pool FIFO for this
-    /// direction, behind the one the pool runs.
-    FileQueued(usize),
+/// How the shim performs a running op.
+#[derive(Copy, Clone, PartialEq, Eq, Debug, Default)]
+pub(crate) enum How {
+    /// Not placed yet (being started).
+    #[default]
+    Starting,
+    /// On its fd's wait list for this direction (0 read, 1 write; 2 both, a
+    /// poll for either), tried again at readiness.
+    Waiting(usize),
     /// With the thread pool (the op is in the job).
     Pool,
-    /// A timer.
+    /// A timer waiting for its time.
     Timer,
-    /// A close waiting for the fd's pool jobs to finish.
-    CloseWaiting,
-}
-
-pub(crate) struct Slot {
-    pub(crate) generation: u32,
-    token: u64,
-    /// `None` while a pool job holds it.
-    pub(crate) op: Option<Op>,
-    /// The op's fd (kept here too, since a pool job holds the op).
-    fd: Option<RawFd>,
-    pub(crate) state: State,
-    pub(crate) progress: usize,
-    /// Why a running pool job was told to stop (cancel, deadline): its
-    /// completion carries this unless the job finished anyway.
-    ending: Option<io::Error>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, Default)]
@@ -60,15 +48,11 @@ enum FdKind {
 }
 
 #[derive(Default)]
-pub(crate) struct FdState {
+struct FdState {
     kind: FdKind,
+    /// Running ops waiting for readiness, per direction.
     queue: [VecDeque<usize>; 2],
-    /// Current-position file ops per direction, run by the pool one at a
-    /// time in this order (the front one is with the pool).
-    fileq: [VecDeque<usize>; 2],
     interest: (bool, bool),
-    pub(crate) pool_ops: u32,
-    pub(crate) closing: Option<usize>,
 }
 
 struct PipeWaker {
@@ -102,11 +86,12 @@ impl Wake for PipeWaker {
 pub struct ShimDriver {
     name: &'static str,
     poller: Box<dyn Poller>,
-    pub(crate) slots: Slab<Slot>,
-    next_generation: u32,
+    /// Every op in flight, and the rules it is kept by.
+    pub(crate) life: InFlight<How>,
+    /// The poller's per-fd state (kind, readiness wait lists, interest).
     fds: Vec<FdState>,
-    ready: Vec<Completion>,
-    pub(crate) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Scratch list of ops whose deadline passed.
+    expired: Vec<usize>,
     // Field order matters: the pool must stop before the pipe closes.
     pool: Pool,
     waker: Arc<PipeWaker>,
@@ -176,11 +161,9 @@ impl ShimDriver {
         Ok(ShimDriver {
             name: poller.name(),
             poller,
-            slots: Slab::with_capacity(64),
-            next_generation: 0,
+            life: InFlight::with_capacity(64),
             fds: Vec::new(),
-            ready: Vec::new(),
-            timers: BinaryHeap::new(),
+            expired: Vec::new(),
             pool: Pool::new(b.threads, w.as_raw_fd()),
             waker: Arc::new(PipeWaker {
                 r,
@@ -208,7 +191,7 @@ impl ShimDriver {
         Ok(())
     }
 
-    pub(crate) fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
+    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
         let i = fd as usize;
         if i >= self.fds.len() {
             self.fds.resize_with(i + 1, FdState::default);
@@ -253,79 +236,15 @@ impl ShimDriver {
         Ok(kind)
     }
 
-    pub(crate) fn lookup(&self, id: OpId) -> Option<usize> {
-        match self.slots.get(id.slot()) {
-            Some(s) if s.generation == id.generation() => Some(id.slot()),
-            _ => None,
-        }
-    }
-
-    /// Ends slot `key`.
+    /// Ends slot `key` with `result` (the table applies the lifecycle's
+    /// rules and queues what may start next).
+    #[inline]
     pub(crate) fn complete(&mut self, key: usize, result: io::Result<usize>) {
-        let slot = self.slots.remove(key);
-        let id = OpId::new(key as u32, slot.generation);
-        let Some(op) = slot.op else {
-            return;
-        };
-        let fd = op.fd();
-        let was_pool = slot.state == State::Pool;
-        let file_dir = match slot.state {
-            State::Pool | State::FileQueued(_) => op.direction().map(dir_index),
-            _ => None,
-        };
-        self.ready.push(Completion {
-            id,
-            token: slot.token,
-            result,
-            op,
-        });
-        if let Some(fd) = fd {
-            if was_pool {
-                let st = self.fd_state(fd);
-                st.pool_ops = st.pool_ops.saturating_sub(1);
-            }
-            if let Some(d) = file_dir {
-                self.fd_state(fd).fileq[d].retain(|&k| k != key);
-                if was_pool {
-                    self.start_file_next(fd, d);
-                }
-            }
-            self.maybe_close(fd);
-        }
+        self.life.finish(key, result);
     }
 
-    /// Hands the front of `fd`'s file FIFO for direction `d` to the pool
-    /// (after the one before it ended).
-    fn start_file_next(&mut self, fd: RawFd, d: usize) {
-        while let Some(&next) = self.fd_state(fd).fileq[d].front() {
-            if self.slots[next].state == State::Pool {
-                return; // already running
-            }
-            match self.send_to_pool(next) {
-                Ok(()) => return,
-                Err(e) => {
-                    self.fd_state(fd).fileq[d].pop_front();
-                    self.complete(next, Err(e));
-                }
-            }
-        }
-    }
-
-    /// Performs a close parked on `fd` once nothing of the fd is in flight.
-    fn maybe_close(&mut self, fd: RawFd) {
-        let st = self.fd_state(fd);
-        if st.pool_ops > 0
-            || st.queue.iter().any(|q| !q.is_empty())
-            || st.fileq.iter().any(|q| !q.is_empty())
-        {
-            return;
-        }
-        if let Some(k) = st.closing.take() {
-            let r = self.close_now(fd);
-            self.complete(k, r);
-        }
-    }
-
+    /// Closes `fd` now (its ops have all ended): the poller and this
+    /// driver forget it first, since the number may be reused at once.
     pub(crate) fn close_now(&mut self, fd: RawFd) -> io::Result<usize> {
         self.poller.remove(fd);
         self.set_interest(fd, (false, false));
@@ -338,7 +257,7 @@ impl ShimDriver {
         }
     }
 
-    /// Updates the poller's interest in `fd` from its queues.
+    /// Updates the poller's interest in `fd` from its wait lists.
     fn sync_interest(&mut self, fd: RawFd) -> io::Result<()> {
         let st = self.fd_state(fd);
         let want = (!st.queue[0].is_empty(), !st.queue[1].is_empty());
@@ -362,19 +281,20 @@ impl ShimDriver {
         }
     }
 
-    /// Runs `fd`'s queue for direction `d` front to back until one would block.
+    /// Tries `fd`'s wait list for direction `d` front to back until one
+    /// would block.
     fn run_queue(&mut self, fd: RawFd, d: usize) {
         let mut other = false;
         while let Some(&key) = self.fd_state(fd).queue[d].front() {
-            let slot = &mut self.slots[key];
-            let both = slot.state == State::Queued(2);
-            let op = slot.op.as_mut().expect("queued op present");
+            let slot = self.life.slot_mut(key);
+            let both = slot.extra == How::Waiting(2);
+            let op = slot.op.as_mut().expect("a waiting op is in its slot");
             match ops::attempt(op, &mut slot.progress) {
                 Attempt::WouldBlock => break,
                 Attempt::Done(r) => {
                     self.fd_state(fd).queue[d].pop_front();
                     if both {
-                        // A poll for either direction waits in both queues.
+                        // A poll for either direction waits in both lists.
                         self.fd_state(fd).queue[1 - d].retain(|&k| k != key);
                         other = true;
                     }
@@ -383,95 +303,68 @@ impl ShimDriver {
             }
         }
         let _ = self.sync_interest(fd);
-        self.maybe_close(fd);
         if other {
-            // What waited behind that poll in the other queue may run now.
+            // What waited behind that poll in the other list may run now.
             self.run_queue(fd, 1 - d);
         }
     }
 
-    /// Takes slot `key` out of wherever it waits and ends it with `err`.
-    /// Returns false if it cannot be taken back (a pool job is running).
-    pub(crate) fn abort(&mut self, key: usize, err: io::Error) -> bool {
-        let slot = &self.slots[key];
-        match slot.state {
-            State::Queued(d) => {
-                let fd = slot.fd.unwrap_or(-1);
-                // A stream write with bytes out reports them, whether it was
-                // cancelled or its deadline passed: the stream holds them.
-                let wrote = slot.progress > 0
-                    && slot.op.as_ref().and_then(Op::direction) == Some(Direction::Write);
-                let result = if wrote { Ok(slot.progress) } else { Err(err) };
+    /// Stops running slot `key` (the table asked: a cancel, a deadline, a
+    /// close of its fd). It ends now, unless a worker runs it: then the
+    /// worker is interrupted and it ends when the worker hands it back.
+    fn stop(&mut self, key: usize) {
+        let slot = self.life.slot(key);
+        match slot.extra {
+            How::Waiting(d) => {
+                let fd = slot.fd().unwrap_or(-1);
                 let st = self.fd_state(fd);
                 for q in if d == 2 { 0..2 } else { d..d + 1 } {
                     st.queue[q].retain(|&k| k != key);
                 }
-                self.complete(key, result);
+                self.complete(key, Err(cancelled()));
                 let _ = self.sync_interest(fd);
-                self.maybe_close(fd);
-                true
             }
-            State::FileQueued(_) => {
-                // Not started: complete() takes it out of its FIFO.
-                self.complete(key, Err(err));
-                true
-            }
-            State::Pool => {
-                let generation = slot.generation;
+            How::Pool => {
+                let generation = slot.generation();
                 match self.pool.take_queued(key, generation) {
                     Some(job) => {
-                        self.slots[key].op = Some(job.op);
-                        self.complete(key, Err(err));
-                        true
+                        self.life.slot_mut(key).op = Some(job.op);
+                        self.complete(key, Err(cancelled()));
                     }
                     // Running: its worker is interrupted and the op ends
                     // when the worker hands it back (its buffer is the
                     // worker's until then).
-                    None if self.pool.interrupt(key, generation) => {
-                        self.slots[key].ending.get_or_insert(err);
-                        self.interrupting = true;
-                        true
-                    }
+                    None if self.pool.interrupt(key, generation) => self.interrupting = true,
                     // Finished: its result is on the way.
-                    None => false,
+                    None => {}
                 }
             }
-            State::Timer => {
-                self.complete(key, Err(err));
-                true
-            }
-            State::CloseWaiting => false,
+            How::Timer => self.complete(key, Err(cancelled())),
+            How::Starting => {}
         }
     }
 
-    pub(crate) fn cancel_all_on(&mut self, fd: RawFd, except: Option<usize>) -> usize {
-        let keys: Vec<usize> = self
-            .slots
-            .iter()
-            .filter(|(k, s)| {
-                Some(*k) != except && s.state != State::CloseWaiting && s.fd == Some(fd)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        let mut n = 0;
-        for k in keys {
-            if self.slots.contains(k) {
-                self.abort(k, cancelled());
-                n += 1;
+    /// Does what the table left to do: starts ops whose turn came and stops
+    /// ops asked to end, until neither is left.
+    #[inline]
+    fn pump(&mut self) {
+        while self.life.has_work() {
+            if let Some(k) = self.life.next_start() {
+                if let Err(e) = self.start(k) {
+                    self.complete(k, Err(e));
+                }
+            } else if let Some(k) = self.life.next_cancel() {
+                self.stop(k);
             }
         }
-        n
     }
 
     pub(crate) fn send_to_pool(&mut self, key: usize) -> io::Result<()> {
         self.pool_jobs += 1;
-        let slot = &mut self.slots[key];
+        let slot = self.life.slot_mut(key);
         let op = slot.op.take().expect("op present");
-        slot.state = State::Pool;
-        let generation = slot.generation;
-        if let Some(fd) = op.fd() {
-            self.fd_state(fd).pool_ops += 1;
-        }
+        slot.extra = How::Pool;
+        let generation = slot.generation();
         match self.pool.push(Job {
             key,
             generation,
@@ -479,53 +372,49 @@ impl ShimDriver {
         }) {
             Ok(()) => Ok(()),
             Err((e, job)) => {
-                if let Some(fd) = job.op.fd() {
-                    let st = self.fd_state(fd);
-                    st.pool_ops = st.pool_ops.saturating_sub(1);
-                }
-                let slot = &mut self.slots[key];
+                let slot = self.life.slot_mut(key);
                 slot.op = Some(job.op);
-                slot.state = State::Timer;
+                slot.extra = How::Starting;
                 Err(e)
             }
         }
     }
 
+    /// Ends timers whose time came and asks ops whose deadline passed to
+    /// end; returns the next deadline ahead.
     fn fire_timers(&mut self) -> Option<Instant> {
-        if self.timers.is_empty() {
-            return None;
-        }
+        self.life.next_deadline()?;
         let now = Instant::now();
-        while let Some(&Reverse((at, key, generation))) = self.timers.peek() {
-            if at > now {
-                return Some(at);
-            }
-            self.timers.pop();
-            let live = matches!(self.slots.get(key), Some(s) if s.generation == generation);
-            if !live {
+        let mut expired = std::mem::take(&mut self.expired);
+        let next = self.life.expire(now, &mut expired);
+        for key in expired.drain(..) {
+            if !self.life.is_live(key, self.life.slot(key).generation()) {
                 continue;
             }
-            if self.slots[key].state == State::Timer {
-                self.complete(key, Err(io::Error::from_raw_os_error(libc::ETIME)));
-            } else {
-                self.abort(key, deadline_passed());
+            let slot = self.life.slot(key);
+            match (&slot.op, slot.extra) {
+                (Some(Op::Timeout { deadline }), How::Timer) if *deadline <= now => {
+                    self.complete(key, Err(io::Error::from_raw_os_error(libc::ETIME)))
+                }
+                _ => self.life.cancel(key, Ending::DeadlinePassed),
             }
         }
-        None
+        self.expired = expired;
+        self.pump();
+        next
     }
 
     fn take_pool_results(&mut self) {
         let mut done = std::mem::take(&mut self.done);
         self.pool.drain(&mut done);
         for d in done.drain(..) {
-            let live = matches!(self.slots.get(d.key), Some(s) if s.generation == d.generation);
-            if live {
-                let slot = &mut self.slots[d.key];
+            if self.life.is_live(d.key, d.generation) {
+                let slot = self.life.slot_mut(d.key);
                 slot.op = Some(d.op);
                 // A job stopped by a cancel or deadline reports that, unless
                 // it finished anyway (an open's fd must reach its owner).
-                let r = match (slot.ending.take(), d.result) {
-                    (Some(e), Err(_)) => Err(e),
+                let r = match (slot.ending(), d.result) {
+                    (Some(_), Err(_)) => Err(cancelled()),
                     (_, r) => r,
                 };
                 self.complete(d.key, r);
@@ -534,6 +423,7 @@ impl ShimDriver {
             }
         }
         self.done = done;
+        self.pump();
     }
 
     fn drain_waker(&mut self) {
@@ -552,7 +442,7 @@ impl ShimDriver {
         loop {
             self.take_pool_results();
             let next_timer = self.fire_timers();
-            if self.ready.len() >= min && self.watched == 0 {
+            if self.life.ready_len() >= min && self.watched == 0 {
                 // Enough is ready and no fd waits for readiness: the poller
                 // could add nothing (a wake would end this wait anyway), so
                 // its syscall is skipped. Ops waiting on an fd always get
@@ -562,7 +452,7 @@ impl ShimDriver {
             let now = Instant::now();
             let end = *end_at.get_or_insert_with(|| timeout.map(|t| now + t));
             let left = end.map(|e| e.saturating_duration_since(now));
-            let done = self.ready.len() >= min;
+            let done = self.life.ready_len() >= min;
             // Block only when nothing is ready yet and time remains.
             let mut t = if done || left == Some(Duration::ZERO) {
                 Some(Duration::ZERO)
@@ -601,6 +491,7 @@ impl ShimDriver {
                 if ev.writable {
                     self.run_queue(ev.fd, 1);
                 }
+                self.pump();
             }
             self.events = events;
             if woken {
@@ -612,7 +503,7 @@ impl ShimDriver {
             }
             self.fire_timers();
             let left = end.map(|e| e.saturating_duration_since(Instant::now()));
-            if self.ready.len() >= min || left == Some(Duration::ZERO) || woken || done {
+            if self.life.ready_len() >= min || left == Some(Duration::ZERO) || woken || done {
                 return Ok(());
             }
         }
@@ -634,42 +525,24 @@ impl Driver for ShimDriver {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        let fds = &self.fds;
-        let closing = |fd: RawFd| fds.get(fd as usize).is_some_and(|s| s.closing.is_some());
-        if let Err(error) = admit(&op, &self.caps, self.name, closing) {
-            return Err(SubmitError { error, op });
-        }
         if let Err(error) = self.ensure_waker() {
             return Err(SubmitError { error, op });
         }
-        let fd = op.fd();
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let key = self.slots.insert(Slot {
-            generation,
-            token,
-            op: None,
-            fd,
-            state: State::Timer,
-            progress: 0,
-            ending: None,
-        });
-        let id = OpId::new(key as u32, generation);
+        let (id, key, admitted) =
+            self.life
+                .submit(op, token, deadline, How::Starting, &self.caps, self.name)?;
         if let Some(d) = deadline {
-            self.timers.push(Reverse((d, key, generation)));
+            self.life.watch_deadline(key, d);
         }
-        let r = self.start(key, op, fd);
-        match r {
-            Ok(()) => Ok(id),
-            Err(e) => {
+        if admitted == Admitted::Start {
+            if let Err(error) = self.start(key) {
                 // Refused before anything ran: hand the op back.
-                let slot = self.slots.remove(key);
-                Err(SubmitError {
-                    error: e,
-                    op: slot.op.expect("op present when refused"),
-                })
+                let op = self.life.retract(key);
+                return Err(SubmitError { error, op });
             }
         }
+        self.pump();
+        Ok(id)
     }
 
     fn wait(
@@ -679,20 +552,40 @@ impl Driver for ShimDriver {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let r = self.wait_inner(min, timeout);
-        let n = ringport_core::driver::deliver(out, &mut self.ready);
+        let n = self.life.deliver(out);
         r.map(|_| n)
+    }
+
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let r = self.wait_inner(min, timeout);
+        let n = self.life.deliver_ready(out);
+        r.map(|_| n)
+    }
+
+    #[inline]
+    fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.life.take(id)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
         let key = self
+            .life
             .lookup(id)
             .ok_or_else(ringport_core::driver::not_in_flight)?;
-        self.abort(key, cancelled());
+        self.life.cancel(key, Ending::Cancelled);
+        self.pump();
         Ok(())
     }
 
     fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
-        Ok(self.cancel_all_on(fd, None))
+        let n = self.life.cancel_fd(fd);
+        self.pump();
+        Ok(n)
     }
 
     fn waker(&self) -> DriverWaker {
@@ -700,34 +593,39 @@ impl Driver for ShimDriver {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.len() + self.ready.len()
+        self.life.len()
     }
 }
 
 impl ShimDriver {
-    /// Starts op in slot `key`. `Err` refuses the submission (the op is put
-    /// back in the slot for the caller to return).
-    fn start(&mut self, key: usize, op: Op, fd: Option<RawFd>) -> io::Result<()> {
+    /// Starts the op in slot `key` (its turn came). `Err` refuses it: at
+    /// submit the op goes back to the caller, later it completes with the
+    /// error.
+    fn start(&mut self, key: usize) -> io::Result<()> {
+        let slot = self.life.slot(key);
+        let op = slot.op.as_ref().expect("a starting op is in its slot");
         match op {
             Op::Nop | Op::Timeout { .. } | Op::Cancel { .. } => {
-                self.start_ctl(key, op);
+                self.start_ctl(key);
                 return Ok(());
             }
-            Op::OpenAt { .. } => return self.start_open(key, op),
+            Op::OpenAt { .. } => return self.start_open(key),
             _ => {}
         }
-        let fd = fd.unwrap_or(-1);
+        let fd = slot.fd().unwrap_or(-1);
         let kind = match self.kind_of(fd) {
             Ok(k) => k,
             Err(e) => {
                 // A bad fd is reported in the completion, with the buffer.
-                self.slots[key].op = Some(op);
                 self.complete(key, Err(e));
                 return Ok(());
             }
         };
+        let op = self.life.slot_mut(key).op_mut();
         if let Op::Close { .. } = op {
-            self.start_close(key, op, fd);
+            // The table starts a close only once its fd's ops have ended.
+            let r = self.close_now(fd);
+            self.complete(key, r);
             return Ok(());
         }
         let file_op = matches!(
@@ -740,11 +638,9 @@ impl ShimDriver {
                 | Op::Stat { .. }
         );
         if (kind == FdKind::File && file_op) || matches!(op, Op::Fsync { .. } | Op::Stat { .. }) {
-            let mut op = op;
             if self.nowait_reads {
-                match ops::read_nowait(&mut op) {
+                match ops::read_nowait(op) {
                     Nowait::Done(n) => {
-                        self.slots[key].op = Some(op);
                         self.complete(key, Ok(n));
                         return Ok(());
                     }
@@ -752,28 +648,12 @@ impl ShimDriver {
                     Nowait::Pool => {}
                 }
             }
-            if let Some(d) = op.direction().map(dir_index) {
-                // At the file's position: one at a time per direction, in
-                // submission order.
-                self.slots[key].op = Some(op);
-                let q = &mut self.fd_state(fd).fileq[d];
-                q.push_back(key);
-                if q.len() > 1 {
-                    self.slots[key].state = State::FileQueued(d);
-                    return Ok(());
-                }
-                let r = self.send_to_pool(key);
-                if r.is_err() {
-                    self.fd_state(fd).fileq[d].pop_back();
-                }
-                return r;
-            }
-            self.slots[key].op = Some(op);
+            // Ops at the file's position run one at a time per direction,
+            // in submission order: the table starts each after the one before.
             return self.send_to_pool(key);
         }
         if let Some(max) = self.caps.max_fd {
             if fd > max {
-                self.slots[key].op = Some(op);
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
@@ -784,12 +664,12 @@ impl ShimDriver {
                 ));
             }
         }
-        let d = match &op {
+        let d = match &*op {
             Op::Poll { events, .. } => ops::poll_queue(*events),
             Op::Connect { .. } => 1,
             Op::Accept { .. } => 0,
             Op::Shutdown { .. } => {
-                self.start_shutdown(key, op);
+                self.start_shutdown(key);
                 return Ok(());
             }
             o => match o.direction() {
@@ -798,12 +678,12 @@ impl ShimDriver {
                 None => 0,
             },
         };
-        self.slots[key].op = Some(op);
-        self.slots[key].state = State::Queued(d);
+        let slot = self.life.slot_mut(key);
+        slot.extra = How::Waiting(d);
         // A poll changes nothing, so it may always look first.
         if d == 2 || self.fd_state(fd).queue[d].is_empty() {
             // Optimistic first try, only when nothing waits before it.
-            let slot = &mut self.slots[key];
+            let slot = self.life.slot_mut(key);
             let op = slot.op.as_mut().expect("op present");
             if let Attempt::Done(r) = ops::attempt(op, &mut slot.progress) {
                 self.complete(key, r);
@@ -826,14 +706,6 @@ impl ShimDriver {
     }
 }
 
-/// The index of a direction's queue.
-fn dir_index(d: Direction) -> usize {
-    match d {
-        Direction::Read => 0,
-        Direction::Write => 1,
-    }
-}
-
 impl Drop for ShimDriver {
     fn drop(&mut self) {
         // Stop the pool: running jobs are interrupted and given a bounded
@@ -844,19 +716,11 @@ impl Drop for ShimDriver {
         for d in &left {
             close_result_fd(&d.op, &d.result);
         }
-        for c in &self.ready {
-            close_result_fd(&c.op, &c.result);
-        }
-        // Closes parked until the fd's pool jobs ended are done now: the
-        // jobs were stopped above, and a stopped worker never retries a
-        // syscall, so it cannot reach a reused fd number.
-        let parked: Vec<RawFd> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.state == State::CloseWaiting)
-            .filter_map(|(_, s)| s.fd)
-            .collect();
-        for fd in parked {
+        // Closes parked until the fd's ops ended are done now: the jobs were
+        // stopped above, and a stopped worker never retries a syscall, so it
+        // cannot reach a reused fd number. Ops that never started go with
+        // their buffers; undelivered completions close the fds they made.
+        for fd in self.life.drain_unstarted() {
             let _ = self.close_now(fd);
         }
     }

@@ -1,21 +1,21 @@
 //! The [`UringDriver`] and its [`Driver`] impl: submit, wait, cancel and
-//! drop; the in-flight table (slots with generations), the per-fd FIFO
-//! queues (one op running per direction) and the close protocol (a close
-//! marks its fd closing at submit, cancels the fd's ops and runs after them).
-//! How each op becomes an SQE and what its result means is in `ops/`; the
-//! ring itself (push, enter, reap) in `ring.rs`.
+//! drop. The op lifecycle (the in-flight table, per-fd order, the close
+//! protocol, what a cancel or deadline makes of a result) is core's
+//! [`InFlight`]; this file supplies io_uring's part: start an op (its SQE,
+//! with a linked timeout for a deadline), handle its CQE (again after
+//! `EAGAIN` or a partial stream write), and cancel it in the kernel. How each
+//! op becomes an SQE and what its result means is in `ops/`; the ring itself
+//! (push, enter, reap) in `ring.rs`.
 
 use crate::ops::{self, Extra};
 use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
 use ringport_core::driver::{
-    admit, cancelled, deadline_passed, drop_undelivered, Capabilities, Completion, Driver,
-    DriverWaker, SubmitError, Support, Wake,
+    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
-use ringport_core::op::{CancelTarget, Direction, Op, OpId, OpKind};
-use slab::Slab;
-use std::collections::VecDeque;
+use ringport_core::lifecycle::{Admitted, InFlight, Stage};
+use ringport_core::op::{Direction, Op, OpId, OpKind};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -28,53 +28,19 @@ pub(crate) const UD_WAKER: u64 = (1 << 32) | u32::MAX as u64;
 /// How long `Drop` waits for cancelled ops before leaking their buffers.
 const DROP_GRACE: Duration = Duration::from_secs(2);
 
-/// Where an op is.
-#[derive(Copy, Clone, PartialEq, Eq, Debug)]
-enum State {
-    /// In its fd's queue, not yet given to the kernel.
-    Queued,
-    /// Its SQE is in the ring (or its CQE not yet reaped).
-    InKernel,
-    /// Waiting for readiness after the kernel said `EAGAIN` (a non-blocking fd).
-    Polling,
-    /// A `close` waiting for the fd's other ops to finish.
-    Closing,
-}
-
-struct Slot {
-    generation: u32,
-    token: u64,
-    op: Op,
-    /// Scratch memory, the deadline and counters that only some ops need.
+/// The backend's part of an op in flight: scratch memory and the deadline's
+/// timespec (boxed: the kernel reads them), and whether the op waits for
+/// readiness after `EAGAIN`.
+#[derive(Default)]
+pub(crate) struct InRing {
     extra: Option<Box<Extra>>,
-    state: State,
-    /// Bytes of a stream write already done (resubmitted until all are);
-    /// for a cancel by fd, how many queued ops it ended itself.
-    progress: usize,
-    /// The caller asked to cancel it (so `ECANCELED` is not a deadline).
-    cancel_requested: bool,
+    polling: bool,
 }
 
-impl Slot {
+impl InRing {
     fn deadline_ptr(&self) -> Option<*const types::Timespec> {
         let e = self.extra.as_deref()?;
         e.deadline.as_ref().map(|t| t as *const types::Timespec)
-    }
-}
-
-#[derive(Default)]
-struct FdState {
-    /// Ops on this fd not yet completed (a pending close not counted).
-    ops: u32,
-    busy: [bool; 2],
-    queue: [VecDeque<usize>; 2],
-    closing: Option<usize>,
-}
-
-fn dir_index(d: Direction) -> usize {
-    match d {
-        Direction::Read => 0,
-        Direction::Write => 1,
     }
 }
 
@@ -99,11 +65,8 @@ impl Wake for EventfdWaker {
 /// The io_uring [`Driver`].
 pub struct UringDriver {
     pub(crate) ring: IoUring,
-    slots: Slab<Slot>,
-    next_generation: u32,
-    fds: Vec<FdState>,
-    /// Completions made without the kernel or reaped early, delivered by `wait`.
-    ready: Vec<Completion>,
+    /// Every op in flight, and the rules it is kept by.
+    pub(crate) life: InFlight<InRing>,
     caps: Capabilities,
     waker: Arc<EventfdWaker>,
     /// The eventfd read's 8-byte target; leaked if the read is still in flight at drop.
@@ -177,10 +140,7 @@ impl UringDriver {
         let ring_fd = ring.as_raw_fd();
         Ok(UringDriver {
             ring,
-            slots: Slab::with_capacity(256),
-            next_generation: 0,
-            fds: Vec::new(),
-            ready: Vec::with_capacity(64),
+            life: InFlight::with_capacity(256),
             caps,
             waker,
             waker_buf: Box::into_raw(Box::new(0u64)),
@@ -231,34 +191,37 @@ impl UringDriver {
         Ok(())
     }
 
-    /// The per-fd state of `fd`, growing the table to reach it. Only fds of
-    /// ops that passed [`Op::validate`] at submit get here: never negative,
-    /// never beyond the hard open-file limit, so the table stays bounded.
-    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
-        debug_assert!(fd >= 0, "fd_state of an unvalidated fd {fd}");
-        let i = fd as usize;
-        if i >= self.fds.len() {
-            self.fds.resize_with(i + 1, FdState::default);
+    /// Starts slot `key`'s op (its turn came): a cancel is performed by the
+    /// table; anything else goes to the kernel.
+    #[inline]
+    fn start(&mut self, key: usize) {
+        if let Some(Op::Cancel { target }) = self.life.slot(key).op {
+            return self.life.run_cancel_op(key, target);
         }
-        &mut self.fds[i]
+        if let Err(e) = self.issue(key) {
+            self.life.finish(key, Err(e));
+        }
     }
 
     /// Gives slot `key`'s op to the kernel.
+    #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
-        let ud = self.user_data(key);
-        let slot = &mut self.slots[key];
-        slot.state = State::InKernel;
-        let e = ops::prepare(&mut slot.op, &mut slot.extra, slot.progress).user_data(ud);
-        let ts = slot.deadline_ptr();
+        let ud = self.life.id_of(key).to_u64();
+        let slot = self.life.slot_mut(key);
+        slot.extra.polling = false;
+        let progress = slot.progress;
+        let op = slot.op.as_mut().expect("a uring op never leaves its slot");
+        let e = ops::prepare(op, &mut slot.extra.extra, progress).user_data(ud);
+        let ts = slot.extra.deadline_ptr();
         self.push(e, ts)
     }
 
     /// Waits for readiness of slot `key`'s fd (after `EAGAIN`), then reissues.
     fn issue_poll(&mut self, key: usize, dir: Direction) -> io::Result<()> {
-        let ud = self.user_data(key);
-        let slot = &mut self.slots[key];
-        slot.state = State::Polling;
-        let fd = slot.op.fd().unwrap_or(-1);
+        let ud = self.life.id_of(key).to_u64();
+        let slot = self.life.slot_mut(key);
+        slot.extra.polling = true;
+        let fd = slot.fd().unwrap_or(-1);
         let ev = match dir {
             Direction::Read => libc::POLLIN,
             Direction::Write => libc::POLLOUT,
@@ -266,203 +229,91 @@ impl UringDriver {
         let e = opcode::PollAdd::new(types::Fd(fd), ev as u32)
             .build()
             .user_data(ud);
-        let ts = slot.deadline_ptr();
+        let ts = slot.extra.deadline_ptr();
         self.push(e, ts)
     }
 
-    fn user_data(&self, key: usize) -> u64 {
-        OpId::new(key as u32, self.slots[key].generation).to_u64()
+    /// Asks the kernel to stop slot `key`'s op; its CQE follows.
+    fn cancel_in_kernel(&mut self, key: usize) {
+        let ud = self.life.id_of(key).to_u64();
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ud))
+            .build()
+            .user_data(UD_IGNORE);
+        // Only fails when the ring itself does; the op still ends on its own
+        // then (its deadline, its peer, the driver's drop).
+        let _ = self.push(e, None);
+    }
+
+    /// Does what the table left to do: starts ops whose turn came and
+    /// cancels ops asked to end, until neither is left.
+    #[inline]
+    pub(crate) fn pump(&mut self) {
+        while self.life.has_work() {
+            if let Some(k) = self.life.next_start() {
+                self.start(k);
+            } else if let Some(k) = self.life.next_cancel() {
+                self.cancel_in_kernel(k);
+            }
+        }
     }
 
     #[inline]
     pub(crate) fn lookup(&self, id: OpId) -> Option<usize> {
-        let key = id.slot();
-        match self.slots.get(key) {
-            Some(s) if s.generation == id.generation() => Some(key),
-            _ => None,
-        }
-    }
-
-    /// Ends slot `key` with `result`, frees its place in the fd's queue, and
-    /// starts what waited behind it.
-    #[inline]
-    fn finish(&mut self, key: usize, result: io::Result<usize>) {
-        let slot = self.slots.remove(key);
-        let id = OpId::new(key as u32, slot.generation);
-        // Only the op running in its direction frees the direction; a queued
-        // op that ends (cancelled) leaves the running one where it is.
-        let was_running = slot.state != State::Queued;
-        let fd = slot.op.fd();
-        let (dir, is_close) = match fd {
-            Some(_) => (slot.op.direction(), matches!(slot.op, Op::Close { .. })),
-            None => (None, false),
-        };
-        self.ready.push(Completion {
-            id,
-            token: slot.token,
-            result,
-            op: slot.op,
-        });
-        let Some(fd) = fd else { return };
-        if is_close {
-            *self.fd_state(fd) = FdState::default();
-            return;
-        }
-        let st = self.fd_state(fd);
-        st.ops = st.ops.saturating_sub(1);
-        let mut next = None;
-        if let Some(d) = dir {
-            let i = dir_index(d);
-            if was_running {
-                next = st.queue[i].pop_front();
-                st.busy[i] = next.is_some();
-            }
-        }
-        // A close parked behind this fd's ops starts when the last one ends
-        // (one already in the kernel stays recorded until its CQE).
-        let close = if st.ops == 0 { st.closing } else { None };
-        let close = close.filter(|&c| self.slots[c].state == State::Closing);
-        if let Some(n) = next {
-            if let Err(e) = self.issue(n) {
-                self.finish(n, Err(e));
-            }
-        }
-        if let Some(c) = close {
-            if let Err(e) = self.issue(c) {
-                self.finish(c, Err(e));
-            }
-        }
+        self.life.lookup(id)
     }
 
     /// Handles one CQE of slot `key`: ends the op, or starts it again (a
     /// poll after `EAGAIN`, the rest of a stream write).
     pub(crate) fn on_cqe(&mut self, key: usize, res: i32) {
-        let slot = &mut self.slots[key];
-        match slot.state {
-            State::Polling => {
-                if res < 0 {
-                    let err = self.error_for(key, res);
-                    return self.finish(key, Err(err));
-                }
-                if slot.cancel_requested {
-                    // The cancel may have missed the poll (it was already
-                    // done): the op ends here rather than starting again.
-                    return self.finish_cancelled(key);
-                }
-                if let Err(e) = self.issue(key) {
-                    self.finish(key, Err(e));
-                }
-                return;
-            }
-            State::Queued | State::Closing => return,
-            State::InKernel => {}
+        let slot = self.life.slot_mut(key);
+        if slot.stage() != Stage::Running {
+            return;
         }
-        if let Op::Cancel { target } = slot.op {
-            // Ops cancelled from our own queues (counted in `progress`) count too.
-            let reached = slot.extra.as_ref().map_or(0, |e| e.reached);
-            let result = ops::cancel_result(target, res, slot.progress, reached);
-            return self.finish(key, result);
+        let asked = slot.ending().is_some();
+        if slot.extra.polling {
+            let r = if res < 0 {
+                Err(ops::os_error(res))
+            } else if asked {
+                // The cancel may have missed the poll (it was already done):
+                // the op ends here rather than starting again.
+                Err(cancelled())
+            } else {
+                return self.reissue(key);
+            };
+            return self.life.finish(key, r);
         }
         if res == -libc::EAGAIN {
-            if let Some(d) = slot.op.direction() {
-                if slot.cancel_requested {
-                    return self.finish_cancelled(key);
+            if let Some(d) = slot.direction() {
+                if asked {
+                    return self.life.finish(key, Err(cancelled()));
                 }
                 if let Err(e) = self.issue_poll(key, d) {
-                    self.finish(key, Err(e));
+                    self.life.finish(key, Err(e));
                 }
                 return;
             }
         }
         if res < 0 {
-            if res == -libc::ECANCELED && slot.progress > 0 {
-                // A stream write cancelled, or ended by its deadline, reports
-                // the bytes that went out (only a resubmitted stream write
-                // has progress).
-                let done = slot.progress;
-                return self.finish(key, Ok(done));
-            }
-            let err = self.error_for(key, res);
-            return self.finish(key, Err(err));
+            return self.life.finish(key, Err(ops::os_error(res)));
         }
+        let op = slot.op.as_mut().expect("a uring op never leaves its slot");
         let step = ops::complete(
-            &mut slot.op,
-            slot.extra.as_deref(),
+            op,
+            slot.extra.extra.as_deref(),
             &mut slot.progress,
             res as usize,
-            slot.cancel_requested,
+            asked,
         );
         match step {
-            ops::Step::Done(n) => self.finish(key, Ok(n)),
-            ops::Step::Again => {
-                if let Err(e) = self.issue(key) {
-                    self.finish(key, Err(e));
-                }
-            }
+            ops::Step::Done(n) => self.life.finish(key, Ok(n)),
+            ops::Step::Again => self.reissue(key),
         }
     }
 
-    /// Ends slot `key`, whose cancel was asked for, without starting it
-    /// again: a stream write with bytes out reports them, anything else
-    /// `ECANCELED`.
-    fn finish_cancelled(&mut self, key: usize) {
-        let slot = &self.slots[key];
-        let r = if slot.progress > 0 && slot.op.direction() == Some(Direction::Write) {
-            Ok(slot.progress)
-        } else {
-            Err(cancelled())
-        };
-        self.finish(key, r)
-    }
-
-    /// The error for a failed CQE: `ECANCELED` caused by the op's own deadline
-    /// (and not by a cancel request) is reported as `TimedOut`.
-    fn error_for(&self, key: usize, res: i32) -> io::Error {
-        let slot = &self.slots[key];
-        if res == -libc::ECANCELED && slot.deadline_ptr().is_some() && !slot.cancel_requested {
-            deadline_passed()
-        } else {
-            ops::os_error(res)
+    fn reissue(&mut self, key: usize) {
+        if let Err(e) = self.issue(key) {
+            self.life.finish(key, Err(e));
         }
-    }
-
-    /// Cancels slot `key`: a queued op completes now with `ECANCELED`; one in
-    /// the kernel gets an async cancel (its CQE follows).
-    fn cancel_slot(&mut self, key: usize) -> io::Result<()> {
-        let slot = &mut self.slots[key];
-        slot.cancel_requested = true;
-        match slot.state {
-            State::Queued => {
-                if let (Some(fd), Some(d)) = (slot.op.fd(), slot.op.direction()) {
-                    let q = &mut self.fd_state(fd).queue[dir_index(d)];
-                    q.retain(|&k| k != key);
-                }
-                self.finish(key, Err(cancelled()));
-                Ok(())
-            }
-            State::Closing => Ok(()),
-            State::InKernel | State::Polling => {
-                let ud = self.user_data(key);
-                let e = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ud))
-                    .build()
-                    .user_data(UD_IGNORE);
-                self.push(e, None)
-            }
-        }
-    }
-
-    /// Cancels every op on `fd` (not a pending close); returns how many.
-    fn cancel_all_on(&mut self, fd: RawFd) -> io::Result<usize> {
-        let keys: Vec<usize> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.op.fd() == Some(fd) && s.state != State::Closing)
-            .map(|(k, _)| k)
-            .collect();
-        for &k in &keys {
-            self.cancel_slot(k)?;
-        }
-        Ok(keys.len())
     }
 
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
@@ -471,12 +322,13 @@ impl UringDriver {
         let mut deadline: Option<Instant> = None;
         loop {
             self.reap();
+            self.pump();
             let woken = !self.waker_armed;
             if woken {
                 // A wake ends the wait; re-arm for the next one.
                 self.ensure_enabled()?;
             }
-            let enough = self.ready.len() >= min || woken;
+            let enough = self.life.ready_len() >= min || woken;
             let left = match (enough, timeout, deadline) {
                 (true, _, _) | (false, None, _) => timeout,
                 (false, Some(t), None) => {
@@ -489,6 +341,7 @@ impl UringDriver {
                 if !self.ring.submission().is_empty() || self.kernel_has_work() {
                     self.enter(0, self.defer, None).or_else(ignore_intr)?;
                     self.reap();
+                    self.pump();
                 }
                 return Ok(());
             }
@@ -513,110 +366,33 @@ impl Driver for UringDriver {
         &self.caps
     }
 
+    #[inline]
     fn submit(
         &mut self,
         op: Op,
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        let fds = &self.fds;
-        let closing = |fd: RawFd| fds.get(fd as usize).is_some_and(|s| s.closing.is_some());
-        if let Err(error) = admit(&op, &self.caps, "uring", closing) {
-            return Err(SubmitError { error, op });
-        }
         if let Err(error) = self.ensure_enabled() {
             return Err(SubmitError { error, op });
         }
-        let kind = op.kind();
-        let fd = op.fd();
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let dir = op.direction();
-        let is_close = kind == OpKind::Close;
-        let cancel_target = match &op {
-            Op::Cancel { target } => Some(*target),
-            _ => None,
-        };
-        let entry = self.slots.vacant_entry();
-        let key = entry.key();
-        let id = OpId::new(key as u32, generation);
-        if fd.is_none() && deadline.is_none() && cancel_target.is_none() {
-            // Fast path (nop, timeout, openat): straight to the ring. The SQE
-            // points only at heap memory the op owns, so the op may move into
-            // the slab after it is prepared.
-            let mut op = op;
-            let mut extra = None;
-            let e = ops::prepare(&mut op, &mut extra, 0).user_data(id.to_u64());
-            entry.insert(Slot {
-                generation,
-                token,
-                op,
-                extra,
-                state: State::InKernel,
-                progress: 0,
-                cancel_requested: false,
-            });
-            if let Err(error) = self.push(e, None) {
-                self.finish(key, Err(error));
-            }
-            return Ok(id);
-        }
-        entry.insert(Slot {
-            generation,
-            token,
-            op,
+        let extra = InRing {
             extra: deadline.map(|d| {
                 Box::new(Extra {
                     deadline: Some(abs_timespec(d)),
                     ..Extra::default()
                 })
             }),
-            state: State::Queued,
-            progress: 0,
-            cancel_requested: false,
-        });
-
-        let started = if let Some(target) = cancel_target {
-            self.start_cancel(key, target)
-        } else if let Some(fd) = fd {
-            if is_close {
-                // From now on the fd takes no new op (see the check above).
-                let st = self.fd_state(fd);
-                st.closing = Some(key);
-                if st.ops > 0 {
-                    self.slots[key].state = State::Closing;
-                    self.cancel_all_on(fd).map(|_| ())
-                } else {
-                    self.issue(key)
-                }
-            } else {
-                let st = self.fd_state(fd);
-                st.ops += 1;
-                match dir {
-                    Some(d) if st.busy[dir_index(d)] => {
-                        st.queue[dir_index(d)].push_back(key);
-                        Ok(())
-                    }
-                    Some(d) => {
-                        st.busy[dir_index(d)] = true;
-                        self.issue(key)
-                    }
-                    None => self.issue(key),
-                }
-            }
-        } else {
-            self.issue(key)
+            polling: false,
         };
-        match started {
-            Ok(()) => Ok(id),
-            Err(error) => {
-                // Could not reach the kernel: the op completes with the error.
-                if self.slots.contains(key) {
-                    self.finish(key, Err(error));
-                }
-                Ok(id)
-            }
+        let (id, key, admitted) = self
+            .life
+            .submit(op, token, deadline, extra, &self.caps, "uring")?;
+        if admitted == Admitted::Start {
+            self.start(key);
         }
+        self.pump();
+        Ok(id)
     }
 
     fn wait(
@@ -627,19 +403,41 @@ impl Driver for UringDriver {
     ) -> io::Result<usize> {
         self.ensure_enabled()?;
         let r = self.wait_inner(min, timeout);
-        let n = ringport_core::driver::deliver(out, &mut self.ready);
+        let n = self.life.deliver(out);
         r.map(|_| n)
     }
 
+    fn wait_ready(
+        &mut self,
+        out: &mut Vec<Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.ensure_enabled()?;
+        let r = self.wait_inner(min, timeout);
+        let n = self.life.deliver_ready(out);
+        r.map(|_| n)
+    }
+
+    #[inline]
+    fn take(&mut self, id: OpId) -> Option<Completion> {
+        self.life.take(id)
+    }
+
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
-        match self.lookup(id) {
-            Some(key) => self.cancel_slot(key),
-            None => Err(ringport_core::driver::not_in_flight()),
-        }
+        let key = self
+            .lookup(id)
+            .ok_or_else(ringport_core::driver::not_in_flight)?;
+        self.life
+            .cancel(key, ringport_core::lifecycle::Ending::Cancelled);
+        self.pump();
+        Ok(())
     }
 
     fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.cancel_all_on(fd)
+        let n = self.life.cancel_fd(fd);
+        self.pump();
+        Ok(n)
     }
 
     fn waker(&self) -> DriverWaker {
@@ -647,110 +445,34 @@ impl Driver for UringDriver {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.len() + self.ready.len()
-    }
-}
-
-impl UringDriver {
-    /// Starts `Op::Cancel` in slot `key`.
-    fn start_cancel(&mut self, key: usize, target: CancelTarget) -> io::Result<()> {
-        match target {
-            CancelTarget::Op(id) => match self.lookup(id) {
-                Some(t) if self.slots[t].state == State::Queued => {
-                    self.cancel_slot(t)?;
-                    self.finish(key, Ok(1));
-                    Ok(())
-                }
-                Some(t) => {
-                    self.slots[t].cancel_requested = true;
-                    self.issue(key)
-                }
-                None => {
-                    self.finish(key, Err(ringport_core::driver::not_in_flight()));
-                    Ok(())
-                }
-            },
-            CancelTarget::Fd(fd) => {
-                // Queued ops end here; the kernel's count for the rest comes in
-                // the cancel's CQE, added to this one.
-                let queued: Vec<usize> = self
-                    .slots
-                    .iter()
-                    .filter(|(k, s)| *k != key && s.op.fd() == Some(fd) && s.state == State::Queued)
-                    .map(|(k, _)| k)
-                    .collect();
-                let in_kernel: usize = self
-                    .slots
-                    .iter()
-                    .filter(|(k, s)| {
-                        *k != key
-                            && s.op.fd() == Some(fd)
-                            && matches!(s.state, State::InKernel | State::Polling)
-                    })
-                    .count();
-                for &k in &queued {
-                    self.cancel_slot(k)?;
-                }
-                for (k, s) in self.slots.iter_mut() {
-                    if k != key && s.op.fd() == Some(fd) {
-                        s.cancel_requested = true;
-                    }
-                }
-                if in_kernel == 0 {
-                    let r = if queued.is_empty() {
-                        Err(ringport_core::driver::not_in_flight())
-                    } else {
-                        Ok(queued.len())
-                    };
-                    self.finish(key, r);
-                    return Ok(());
-                }
-                self.slots[key].progress = queued.len();
-                self.slots[key]
-                    .extra
-                    .get_or_insert_with(Box::default)
-                    .reached = queued.len() + in_kernel;
-                self.issue(key)
-            }
-        }
+        self.life.len()
     }
 }
 
 impl Drop for UringDriver {
     fn drop(&mut self) {
-        // Closes parked behind their fd's ops: the fd is ours to close, after
-        // those ops end (below), or the number would stay open for good.
-        let mut parked_closes: Vec<RawFd> = Vec::new();
-        // Ops still queued never reached the kernel: they can go now.
-        let queued: Vec<usize> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.state == State::Queued || s.state == State::Closing)
-            .map(|(k, _)| k)
-            .collect();
-        for k in queued {
-            let s = self.slots.remove(k);
-            if let (State::Closing, Op::Close { fd }) = (s.state, &s.op) {
-                parked_closes.push(*fd);
-            }
-        }
+        // Ops that never reached the kernel go now; closes parked behind
+        // their fd's ops are performed below, after those ops end, or the
+        // numbers would stay open for good.
+        let parked_closes = self.life.drain_unstarted();
         // What still reaches the kernel ends when it comes back: a partial
         // send or a poll is not started again.
-        for (_, s) in self.slots.iter_mut() {
-            s.cancel_requested = true;
+        let keys: Vec<usize> = self.life.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.life
+                .cancel(k, ringport_core::lifecycle::Ending::Cancelled);
         }
-        // Nothing may start any more: forget the per-fd queues.
-        self.fds.clear();
-        self.ready.drain(..).for_each(drop_undelivered);
+        // The cancels are not sent one by one: one cancel-any below.
+        while self.life.next_cancel().is_some() {}
         let mut cleanly = true;
-        if self.enabled && (!self.slots.is_empty() || self.waker_armed) {
+        if self.enabled && (self.life.live() > 0 || self.waker_armed) {
             // Cancel everything in the kernel and give it a moment.
             let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
                 .user_data(UD_IGNORE);
             let start = Instant::now();
             if self.push(e, None).is_ok() {
-                while (!self.slots.is_empty() || self.waker_armed) && start.elapsed() < DROP_GRACE {
+                while (self.life.live() > 0 || self.waker_armed) && start.elapsed() < DROP_GRACE {
                     match self.enter(1, true, Some(Duration::from_millis(50))) {
                         Ok(_) => {}
                         Err(e)
@@ -761,22 +483,21 @@ impl Drop for UringDriver {
                         Err(_) => break, // e.g. EEXIST: another thread owns the ring
                     }
                     self.reap();
-                    for k in self
-                        .slots
-                        .iter()
-                        .filter(|(_, s)| s.state == State::Queued)
-                        .map(|(k, _)| k)
-                        .collect::<Vec<_>>()
-                    {
-                        drop(self.slots.remove(k));
+                    // Whatever the reaped CQEs let start (the next op of a
+                    // direction, a close) is not started now.
+                    for fd in self.life.drain_unstarted() {
+                        // SAFETY: the close was submitted to us, so the fd
+                        // is ours; no op of ours will start on it again.
+                        unsafe { libc::close(fd) };
                     }
                     // The kernel is done with these: buffers drop now, fds
                     // made by undelivered opens and accepts are closed.
-                    self.ready.drain(..).for_each(drop_undelivered);
+                    self.life.drop_ready();
                 }
             }
-            cleanly = self.slots.is_empty() && !self.waker_armed;
+            cleanly = self.life.live() == 0 && !self.waker_armed;
         }
+        self.life.drop_ready();
         // The fds' ops have ended (or the grace ran out: then the kernel keeps
         // its own reference to the file until they do), so the numbers go now.
         for fd in parked_closes {
@@ -786,9 +507,7 @@ impl Drop for UringDriver {
         }
         if !cleanly {
             // The kernel may still write into these: leak them, never free early.
-            for s in self.slots.drain() {
-                std::mem::forget(s);
-            }
+            self.life.leak_all();
         } else if !self.waker_buf.is_null() {
             // SAFETY: made by Box::into_raw in with_builder; no read is in flight.
             drop(unsafe { Box::from_raw(self.waker_buf) });

@@ -27,11 +27,11 @@ pub use net::{
 pub use op::{submit, OpFuture};
 pub use time::{sleep, sleep_until, timeout, Elapsed};
 
-use crate::driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError};
+use crate::driver::{Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError};
 use crate::op::{Op, OpId};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
@@ -47,41 +47,21 @@ const MAIN: usize = usize::MAX;
 /// How many tasks run between two looks at the driver.
 const TASK_BUDGET: usize = 128;
 
-/// Who to wake when an op completes.
-enum Waiter {
-    /// A task of this runtime, by id ([`MAIN`] for `block_on`'s future):
-    /// queued directly, without going through a `Waker`.
-    Task(usize),
-    /// Any other waker (a future polled by a foreign executor or combinator).
-    Other(Waker),
-}
+/// The token of an op nobody awaits (a close from `Drop`): its completion
+/// is discarded.
+const DETACHED: u64 = u64::MAX - 1;
+/// The token of an op whose waiter is in the runtime's redirect map (a
+/// foreign waker).
+const FOREIGN: u64 = u64::MAX - 2;
 
-impl Waiter {
-    /// The waiter for `waker`, recognising this runtime's own task wakers.
-    fn of(waker: &Waker, remote: &Arc<Remote>) -> Waiter {
-        match TaskWake::local_task(waker, remote) {
-            Some(task) => Waiter::Task(task),
-            None => Waiter::Other(waker.clone()),
-        }
-    }
-
-    /// Whether waking this waiter wakes what `waker` wakes.
-    fn same_as(&self, waker: &Waker, remote: &Arc<Remote>) -> bool {
-        match self {
-            Waiter::Task(t) => TaskWake::local_task(waker, remote) == Some(*t),
-            Waiter::Other(w) => w.will_wake(waker),
-        }
-    }
-}
-
-/// The state of one op the runtime submitted.
-enum OpSlot {
-    /// In flight; wake this waiter on completion.
-    Waiting { id: OpId, waker: Option<Waiter> },
-    /// Completed; the future has not collected it yet.
-    Done(Completion),
-    /// The future was dropped: discard the completion (and its buffer) on arrival.
-    Orphaned,
+/// Where the completion of an op goes when it is not simply "wake the task
+/// whose id is its token": rare cases, kept in a small map by op id.
+enum Redirect {
+    /// Wake this waker (a foreign executor's, or a task other than the one
+    /// that submitted the op).
+    Wake(Waker),
+    /// The op's future was dropped: discard the completion (and its buffer).
+    Orphan,
 }
 
 /// What other threads share with the runtime: the queue of tasks they woke,
@@ -98,7 +78,7 @@ pub(crate) struct Remote {
 /// deal with them.
 struct Closes {
     fds: Vec<RawFd>,
-    dropped_ops: Vec<usize>,
+    dropped_ops: Vec<OpId>,
     open: bool,
 }
 
@@ -111,13 +91,13 @@ impl std::fmt::Debug for Remote {
 impl Remote {
     /// Queues `fd` to be closed through the runtime's driver and wakes it.
     /// False when the runtime is gone (the caller closes the fd itself).
-    /// Queues op `key`, whose future was dropped away from the runtime's
+    /// Queues op `id`, whose future was dropped away from the runtime's
     /// thread, to be cancelled and orphaned there. Nothing to do when the
     /// runtime is gone (it dropped every op it had).
-    pub(crate) fn defer_drop_op(&self, key: usize) {
+    pub(crate) fn defer_drop_op(&self, id: OpId) {
         let mut c = self.closes.lock().unwrap_or_else(|e| e.into_inner());
         if c.open {
-            c.dropped_ops.push(key);
+            c.dropped_ops.push(id);
             drop(c);
             self.driver.wake();
         }
@@ -245,12 +225,14 @@ struct Task {
 pub(crate) struct Core {
     driver: RefCell<Box<dyn Driver>>,
     caps: Capabilities,
-    ops: RefCell<Slab<OpSlot>>,
+    /// Waiters that are not "the task whose id is the op's token".
+    redirect: RefCell<HashMap<u64, Redirect>>,
     tasks: RefCell<Slab<Task>>,
     run_queue: RefCell<VecDeque<usize>>,
     remote: Arc<Remote>,
     main_wake: Arc<TaskWake>,
-    completions: RefCell<Vec<Completion>>,
+    /// Finished ops announced by the driver, to dispatch.
+    records: RefCell<Vec<Ready>>,
 }
 
 thread_local! {
@@ -258,112 +240,120 @@ thread_local! {
 }
 
 impl Core {
-    /// Submits `op`; on success the runtime tracks it in its op table.
+    /// Submits `op`. The op stays in the driver's table until its future
+    /// takes it back; the runtime keeps no table of its own. Returns the op's
+    /// id and its waiter: the id of the task `waker` belongs to, or
+    /// [`FOREIGN`] (then the waker is kept in the redirect map).
+    #[inline]
     pub(crate) fn submit(
         &self,
         op: Op,
         deadline: Option<Instant>,
         waker: &Waker,
-    ) -> Result<usize, SubmitError> {
-        let mut ops = self.ops.borrow_mut();
-        let entry = ops.vacant_entry();
-        let key = entry.key();
-        let id = self.driver.borrow_mut().submit(op, key as u64, deadline)?;
-        entry.insert(OpSlot::Waiting {
-            id,
-            waker: Some(Waiter::of(waker, &self.remote)),
-        });
-        Ok(key)
+    ) -> Result<(OpId, u64), SubmitError> {
+        let waiter = match TaskWake::local_task(waker, &self.remote) {
+            Some(t) => t as u64,
+            None => FOREIGN,
+        };
+        let id = self.driver.borrow_mut().submit(op, waiter, deadline)?;
+        if waiter == FOREIGN {
+            self.redirect
+                .borrow_mut()
+                .insert(id.to_u64(), Redirect::Wake(waker.clone()));
+        }
+        Ok((id, waiter))
     }
 
     /// Submits `op` whose result nobody awaits (a close from `Drop`).
     pub(crate) fn submit_detached(&self, op: Op) -> Result<(), SubmitError> {
-        let mut ops = self.ops.borrow_mut();
-        let entry = ops.vacant_entry();
-        let key = entry.key();
-        self.driver.borrow_mut().submit(op, key as u64, None)?;
-        entry.insert(OpSlot::Orphaned);
+        self.driver.borrow_mut().submit(op, DETACHED, None)?;
         Ok(())
     }
 
-    /// Collects the completion of op `key` if it has arrived, else records
-    /// the waker to call when it does.
-    pub(crate) fn poll_op(&self, key: usize, waker: &Waker) -> Option<Completion> {
-        let mut ops = self.ops.borrow_mut();
-        match ops.get_mut(key) {
-            Some(OpSlot::Waiting { waker: w, .. }) => {
-                match w {
-                    Some(old) if old.same_as(waker, &self.remote) => {}
-                    _ => *w = Some(Waiter::of(waker, &self.remote)),
-                }
-                None
+    /// Takes the completion of op `id` if it has finished, else makes sure
+    /// `waker` is what its completion wakes (`waiter` is what was recorded).
+    #[inline]
+    pub(crate) fn poll_op(&self, id: OpId, waiter: &mut u64, waker: &Waker) -> Option<Completion> {
+        if let Some(c) = self.driver.borrow_mut().take(id) {
+            if *waiter == FOREIGN {
+                self.redirect.borrow_mut().remove(&id.to_u64());
             }
-            Some(OpSlot::Done(_)) => match ops.remove(key) {
-                OpSlot::Done(c) => Some(c),
-                _ => None,
-            },
-            _ => None,
+            return Some(c);
+        }
+        match TaskWake::local_task(waker, &self.remote) {
+            Some(t) if t as u64 == *waiter => {}
+            _ => {
+                // Polled by another task or a foreign waker: its completion
+                // goes there now.
+                let mut r = self.redirect.borrow_mut();
+                match r.get(&id.to_u64()) {
+                    Some(Redirect::Wake(w)) if w.will_wake(waker) => {}
+                    _ => {
+                        r.insert(id.to_u64(), Redirect::Wake(waker.clone()));
+                    }
+                }
+                *waiter = FOREIGN;
+            }
+        }
+        None
+    }
+
+    /// The future of op `id` was dropped: a finished op is discarded now; one
+    /// in flight is cancelled, and its completion (and buffer) is discarded
+    /// when it arrives.
+    pub(crate) fn drop_op(&self, id: OpId) {
+        let taken = self.driver.borrow_mut().take(id);
+        match taken {
+            Some(c) => {
+                self.redirect.borrow_mut().remove(&id.to_u64());
+                self.discard(c);
+            }
+            None => {
+                self.redirect
+                    .borrow_mut()
+                    .insert(id.to_u64(), Redirect::Orphan);
+                // NotFound only means it finished meanwhile; its record
+                // comes, and the redirect discards it then.
+                let _ = self.driver.borrow_mut().cancel(id);
+            }
         }
     }
 
-    /// The future of op `key` was dropped: cancel the op if it is in flight;
-    /// its completion (and buffer) is discarded when it arrives.
-    pub(crate) fn drop_op(&self, key: usize) {
-        let id = {
-            let mut ops = self.ops.borrow_mut();
-            match ops.get_mut(key) {
-                Some(slot @ OpSlot::Waiting { .. }) => {
-                    let OpSlot::Waiting { id, .. } = std::mem::replace(slot, OpSlot::Orphaned)
-                    else {
-                        return;
-                    };
-                    id
-                }
-                Some(OpSlot::Done(_)) => {
-                    if let OpSlot::Done(c) = ops.remove(key) {
-                        drop(ops);
-                        self.discard(c);
-                    }
-                    return;
-                }
-                _ => return,
-            }
-        };
-        // NotFound only means it completed meanwhile; the slot is reaped then.
-        let _ = self.driver.borrow_mut().cancel(id);
+    /// Takes op `id` out of the driver and discards it.
+    fn take_and_discard(&self, id: OpId) {
+        let taken = self.driver.borrow_mut().take(id);
+        if let Some(c) = taken {
+            self.discard(c);
+        }
     }
 
     pub(crate) fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
 
+    /// Wakes the waiter of each op the driver announced.
     fn dispatch(&self) {
-        let mut comps = self.completions.borrow_mut();
-        for c in comps.drain(..) {
-            let key = c.token as usize;
-            let waker = {
-                let mut ops = self.ops.borrow_mut();
-                match ops.get_mut(key) {
-                    Some(OpSlot::Waiting { .. }) => {
-                        match std::mem::replace(&mut ops[key], OpSlot::Done(c)) {
-                            OpSlot::Waiting { waker, .. } => waker,
-                            _ => None,
-                        }
-                    }
-                    Some(OpSlot::Orphaned) => {
-                        ops.remove(key);
-                        drop(ops);
-                        self.discard(c);
-                        None
-                    }
-                    _ => None,
+        let mut records = std::mem::take(&mut *self.records.borrow_mut());
+        for r in records.drain(..) {
+            let redirected = {
+                let mut map = self.redirect.borrow_mut();
+                if map.is_empty() {
+                    None
+                } else {
+                    map.remove(&r.id.to_u64())
                 }
             };
-            match waker {
-                Some(Waiter::Task(task)) => self.wake_local(task),
-                Some(Waiter::Other(w)) => w.wake(),
-                None => {}
+            match (redirected, r.token) {
+                (Some(Redirect::Wake(w)), _) => w.wake(),
+                (Some(Redirect::Orphan), _) | (None, DETACHED) => self.take_and_discard(r.id),
+                (None, FOREIGN) => {}
+                (None, task) => self.wake_local(task as usize),
             }
+        }
+        let mut mine = self.records.borrow_mut();
+        if mine.is_empty() {
+            // Keep the allocation for the next turn.
+            *mine = records;
         }
     }
 
@@ -458,8 +448,8 @@ impl Core {
                 std::mem::take(&mut c.dropped_ops),
             )
         };
-        for key in dropped_ops {
-            self.drop_op(key);
+        for id in dropped_ops {
+            self.drop_op(id);
         }
         for fd in fds {
             if self.submit_detached(Op::Close { fd }).is_err() {
@@ -486,14 +476,16 @@ impl Core {
 
     /// Waits for I/O: blocks only when no task is ready to run.
     fn turn_driver(&self, block: bool) -> io::Result<()> {
-        let mut comps = self.completions.borrow_mut();
+        let mut records = self.records.borrow_mut();
         let (min, timeout) = if block {
             (1, None)
         } else {
             (0, Some(std::time::Duration::ZERO))
         };
-        self.driver.borrow_mut().wait(&mut comps, min, timeout)?;
-        drop(comps);
+        self.driver
+            .borrow_mut()
+            .wait_ready(&mut records, min, timeout)?;
+        drop(records);
         self.dispatch();
         Ok(())
     }
@@ -530,12 +522,12 @@ impl Runtime {
             core: Rc::new(Core {
                 driver: RefCell::new(driver),
                 caps,
-                ops: RefCell::new(Slab::with_capacity(64)),
+                redirect: RefCell::new(HashMap::new()),
                 tasks: RefCell::new(Slab::new()),
                 run_queue: RefCell::new(VecDeque::new()),
                 remote,
                 main_wake,
-                completions: RefCell::new(Vec::with_capacity(256)),
+                records: RefCell::new(Vec::with_capacity(256)),
             }),
             main_running: Cell::new(false),
         }
@@ -615,24 +607,12 @@ impl Drop for Runtime {
         let tasks: Vec<Task> = self.core.tasks.borrow_mut().drain().collect();
         let _guard = Enter::new(self.core.clone(), &self.main_running);
         drop(tasks);
-        // Completions nobody collected may hold fds (an accept or open
-        // whose future was dropped without being polled again).
-        let done: Vec<Completion> = {
-            let mut ops = self.core.ops.borrow_mut();
-            let keys: Vec<usize> = ops
-                .iter()
-                .filter(|(_, s)| matches!(s, OpSlot::Done(_)))
-                .map(|(k, _)| k)
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| match ops.remove(k) {
-                    OpSlot::Done(c) => Some(c),
-                    _ => None,
-                })
-                .collect()
-        };
-        for c in done {
-            self.core.discard(c);
+        // Completions nobody will collect may hold fds (an accept or open
+        // whose future was dropped): the ones already announced are
+        // discarded now, through the driver.
+        let records = std::mem::take(&mut *self.core.records.borrow_mut());
+        for r in records {
+            self.core.take_and_discard(r.id);
         }
         // Fds dropped elsewhere are closed through the driver; from now on
         // their owners close them plainly.

@@ -1,7 +1,7 @@
 //! The future of one submitted op.
 
 use super::{current, current_or_err, Remote};
-use crate::op::Op;
+use crate::op::{Op, OpId};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -12,11 +12,12 @@ use std::time::Instant;
 enum State {
     /// Not yet submitted (submission happens at the first poll).
     Idle(Op, Option<Instant>),
-    /// In flight under this key of the op table of the runtime that
-    /// `Remote` belongs to. (An identity, not the runtime itself, so that the
+    /// In flight under this id in the driver of the runtime that `Remote`
+    /// belongs to, with the waiter recorded for it (a task id, or
+    /// "redirected"). (An identity, not the runtime itself, so that the
     /// future is `Send`: a future moved to another thread and dropped there
-    /// hands its key back to its runtime through the `Remote`.)
-    Submitted(Arc<Remote>, usize),
+    /// hands its id back to its runtime through the `Remote`.)
+    Submitted(Arc<Remote>, OpId, u64),
     /// The output was taken.
     Finished,
 }
@@ -53,14 +54,14 @@ impl Future for OpFuture {
                 };
                 let res = core.submit(op, deadline, cx.waker());
                 match res {
-                    Ok(key) => {
-                        this.state = State::Submitted(core.remote.clone(), key);
+                    Ok((id, waiter)) => {
+                        this.state = State::Submitted(core.remote.clone(), id, waiter);
                         Poll::Pending
                     }
                     Err(e) => Poll::Ready((Err(e.error), e.op)),
                 }
             }
-            State::Submitted(remote, key) => {
+            State::Submitted(remote, id, mut waiter) => {
                 let core = current().filter(|c| Arc::ptr_eq(&c.remote, &remote));
                 let Some(core) = core else {
                     panic!(
@@ -68,10 +69,10 @@ impl Future for OpFuture {
                          started its op (another thread, or outside its block_on)"
                     )
                 };
-                match core.poll_op(key, cx.waker()) {
+                match core.poll_op(id, &mut waiter, cx.waker()) {
                     Some(c) => Poll::Ready((c.result, c.op)),
                     None => {
-                        this.state = State::Submitted(remote, key);
+                        this.state = State::Submitted(remote, id, waiter);
                         Poll::Pending
                     }
                 }
@@ -83,12 +84,12 @@ impl Future for OpFuture {
 
 impl Drop for OpFuture {
     fn drop(&mut self) {
-        if let State::Submitted(remote, key) = &self.state {
+        if let State::Submitted(remote, id, _) = &self.state {
             match current().filter(|c| Arc::ptr_eq(&c.remote, remote)) {
-                Some(core) => core.drop_op(*key),
+                Some(core) => core.drop_op(*id),
                 // Elsewhere: its runtime cancels it at its next turn (or
                 // has already dropped everything, if it is gone).
-                None => remote.defer_drop_op(*key),
+                None => remote.defer_drop_op(*id),
             }
         }
     }

@@ -1,65 +1,25 @@
-//! Nop, timeout, cancel, poll, close: the driver's own bookkeeping (a
-//! timer, a lookup, the close protocol) and poll's readiness check.
+//! Nop, timeout, cancel, poll: the driver's own bookkeeping (a timer, the
+//! table's cancel) and poll's readiness check. A close is the table's
+//! protocol; the driver performs it when the table starts it.
 
 use super::{last, Attempt};
-use crate::driver::{ShimDriver, State};
-use ringport_core::driver::cancelled;
-use ringport_core::op::{CancelTarget, Op};
-use std::cmp::Reverse;
+use crate::driver::{How, ShimDriver};
+use ringport_core::op::Op;
 use std::io;
-use std::os::fd::RawFd;
 
 impl ShimDriver {
-    /// Starts a nop, timeout or cancel in slot `key`.
-    pub(crate) fn start_ctl(&mut self, key: usize, op: Op) {
-        match op {
-            Op::Nop => {
-                self.slots[key].op = Some(op);
-                self.complete(key, Ok(0));
-            }
+    /// Starts a nop, timeout or cancel in slot `key`: a nop ends at once, a
+    /// timeout waits in the table's deadline heap, a cancel is the table's.
+    pub(crate) fn start_ctl(&mut self, key: usize) {
+        let slot = self.life.slot_mut(key);
+        match *slot.op_mut() {
+            Op::Nop => self.complete(key, Ok(0)),
             Op::Timeout { deadline } => {
-                let generation = self.slots[key].generation;
-                self.slots[key].op = Some(op);
-                self.slots[key].state = State::Timer;
-                self.timers.push(Reverse((deadline, key, generation)));
+                slot.extra = How::Timer;
+                self.life.watch_deadline(key, deadline);
             }
-            Op::Cancel { target } => {
-                self.slots[key].op = Some(op);
-                let r = match target {
-                    CancelTarget::Op(t) => match self.lookup(t) {
-                        Some(k) if k != key => {
-                            self.abort(k, cancelled());
-                            Ok(1)
-                        }
-                        _ => Err(ringport_core::driver::not_in_flight()),
-                    },
-                    CancelTarget::Fd(f) => match self.cancel_all_on(f, Some(key)) {
-                        0 => Err(ringport_core::driver::not_in_flight()),
-                        n => Ok(n),
-                    },
-                };
-                self.complete(key, r);
-            }
-            other => {
-                self.slots[key].op = Some(other);
-                self.complete(key, Err(io::Error::from_raw_os_error(libc::EINVAL)));
-            }
-        }
-    }
-
-    /// Starts a close of `fd` in slot `key`: every op on the fd is
-    /// cancelled; the fd is closed at once, or when its running pool jobs
-    /// have handed their ops back.
-    pub(crate) fn start_close(&mut self, key: usize, op: Op, fd: RawFd) {
-        self.slots[key].op = Some(op);
-        self.cancel_all_on(fd, Some(key));
-        let st = self.fd_state(fd);
-        if st.pool_ops > 0 {
-            st.closing = Some(key);
-            self.slots[key].state = State::CloseWaiting;
-        } else {
-            let r = self.close_now(fd);
-            self.complete(key, r);
+            Op::Cancel { target } => self.life.run_cancel_op(key, target),
+            _ => self.complete(key, Err(io::Error::from_raw_os_error(libc::EINVAL))),
         }
     }
 }

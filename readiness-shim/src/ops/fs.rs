@@ -9,8 +9,7 @@ impl ShimDriver {
     /// Starts an open in slot `key`: always on the pool. Its completion
     /// carries the new fd, also when the op was cancelled after the open
     /// succeeded (the owner closes an fd it no longer wants).
-    pub(crate) fn start_open(&mut self, key: usize, op: Op) -> io::Result<()> {
-        self.slots[key].op = Some(op);
+    pub(crate) fn start_open(&mut self, key: usize) -> io::Result<()> {
         self.send_to_pool(key)
     }
 }

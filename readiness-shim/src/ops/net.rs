@@ -8,14 +8,12 @@ use std::io;
 
 impl ShimDriver {
     /// Performs a shutdown in slot `key` at once (it never waits).
-    pub(crate) fn start_shutdown(&mut self, key: usize, op: Op) {
-        let mut op = op;
+    pub(crate) fn start_shutdown(&mut self, key: usize) {
         let mut p = 0;
-        let r = match attempt(&mut op, &mut p) {
+        let r = match attempt(self.life.slot_mut(key).op_mut(), &mut p) {
             Attempt::Done(r) => r,
             Attempt::WouldBlock => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
         };
-        self.slots[key].op = Some(op);
         self.complete(key, r);
     }
 }

@@ -5,7 +5,6 @@ use super::{scratch, Extra, Scratch};
 use crate::ring::abs_timespec;
 use io_uring::{opcode, squeue, types};
 use ringport_core::op::CancelTarget;
-use std::io;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
@@ -37,21 +36,4 @@ pub(super) fn poll(fd: RawFd, events: i16) -> squeue::Entry {
 
 pub(super) fn close(fd: RawFd) -> squeue::Entry {
     opcode::Close::new(types::Fd(fd)).build()
-}
-
-/// The result of a cancel whose CQE said `res`: `queued` ops it ended from
-/// the driver's own queues, `reached` ops in all (for a cancel by fd).
-pub(crate) fn cancel_result(
-    target: CancelTarget,
-    res: i32,
-    queued: usize,
-    reached: usize,
-) -> io::Result<usize> {
-    match (target, res) {
-        (CancelTarget::Op(_), r) if r >= 0 || r == -libc::EALREADY => Ok(1),
-        (CancelTarget::Fd(_), r) if r >= 0 => Ok(reached),
-        (_, r) if r == -libc::ENOENT && queued > 0 => Ok(queued),
-        (_, r) if r == -libc::ENOENT => Err(ringport_core::driver::not_in_flight()),
-        (_, r) => Err(super::os_error(r)),
-    }
 }

@@ -9,8 +9,6 @@ mod fs;
 mod net;
 mod rw;
 
-pub(crate) use ctl::cancel_result;
-
 use io_uring::{opcode, squeue, types};
 use ringport_core::op::{Op, OpKind};
 use std::io;
@@ -34,8 +32,6 @@ pub(crate) struct Extra {
     pub(crate) scratch: Scratch,
     /// The per-op deadline (an absolute CLOCK_MONOTONIC time) for a linked timeout.
     pub(crate) deadline: Option<types::Timespec>,
-    /// For a cancel by fd: how many ops it reached in all.
-    pub(crate) reached: usize,
 }
 
 // SAFETY: the raw pointers inside point into the op's own heap memory (its
