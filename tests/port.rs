@@ -241,13 +241,18 @@ fn waiters_wake_last_in_first_out(b: Backend) {
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
     for id in 0..3 {
-        let (p, tx) = (p.clone(), tx.clone());
+        let (q, tx) = (p.clone(), tx.clone());
         threads.push(std::thread::spawn(move || {
-            let e = p.get(WAIT).unwrap();
+            let e = q.get(WAIT).unwrap();
             tx.send((id, e.overlapped)).unwrap();
         }));
-        // Let this one park before the next starts waiting.
-        std::thread::sleep(Duration::from_millis(50));
+        // Let this one park before the next starts waiting (a fixed sleep
+        // lost the order on a loaded machine).
+        let t = Instant::now();
+        while p.waiting() < id + 1 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.waiting(), id + 1, "waiter {id} parked");
     }
     let mut order = Vec::new();
     for n in 0..3 {
@@ -1128,6 +1133,18 @@ impl ringport::Driver for Stuck {
         }
         *w = false;
         Ok(0)
+    }
+    fn wait_ready(
+        &mut self,
+        _out: &mut Vec<ringport::Ready>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<usize> {
+        // Nothing ever finishes: wait as `wait` does, announce nothing.
+        self.wait(&mut Vec::new(), min, timeout)
+    }
+    fn take(&mut self, _id: ringport::OpId) -> Option<ringport::Completion> {
+        None
     }
     fn cancel(&mut self, _id: ringport::OpId) -> std::io::Result<()> {
         Ok(())
