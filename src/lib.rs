@@ -45,7 +45,7 @@ pub use ringport_core::fs;
 pub use ringport_core::op::{
     self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,
 };
-pub use ringport_core::port::{GetError, PortEntry};
+pub use ringport_core::port::{GetError, PortEntry, SendFile, TimerId};
 pub use ringport_core::runtime::{
     pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinHandle,
     OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener,

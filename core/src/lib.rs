@@ -35,5 +35,5 @@ pub use driver::{
     Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
 pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
-pub use port::{CompletionPort, GetError, PortEntry};
+pub use port::{CompletionPort, GetError, PortEntry, SendFile, TimerId};
 pub use runtime::{spawn, yield_now, JoinHandle, Runtime};
