@@ -444,6 +444,17 @@ pub enum Op {
         /// `MSG_*` flags.
         flags: i32,
     },
+    /// `send` without a copy: io_uring's SEND_ZC, which holds the buffer until
+    /// the kernel says it is done with it (its notification); a plain
+    /// [`Op::Send`] on other backends. A stream write, like `Send`.
+    SendZc {
+        /// The socket.
+        fd: RawFd,
+        /// The bytes to send.
+        buf: AnyBuf,
+        /// `MSG_*` flags.
+        flags: i32,
+    },
     /// `recvfrom`: a datagram and the address it came from.
     RecvFrom {
         /// The socket.
@@ -698,6 +709,7 @@ op_kinds! {
     RecvPooled => "recv_pooled": "[`Op::RecvPooled`]",
     ReadPooled => "read_pooled": "[`Op::ReadPooled`]",
     Send => "send": "[`Op::Send`]",
+    SendZc => "send_zc": "[`Op::SendZc`]",
     RecvFrom => "recvfrom": "[`Op::RecvFrom`]",
     SendTo => "sendto": "[`Op::SendTo`]",
     Accept => "accept": "[`Op::Accept`]",
@@ -734,6 +746,7 @@ impl Op {
             | Op::RecvPooled { fd, .. }
             | Op::ReadPooled { fd, .. }
             | Op::Send { fd, .. }
+            | Op::SendZc { fd, .. }
             | Op::RecvFrom { fd, .. }
             | Op::SendTo { fd, .. }
             | Op::Accept { fd, .. }
@@ -779,7 +792,9 @@ impl Op {
                 Some(Direction::Write)
             }
             Op::Recv { .. } | Op::RecvFrom { .. } | Op::RecvPooled { .. } => Some(Direction::Read),
-            Op::Send { .. } | Op::SendTo { .. } | Op::SendFile { .. } => Some(Direction::Write),
+            Op::Send { .. } | Op::SendZc { .. } | Op::SendTo { .. } | Op::SendFile { .. } => {
+                Some(Direction::Write)
+            }
             _ => None,
         }
     }
@@ -807,7 +822,10 @@ impl Op {
     /// The write buffer the op carries (write, send, sendto), given back.
     pub fn into_buf(self) -> Option<AnyBuf> {
         match self {
-            Op::Write { buf, .. } | Op::Send { buf, .. } | Op::SendTo { buf, .. } => Some(buf),
+            Op::Write { buf, .. }
+            | Op::Send { buf, .. }
+            | Op::SendZc { buf, .. }
+            | Op::SendTo { buf, .. } => Some(buf),
             _ => None,
         }
     }

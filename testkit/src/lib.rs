@@ -163,6 +163,11 @@ macro_rules! conformance {
         $crate::case!($t, bp2_pool_refills_on_drop_and_exhaustion_is_enobufs);
         $crate::case!($t, bp3_a_waiting_pooled_recv_holds_no_buffer);
         $crate::case!($t, bp4_pooled_file_read_at_an_offset);
+        // Zero-copy sends
+        $crate::case!(
+            $t,
+            zc1_send_zc_is_byte_exact_in_order_and_gives_the_buffer_back
+        );
         // The file system by path, and send_file
         $crate::case!($t, p1_metadata_by_path_matches_std);
         $crate::case!($t, p2_dirs_and_removal_match_std);

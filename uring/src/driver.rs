@@ -36,6 +36,8 @@ const DROP_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct InRing {
     extra: Option<Box<Extra>>,
     polling: bool,
+    /// A zero-copy send's count, kept until its notification comes.
+    zc_sent: Option<i32>,
 }
 
 impl InRing {
@@ -298,6 +300,21 @@ impl UringDriver {
             return;
         }
         let asked = slot.ending().is_some();
+        let res = if let Some(Op::SendZc { .. }) = slot.op {
+            // A zero-copy send ends with two CQEs: the count (with MORE if a
+            // notification follows), then the notification, after which the
+            // kernel no longer reads the buffer. Only then may it go on.
+            if io_uring::cqueue::notif(flags) {
+                slot.extra.zc_sent.take().unwrap_or(0)
+            } else if io_uring::cqueue::more(flags) {
+                slot.extra.zc_sent = Some(res);
+                return;
+            } else {
+                res
+            }
+        } else {
+            res
+        };
         if slot.extra.polling {
             let r = if res < 0 {
                 Err(ops::os_error(res))
@@ -423,6 +440,7 @@ impl Driver for UringDriver {
                 })
             }),
             polling: false,
+            zc_sent: None,
         };
         let (id, key, admitted) = self
             .life

@@ -20,6 +20,7 @@ pub(crate) mod net;
 mod op;
 mod pooled;
 mod time;
+mod zerocopy;
 
 pub use fs::{File, OpenOptions};
 pub use net::{

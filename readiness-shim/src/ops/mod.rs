@@ -73,6 +73,7 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
         Op::Recv { .. }
         | Op::RecvPooled { .. }
         | Op::Send { .. }
+        | Op::SendZc { .. }
         | Op::RecvFrom { .. }
         | Op::SendTo { .. }
         | Op::Accept { .. }

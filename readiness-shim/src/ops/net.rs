@@ -44,7 +44,8 @@ pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
             }
             attempt_of(r)
         }
-        Op::Send { fd, buf, flags } => {
+        // No zero-copy send at readiness: a plain send.
+        Op::Send { fd, buf, flags } | Op::SendZc { fd, buf, flags } => {
             let (f, base, len, fl) = (*fd, buf.as_ptr(), buf.len(), *flags);
             // SAFETY: base + progress stays within the len bytes of the buffer.
             write_all(progress, len, |done| unsafe {

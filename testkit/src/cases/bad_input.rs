@@ -64,6 +64,11 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
             buf: AnyBuf::new(vec![3u8; 4]),
             flags: 0,
         },
+        OpKind::SendZc => Op::SendZc {
+            fd: p.wfd(),
+            buf: AnyBuf::new(vec![3u8; 4]),
+            flags: 0,
+        },
         OpKind::RecvFrom => Op::RecvFrom {
             fd: p.rfd(),
             buf: AnyBufMut::new(Vec::with_capacity(8)),

@@ -14,6 +14,7 @@ mod sockets;
 mod streams;
 mod threads;
 mod time;
+mod zerocopy;
 
 pub use aio_file::*;
 pub use bad_input::*;
@@ -28,3 +29,4 @@ pub use sockets::*;
 pub use streams::*;
 pub use threads::*;
 pub use time::*;
+pub use zerocopy::*;

@@ -91,6 +91,7 @@ pub(crate) fn prepare(
             fd, offset, pool, ..
         } => rw::read_pooled(*fd, *offset, pool, group(extra)),
         Op::Send { fd, buf, flags } => net::send(*fd, buf, *flags, progress),
+        Op::SendZc { fd, buf, flags } => net::send_zc(*fd, buf, *flags, progress),
         Op::RecvFrom { fd, buf, addr } => net::recvfrom(*fd, buf, addr, extra),
         Op::SendTo { fd, buf, addr } => net::sendto(*fd, buf, addr, extra),
         Op::Accept { fd, addr } => net::accept(*fd, addr),
@@ -178,7 +179,9 @@ pub(crate) fn complete(
         Op::Write { offset, buf, .. } => {
             return rw::write_done(*offset, buf, progress, n, cancel_requested)
         }
-        Op::Send { buf, .. } => return net::send_done(buf, progress, n, cancel_requested),
+        Op::Send { buf, .. } | Op::SendZc { buf, .. } => {
+            return net::send_done(buf, progress, n, cancel_requested)
+        }
         _ => {}
     }
     Step::Done(n)
@@ -209,6 +212,7 @@ pub(crate) fn opcode_of(kind: OpKind) -> u8 {
         OpKind::RecvPooled => opcode::Recv::CODE,
         OpKind::ReadPooled => opcode::Read::CODE,
         OpKind::Send => opcode::Send::CODE,
+        OpKind::SendZc => opcode::SendZc::CODE,
         OpKind::RecvFrom => opcode::RecvMsg::CODE,
         OpKind::SendTo => opcode::SendMsg::CODE,
         OpKind::Accept => opcode::Accept::CODE,

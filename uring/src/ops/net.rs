@@ -108,6 +108,19 @@ pub(super) fn recv_done(buf: &mut AnyBufMut, n: usize) {
     unsafe { buf.set_init(n) }
 }
 
+/// A send without a copy (`progress` bytes already done): its first CQE
+/// says how many bytes went, a second (the notification) that the kernel
+/// no longer reads the buffer — the driver waits for both.
+#[inline]
+pub(super) fn send_zc(fd: RawFd, buf: &AnyBuf, flags: i32, progress: usize) -> squeue::Entry {
+    let done = progress.min(buf.len());
+    // SAFETY: done <= len, so the pointer stays inside the buffer.
+    let ptr = unsafe { buf.as_ptr().add(done) };
+    opcode::SendZc::new(types::Fd(fd), ptr, clamp(buf.len() - done))
+        .flags(flags | libc::MSG_NOSIGNAL)
+        .build()
+}
+
 /// A recvmsg of `n` bytes: they are initialised, and the peer's address
 /// length is what the kernel wrote into the header.
 pub(super) fn recvfrom_done(
