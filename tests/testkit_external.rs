@@ -7,21 +7,33 @@
 //! driver with its own completion list would.
 
 use ringport::{
-    Capabilities, Completion, Driver, DriverWaker, Op, OpId, Parking, Ready, SubmitError,
+    Capabilities, Completion, Driver, DriverWaker, Op, OpId, OpKind, Parking, Ready, SubmitError,
+    Support,
 };
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// A driver of "someone else's": the epoll shim behind a name of its own.
-struct Wrapped(Box<dyn Driver>, Parking);
+/// It delivers whole completions, so multishot results (taken with
+/// `take_shot`) are out of its reach: it refuses those ops.
+struct Wrapped(Box<dyn Driver>, Parking, Capabilities);
+
+impl Wrapped {
+    fn new(inner: Box<dyn Driver>) -> Wrapped {
+        let mut caps = inner.capabilities().clone();
+        caps.set(OpKind::AcceptMulti, Support::Unsupported);
+        caps.set(OpKind::RecvMulti, Support::Unsupported);
+        Wrapped(inner, Parking::default(), caps)
+    }
+}
 
 impl Driver for Wrapped {
     fn name(&self) -> &'static str {
         "wrapped"
     }
     fn capabilities(&self) -> &Capabilities {
-        self.0.capabilities()
+        &self.2
     }
     fn submit(
         &mut self,
@@ -68,6 +80,6 @@ impl Driver for Wrapped {
 mod wrapped {
     ringport_testkit::conformance!(ringport_testkit::Target::new("wrapped", || {
         let inner = ringport::driver(ringport::Backend::Epoll)?;
-        Ok(Box::new(super::Wrapped(inner, Default::default())) as Box<dyn ringport::Driver>)
+        Ok(Box::new(super::Wrapped::new(inner)) as Box<dyn ringport::Driver>)
     }));
 }

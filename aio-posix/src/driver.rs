@@ -130,6 +130,10 @@ impl AioDriver {
     pub(crate) fn with(max_in_flight: usize, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
         let notifier = Notifier::new()?;
         let mut caps = delegate.capabilities().clone();
+        // Multishot results come from the delegate's own table, which this
+        // driver's completion list does not reach: refused here.
+        caps.set(OpKind::AcceptMulti, Support::Unsupported);
+        caps.set(OpKind::RecvMulti, Support::Unsupported);
         for k in [OpKind::Read, OpKind::Write, OpKind::Fsync] {
             caps.set(k, Support::Native);
         }

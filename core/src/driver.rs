@@ -38,6 +38,25 @@ pub struct Ready {
     pub token: u64,
 }
 
+/// One result of a multishot op ([`Op::is_multishot`]): a connection's fd,
+/// or a count of bytes with the pool buffer that holds them.
+#[derive(Debug)]
+pub struct Shot {
+    /// The fd (accept) or the count of bytes (recv), or the error.
+    pub result: io::Result<usize>,
+    /// The bytes, for a multishot recv.
+    pub buf: Option<crate::bufpool::PooledBuf>,
+}
+
+/// Drops a result of multishot `op` nobody will take: an fd it made is
+/// closed (no driver has seen it), a buffer goes back to its pool.
+pub fn drop_shot(op: &Op, s: Shot) {
+    if let Some(fd) = op.shot_made_fd(&s.result) {
+        // SAFETY: the fd was made for this result and never handed out.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// An op refused at submit, handed back with the reason.
 pub struct SubmitError {
     /// Why it was refused (`Unsupported`, `InvalidInput`, `WouldBlock` for a
@@ -210,6 +229,16 @@ pub trait Driver: Send {
     /// Moves a finished op out of the driver: its completion, once. `None`
     /// if it has not finished yet, or was taken already.
     fn take(&mut self, id: OpId) -> Option<Completion>;
+
+    /// Takes the next result of multishot op `id` ([`Op::is_multishot`]),
+    /// in the order they came: each is announced by [`Driver::wait_ready`]
+    /// like a completion, and the op's own completion ([`Driver::take`])
+    /// comes after its last result. `None` if no result waits. A driver that
+    /// supports no multishot op keeps this default.
+    fn take_shot(&mut self, id: OpId) -> Option<Shot> {
+        let _ = id;
+        None
+    }
 
     /// Asks for one op to end early. The op still completes on its own (with
     /// `ECANCELED` or its real result). `NotFound` if it already completed.

@@ -27,9 +27,10 @@
 //! direction on the same fd, or let state keyed by an fd number outlive that
 //! fd's close.
 
+use crate::bufpool::PooledBuf;
 use crate::driver::{
-    admit, cancelled, deadline_passed, drop_undelivered, not_in_flight, Capabilities, Completion,
-    Ready, SubmitError,
+    admit, cancelled, deadline_passed, drop_shot, drop_undelivered, not_in_flight, Capabilities,
+    Completion, Ready, Shot, SubmitError,
 };
 use crate::op::{CancelTarget, Direction, Op, OpId};
 use slab::Slab;
@@ -87,6 +88,8 @@ pub struct Slot<X> {
     ending: Option<Ending>,
     /// The result, once finished.
     outcome: Option<io::Result<usize>>,
+    /// Results of a multishot op not yet taken.
+    shots: Option<Box<VecDeque<Shot>>>,
     /// Bytes of a stream write already out (a write resubmitted until all
     /// are), or any other count the backend keeps between attempts.
     pub progress: usize,
@@ -244,6 +247,7 @@ impl<X> InFlight<X> {
             has_deadline: deadline.is_some(),
             ending: None,
             outcome: None,
+            shots: None,
             progress: 0,
             extra,
         });
@@ -311,20 +315,51 @@ impl<X> InFlight<X> {
             Some(s) if s.generation == id.generation() && s.stage == Stage::Done => {}
             _ => return None,
         }
-        let slot = self.slots.remove(id.slot());
+        let mut slot = self.slots.remove(id.slot());
         self.done -= 1;
+        let op = slot
+            .op
+            .take()
+            .expect("a finished op is back from its worker");
+        // Results nobody took go now (their fds are closed).
+        for s in slot.shots.take().into_iter().flat_map(|q| q.into_iter()) {
+            drop_shot(&op, s);
+        }
         Some(Completion {
             id,
             token: slot.token,
             result: slot.outcome.expect("a finished op has its result"),
-            op: slot.op.expect("a finished op is back from its worker"),
+            op,
         })
+    }
+
+    /// Records one result of multishot op `key` (which goes on running) and
+    /// announces it.
+    pub fn shot(&mut self, key: usize, result: io::Result<usize>, buf: Option<PooledBuf>) {
+        let slot = &mut self.slots[key];
+        slot.shots
+            .get_or_insert_with(Default::default)
+            .push_back(Shot { result, buf });
+        let id = OpId::new(key as u32, slot.generation);
+        self.ready.push(Ready {
+            id,
+            token: slot.token,
+        });
+    }
+
+    /// The next result of multishot op `id` not yet taken.
+    pub fn take_shot(&mut self, id: OpId) -> Option<Shot> {
+        match self.slots.get_mut(id.slot()) {
+            Some(s) if s.generation == id.generation() => s.shots.as_mut()?.pop_front(),
+            _ => None,
+        }
     }
 
     /// Whether `ready` still names a finished op nobody took.
     fn is_waiting(&self, r: &Ready) -> bool {
         matches!(self.slots.get(r.id.slot()),
-            Some(s) if s.generation == r.id.generation() && s.stage == Stage::Done)
+            Some(s) if s.generation == r.id.generation()
+                && (s.stage == Stage::Done || s.shots.as_ref().is_some_and(|q| !q.is_empty())))
     }
 
     /// The id of the op in slot `key`.

@@ -481,6 +481,26 @@ pub enum Op {
         /// Output: the peer's address.
         addr: Box<SockAddr>,
     },
+    /// Accepts connections until cancelled or an error: one submission, a
+    /// result (a new socket's fd) per connection, each taken with
+    /// [`Driver::take_shot`](crate::driver::Driver::take_shot); the op
+    /// itself completes once, at its end. Native multishot accept on
+    /// io_uring, repeated accepts at readiness on the shim.
+    AcceptMulti {
+        /// The listening socket.
+        fd: RawFd,
+    },
+    /// Receives into buffers of `pool` until the peer closes, the pool runs
+    /// dry (`ENOBUFS`), an error, or a cancel: a result with a
+    /// [`PooledBuf`] per arrival, each taken with
+    /// [`Driver::take_shot`](crate::driver::Driver::take_shot); the op
+    /// completes once, at its end. Native multishot recv on io_uring.
+    RecvMulti {
+        /// The socket.
+        fd: RawFd,
+        /// Where the buffers come from.
+        pool: BufPool,
+    },
     /// `connect` a socket to `addr`.
     Connect {
         /// The socket.
@@ -713,6 +733,8 @@ op_kinds! {
     RecvFrom => "recvfrom": "[`Op::RecvFrom`]",
     SendTo => "sendto": "[`Op::SendTo`]",
     Accept => "accept": "[`Op::Accept`]",
+    AcceptMulti => "accept_multi": "[`Op::AcceptMulti`]",
+    RecvMulti => "recv_multi": "[`Op::RecvMulti`]",
     Connect => "connect": "[`Op::Connect`]",
     Shutdown => "shutdown": "[`Op::Shutdown`]",
     Close => "close": "[`Op::Close`]",
@@ -750,6 +772,8 @@ impl Op {
             | Op::RecvFrom { fd, .. }
             | Op::SendTo { fd, .. }
             | Op::Accept { fd, .. }
+            | Op::AcceptMulti { fd }
+            | Op::RecvMulti { fd, .. }
             | Op::Connect { fd, .. }
             | Op::Shutdown { fd, .. }
             | Op::Close { fd }
@@ -791,7 +815,10 @@ impl Op {
             Op::Write { offset, .. } | Op::Writev { offset, .. } if *offset == Offset::Current => {
                 Some(Direction::Write)
             }
-            Op::Recv { .. } | Op::RecvFrom { .. } | Op::RecvPooled { .. } => Some(Direction::Read),
+            Op::Recv { .. }
+            | Op::RecvFrom { .. }
+            | Op::RecvPooled { .. }
+            | Op::RecvMulti { .. } => Some(Direction::Read),
             Op::Send { .. } | Op::SendZc { .. } | Op::SendTo { .. } | Op::SendFile { .. } => {
                 Some(Direction::Write)
             }
@@ -807,6 +834,22 @@ impl Op {
             (Op::OpenAt { .. } | Op::OpenAt2 { .. } | Op::Accept { .. }, Ok(fd)) => {
                 Some(*fd as RawFd)
             }
+            _ => None,
+        }
+    }
+
+    /// Whether the op has a result per event before its one completion
+    /// (multishot accept and recv): those are taken with
+    /// [`Driver::take_shot`](crate::driver::Driver::take_shot).
+    pub fn is_multishot(&self) -> bool {
+        matches!(self, Op::AcceptMulti { .. } | Op::RecvMulti { .. })
+    }
+
+    /// The fd one result of a multishot op made (an accepted connection):
+    /// a result nobody will take must have it closed.
+    pub fn shot_made_fd(&self, result: &io::Result<usize>) -> Option<RawFd> {
+        match (self, result) {
+            (Op::AcceptMulti { .. }, Ok(fd)) => Some(*fd as RawFd),
             _ => None,
         }
     }

@@ -11,7 +11,8 @@ use crate::poller::{Event, Poller};
 use crate::pool::{self, close_result_fd, Job, Pool};
 use crate::{PollerKind, ShimBuilder};
 use ringport_core::driver::{
-    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
+    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, Shot, SubmitError, Support,
+    Wake,
 };
 use ringport_core::lifecycle::{Admitted, Ending, InFlight};
 use ringport_core::op::{Direction, Op, OpId};
@@ -292,6 +293,7 @@ impl ShimDriver {
             let op = slot.op.as_mut().expect("a waiting op is in its slot");
             match ops::attempt(op, &mut slot.progress) {
                 Attempt::WouldBlock => break,
+                Attempt::Shot(r, buf) => self.life.shot(key, r, buf),
                 Attempt::Done(r) => {
                     self.fd_state(fd).queue[d].pop_front();
                     if both {
@@ -573,6 +575,10 @@ impl Driver for ShimDriver {
         self.life.take(id)
     }
 
+    fn take_shot(&mut self, id: OpId) -> Option<Shot> {
+        self.life.take_shot(id)
+    }
+
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
         let key = self
             .life
@@ -686,11 +692,17 @@ impl ShimDriver {
         // A poll changes nothing, so it may always look first.
         if d == 2 || self.fd_state(fd).queue[d].is_empty() {
             // Optimistic first try, only when nothing waits before it.
-            let slot = self.life.slot_mut(key);
-            let op = slot.op.as_mut().expect("op present");
-            if let Attempt::Done(r) = ops::attempt(op, &mut slot.progress) {
-                self.complete(key, r);
-                return Ok(());
+            loop {
+                let slot = self.life.slot_mut(key);
+                let op = slot.op.as_mut().expect("op present");
+                match ops::attempt(op, &mut slot.progress) {
+                    Attempt::Done(r) => {
+                        self.complete(key, r);
+                        return Ok(());
+                    }
+                    Attempt::Shot(r, buf) => self.life.shot(key, r, buf),
+                    Attempt::WouldBlock => break,
+                }
             }
         }
         let qs = if d == 2 { 0..2 } else { d..d + 1 };

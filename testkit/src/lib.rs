@@ -163,6 +163,13 @@ macro_rules! conformance {
         $crate::case!($t, bp2_pool_refills_on_drop_and_exhaustion_is_enobufs);
         $crate::case!($t, bp3_a_waiting_pooled_recv_holds_no_buffer);
         $crate::case!($t, bp4_pooled_file_read_at_an_offset);
+        // Multishot
+        $crate::case!($t, ms1_incoming_yields_each_connection);
+        $crate::case!($t, ms2_recv_stream_yields_every_byte_until_the_peer_closes);
+        $crate::case!(
+            $t,
+            ms3_a_dropped_recv_stream_ends_and_later_bytes_reach_a_read
+        );
         // Zero-copy sends
         $crate::case!(
             $t,

@@ -13,7 +13,8 @@ use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
 use ringport_core::driver::{
-    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
+    cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, Shot, SubmitError, Support,
+    Wake,
 };
 use ringport_core::lifecycle::{Admitted, InFlight, Stage};
 use ringport_core::op::{Direction, Op, OpId, OpKind};
@@ -229,8 +230,9 @@ impl UringDriver {
     /// Gives slot `key`'s op to the kernel.
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
-        if let Some(Op::RecvPooled { pool, .. } | Op::ReadPooled { pool, .. }) =
-            &self.life.slot(key).op
+        if let Some(
+            Op::RecvPooled { pool, .. } | Op::ReadPooled { pool, .. } | Op::RecvMulti { pool, .. },
+        ) = &self.life.slot(key).op
         {
             let pool = pool.clone();
             let g = self.pool_group(&pool)?;
@@ -299,6 +301,9 @@ impl UringDriver {
         if slot.stage() != Stage::Running {
             return;
         }
+        if slot.op.as_ref().is_some_and(Op::is_multishot) {
+            return self.on_multishot_cqe(key, res, flags);
+        }
         let asked = slot.ending().is_some();
         let res = if let Some(Op::SendZc { .. }) = slot.op {
             // A zero-copy send ends with two CQEs: the count (with MORE if a
@@ -341,8 +346,14 @@ impl UringDriver {
         if res < 0 {
             return self.life.finish(key, Err(ops::os_error(res)));
         }
-        if let (Some(bid), Some(Op::RecvPooled { pool, .. } | Op::ReadPooled { pool, .. })) =
-            (io_uring::cqueue::buffer_select(flags), &slot.op)
+        if let (
+            Some(bid),
+            Some(
+                Op::RecvPooled { pool, .. }
+                | Op::ReadPooled { pool, .. }
+                | Op::RecvMulti { pool, .. },
+            ),
+        ) = (io_uring::cqueue::buffer_select(flags), &slot.op)
         {
             // The ring no longer holds the buffer the kernel picked.
             if let Some(r) = self.pools.iter().find(|r| r.pool.id() == pool.id()) {
@@ -363,6 +374,27 @@ impl UringDriver {
             ops::Step::Done(n) => self.life.finish(key, Ok(n)),
             ops::Step::Fail(e) => self.life.finish(key, Err(e)),
             ops::Step::Again => self.reissue(key),
+        }
+    }
+
+    /// Handles one CQE of multishot op `key`: a result to hand out, and the
+    /// op's end after its last one.
+    fn on_multishot_cqe(&mut self, key: usize, res: i32, flags: u32) {
+        let op = self.life.slot(key).op.as_ref().expect("in its slot");
+        if let (Some(bid), Op::RecvMulti { pool, .. }) =
+            (io_uring::cqueue::buffer_select(flags), op)
+        {
+            // The ring no longer holds the buffer the kernel picked.
+            if let Some(r) = self.pools.iter().find(|r| r.pool.id() == pool.id()) {
+                r.ring.taken(bid);
+            }
+        }
+        let (shot, end) = ops::multishot_cqe(op, res, flags);
+        if let Some((r, buf)) = shot {
+            self.life.shot(key, r, buf);
+        }
+        if let Some(r) = end {
+            self.life.finish(key, r);
         }
     }
 
@@ -479,6 +511,10 @@ impl Driver for UringDriver {
     #[inline]
     fn take(&mut self, id: OpId) -> Option<Completion> {
         self.life.take(id)
+    }
+
+    fn take_shot(&mut self, id: OpId) -> Option<Shot> {
+        self.life.take_shot(id)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {

@@ -16,6 +16,7 @@
 //! buffer and the real result instead.
 
 mod fs;
+mod multishot;
 pub(crate) mod net;
 mod op;
 mod pooled;
@@ -23,6 +24,7 @@ mod time;
 mod zerocopy;
 
 pub use fs::{File, OpenOptions};
+pub use multishot::{Incoming, RecvStream};
 pub use net::{
     pipe, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream,
 };
@@ -55,6 +57,16 @@ const DETACHED: u64 = u64::MAX - 1;
 /// The token of an op whose waiter is in the runtime's redirect map (a
 /// foreign waker).
 const FOREIGN: u64 = u64::MAX - 2;
+
+/// What polling a multishot op gave.
+pub(crate) enum ShotPoll {
+    /// One result.
+    Shot(crate::driver::Shot),
+    /// The op ended (every result was taken before).
+    Ended(Completion),
+    /// Nothing yet.
+    Pending,
+}
 
 /// Where the completion of an op goes when it is not simply "wake the task
 /// whose id is its token": rare cases, kept in a small map by op id.
@@ -300,6 +312,20 @@ impl Core {
         None
     }
 
+    /// Takes the next result of multishot op `id`, or its completion once
+    /// it has ended and every result was taken; else makes sure `waker` is
+    /// what its next announcement wakes.
+    pub(crate) fn poll_shot(&self, id: OpId, waiter: &mut u64, waker: &Waker) -> ShotPoll {
+        let shot = self.driver.borrow_mut().take_shot(id);
+        if let Some(s) = shot {
+            return ShotPoll::Shot(s);
+        }
+        match self.poll_op(id, waiter, waker) {
+            Some(c) => ShotPoll::Ended(c),
+            None => ShotPoll::Pending,
+        }
+    }
+
     /// The future of op `id` was dropped: a finished op is discarded now; one
     /// in flight is cancelled, and its completion (and buffer) is discarded
     /// when it arrives.
@@ -321,11 +347,27 @@ impl Core {
         }
     }
 
-    /// Takes op `id` out of the driver and discards it.
-    fn take_and_discard(&self, id: OpId) {
+    /// Takes op `id` out of the driver and discards it, with any results
+    /// of a multishot op nobody took (an accepted fd is closed through the
+    /// driver). False if the op has not ended yet.
+    fn take_and_discard(&self, id: OpId) -> bool {
+        loop {
+            let shot = self.driver.borrow_mut().take_shot(id);
+            let Some(s) = shot else { break };
+            if let Ok(fd) = s.result {
+                if s.buf.is_none() && self.submit_detached(Op::Close { fd: fd as RawFd }).is_err() {
+                    // SAFETY: the fd was accepted for this op and nobody has it.
+                    unsafe { libc::close(fd as RawFd) };
+                }
+            }
+        }
         let taken = self.driver.borrow_mut().take(id);
-        if let Some(c) = taken {
-            self.discard(c);
+        match taken {
+            Some(c) => {
+                self.discard(c);
+                true
+            }
+            None => false,
         }
     }
 
@@ -347,7 +389,17 @@ impl Core {
             };
             match (redirected, r.token) {
                 (Some(Redirect::Wake(w)), _) => w.wake(),
-                (Some(Redirect::Orphan), _) | (None, DETACHED) => self.take_and_discard(r.id),
+                (Some(Redirect::Orphan), _) => {
+                    if !self.take_and_discard(r.id) {
+                        // A multishot op still going: its end comes later.
+                        self.redirect
+                            .borrow_mut()
+                            .insert(r.id.to_u64(), Redirect::Orphan);
+                    }
+                }
+                (None, DETACHED) => {
+                    self.take_and_discard(r.id);
+                }
                 (None, FOREIGN) => {}
                 (None, task) => self.wake_local(task as usize),
             }
@@ -650,11 +702,14 @@ pub(crate) fn current() -> Option<Rc<Core>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
+/// The error for an I/O call made with no runtime running on the thread.
+pub(crate) fn no_runtime() -> io::Error {
+    io::Error::other("no ringport runtime is running on this thread (use Runtime::block_on)")
+}
+
 /// The runtime running on this thread, or an error saying there is none.
 pub(crate) fn current_or_err() -> io::Result<Rc<Core>> {
-    current().ok_or_else(|| {
-        io::Error::other("no ringport runtime is running on this thread (use Runtime::block_on)")
-    })
+    current().ok_or_else(no_runtime)
 }
 
 fn spawn_on<F>(core: &Rc<Core>, future: F) -> JoinHandle<F::Output>

@@ -22,6 +22,8 @@ pub(crate) enum Attempt {
     Done(io::Result<usize>),
     /// Would block: retry when the fd is ready in the op's direction.
     WouldBlock,
+    /// One result of a multishot op, which goes on (try it again).
+    Shot(io::Result<usize>, Option<ringport_core::PooledBuf>),
 }
 
 pub(crate) fn last() -> io::Error {
@@ -77,6 +79,8 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
         | Op::RecvFrom { .. }
         | Op::SendTo { .. }
         | Op::Accept { .. }
+        | Op::AcceptMulti { .. }
+        | Op::RecvMulti { .. }
         | Op::Connect { .. }
         | Op::Shutdown { .. } => net::attempt(op, progress),
         Op::Poll { .. } => ctl::attempt(op),

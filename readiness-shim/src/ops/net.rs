@@ -11,7 +11,7 @@ impl ShimDriver {
     pub(crate) fn start_shutdown(&mut self, key: usize) {
         let mut p = 0;
         let r = match attempt(self.life.slot_mut(key).op_mut(), &mut p) {
-            Attempt::Done(r) => r,
+            Attempt::Done(r) | Attempt::Shot(r, _) => r,
             Attempt::WouldBlock => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
         };
         self.complete(key, r);
@@ -92,6 +92,37 @@ pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
             attempt_of(retry(|| unsafe {
                 libc::accept4(f, ap, lp, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as isize
             }))
+        }
+        Op::AcceptMulti { fd } => {
+            let f = *fd;
+            // SAFETY: no address is asked for.
+            match attempt_of(retry(|| unsafe {
+                libc::accept4(
+                    f,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                ) as isize
+            })) {
+                // One connection; the op goes on accepting.
+                Attempt::Done(Ok(fd)) => Attempt::Shot(Ok(fd), None),
+                other => other,
+            }
+        }
+        Op::RecvMulti { fd, pool } => {
+            let f = *fd;
+            let mut got = None;
+            let a = super::rw::pooled(f, pool, &mut got, |p, n| {
+                // SAFETY: p points at n writable bytes of a pool buffer this
+                // attempt owns.
+                unsafe { libc::recv(f, p.cast(), n, libc::MSG_DONTWAIT) }
+            });
+            match a {
+                // Bytes; the op goes on receiving. End of stream (0) and
+                // errors (ENOBUFS included) end it.
+                Attempt::Done(Ok(n)) if n > 0 => Attempt::Shot(Ok(n), got),
+                other => other,
+            }
         }
         Op::Connect { fd, addr } => {
             if *progress == 0 {

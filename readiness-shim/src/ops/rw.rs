@@ -174,7 +174,8 @@ pub(super) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
         Op::Read { .. } | Op::Write { .. } | Op::ReadPooled { .. } => {
             let mut progress = 0;
             match attempt(op, &mut progress) {
-                Attempt::Done(r) => r,
+                // Not a multishot op: no `Shot` comes from it.
+                Attempt::Done(r) | Attempt::Shot(r, _) => r,
                 Attempt::WouldBlock => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
             }
         }

@@ -83,6 +83,11 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
             fd: p.rfd(),
             addr: Box::new(SockAddr::empty()),
         },
+        OpKind::AcceptMulti => Op::AcceptMulti { fd: p.rfd() },
+        OpKind::RecvMulti => Op::RecvMulti {
+            fd: p.rfd(),
+            pool: ringport::BufPool::new(1, 8).expect("pool"),
+        },
         OpKind::Connect => Op::Connect {
             fd: p.rfd(),
             addr: addr(),

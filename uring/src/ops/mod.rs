@@ -10,6 +10,8 @@ mod net;
 mod rw;
 mod splice;
 
+pub(crate) use net::multishot_cqe;
+
 use io_uring::{opcode, squeue, types};
 use ringport_core::op::{Op, OpKind};
 use std::io;
@@ -95,6 +97,8 @@ pub(crate) fn prepare(
         Op::RecvFrom { fd, buf, addr } => net::recvfrom(*fd, buf, addr, extra),
         Op::SendTo { fd, buf, addr } => net::sendto(*fd, buf, addr, extra),
         Op::Accept { fd, addr } => net::accept(*fd, addr),
+        Op::AcceptMulti { fd } => net::accept_multi(*fd),
+        Op::RecvMulti { fd, .. } => net::recv_multi(*fd, group(extra)),
         Op::Connect { fd, addr } => net::connect(*fd, addr),
         Op::Shutdown { fd, how } => net::shutdown(*fd, *how),
         Op::Close { fd } => ctl::close(*fd),
@@ -216,6 +220,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> u8 {
         OpKind::RecvFrom => opcode::RecvMsg::CODE,
         OpKind::SendTo => opcode::SendMsg::CODE,
         OpKind::Accept => opcode::Accept::CODE,
+        OpKind::AcceptMulti => opcode::AcceptMulti::CODE,
+        OpKind::RecvMulti => opcode::RecvMulti::CODE,
         OpKind::Connect => opcode::Connect::CODE,
         OpKind::Shutdown => opcode::Shutdown::CODE,
         OpKind::Close => opcode::Close::CODE,

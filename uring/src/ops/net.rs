@@ -6,8 +6,9 @@
 use super::{clamp, scratch, stream_write_step, Extra, Scratch, Step};
 use io_uring::{opcode, squeue, types};
 use ringport_core::buf::{AnyBuf, AnyBufMut};
-use ringport_core::bufpool::BufPool;
-use ringport_core::op::{ShutdownHow, SockAddr};
+use ringport_core::bufpool::{BufPool, PooledBuf};
+use ringport_core::op::{Op, ShutdownHow, SockAddr};
+use std::io;
 use std::os::fd::RawFd;
 
 #[inline]
@@ -91,6 +92,59 @@ pub(super) fn accept(fd: RawFd, addr: &mut SockAddr) -> squeue::Entry {
     opcode::Accept::new(types::Fd(fd), addr.as_mut_ptr(), addr.len_mut())
         .flags(libc::SOCK_CLOEXEC)
         .build()
+}
+
+/// A multishot accept: a CQE per connection, with MORE while it goes on.
+pub(super) fn accept_multi(fd: RawFd) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(fd))
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+}
+
+/// A multishot recv into buffers of group `bgid`.
+pub(super) fn recv_multi(fd: RawFd, bgid: u16) -> squeue::Entry {
+    opcode::RecvMulti::new(types::Fd(fd), bgid).build()
+}
+
+/// What one CQE of a multishot op (accept or recv) means: a result to hand
+/// out, and whether (and how) the op ends with it. The kernel marks every
+/// CQE but the last with MORE; the last may carry a result too, or the
+/// error (or end of stream) that stopped it.
+pub(crate) fn multishot_cqe(
+    op: &Op,
+    res: i32,
+    flags: u32,
+) -> (
+    Option<(io::Result<usize>, Option<PooledBuf>)>,
+    Option<io::Result<usize>>,
+) {
+    let more = io_uring::cqueue::more(flags);
+    let buf = match op {
+        Op::RecvMulti { pool, .. } => io_uring::cqueue::buffer_select(flags).map(|bid| {
+            // SAFETY: the kernel handed buffer `bid` of this pool's group to
+            // this recv and wrote `res` bytes into it (0 on error or EOF).
+            unsafe { pool.filled(bid, (res.max(0) as usize).min(pool.buf_size())) }
+        }),
+        _ => None,
+    };
+    let is_recv = matches!(op, Op::RecvMulti { .. });
+    let shot = if res < 0 {
+        // An error that does not stop the op (say, an accept aborted by its
+        // peer) is a result of its own.
+        more.then(|| (Err(super::os_error(res)), None))
+    } else if is_recv && res == 0 {
+        None // end of stream (a buffer it may name goes back)
+    } else {
+        Some((Ok(res as usize), buf))
+    };
+    let end = if more {
+        None
+    } else if res < 0 {
+        Some(Err(super::os_error(res)))
+    } else {
+        Some(Ok(0))
+    };
+    (shot, end)
 }
 
 pub(super) fn connect(fd: RawFd, addr: &SockAddr) -> squeue::Entry {
