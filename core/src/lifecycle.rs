@@ -88,7 +88,9 @@ pub struct Slot<X> {
     ending: Option<Ending>,
     /// The result, once finished.
     outcome: Option<io::Result<usize>>,
-    /// Results of a multishot op not yet taken.
+    /// Results of a multishot op not yet taken. Boxed (8 bytes, not the 32
+    /// of a `VecDeque`): every slot carries it, few ops use it.
+    #[allow(clippy::box_collection)]
     shots: Option<Box<VecDeque<Shot>>>,
     /// Bytes of a stream write already out (a write resubmitted until all
     /// are), or any other count the backend keeps between attempts.

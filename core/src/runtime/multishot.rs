@@ -18,6 +18,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+/// One result: a count or fd, and the pool buffer of a recv.
+type ShotOf = (usize, Option<PooledBuf>);
+
 enum State {
     Idle(Op),
     Running(Arc<Remote>, OpId, u64),
@@ -40,7 +43,7 @@ impl Multi {
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<io::Result<(usize, Option<PooledBuf>)>>> {
+    ) -> Poll<Option<io::Result<ShotOf>>> {
         let Some(core) = current() else {
             self.state = State::Ended;
             return Poll::Ready(Some(Err(no_runtime())));
