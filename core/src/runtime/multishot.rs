@@ -40,10 +40,7 @@ impl Multi {
     }
 
     /// The next result; `None` once the op has ended.
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<io::Result<ShotOf>>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<ShotOf>>> {
         let Some(core) = current() else {
             self.state = State::Ended;
             return Poll::Ready(Some(Err(no_runtime())));

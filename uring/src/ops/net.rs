@@ -106,6 +106,9 @@ pub(super) fn recv_multi(fd: RawFd, bgid: u16) -> squeue::Entry {
     opcode::RecvMulti::new(types::Fd(fd), bgid).build()
 }
 
+/// One result of a multishot op: the fd or count, and a recv's buffer.
+pub(crate) type MultiShot = (io::Result<usize>, Option<PooledBuf>);
+
 /// What one CQE of a multishot op (accept or recv) means: a result to hand
 /// out, and whether (and how) the op ends with it. The kernel marks every
 /// CQE but the last with MORE; the last may carry a result too, or the
@@ -114,10 +117,7 @@ pub(crate) fn multishot_cqe(
     op: &Op,
     res: i32,
     flags: u32,
-) -> (
-    Option<(io::Result<usize>, Option<PooledBuf>)>,
-    Option<io::Result<usize>>,
-) {
+) -> (Option<MultiShot>, Option<io::Result<usize>>) {
     let more = io_uring::cqueue::more(flags);
     let buf = match op {
         Op::RecvMulti { pool, .. } => io_uring::cqueue::buffer_select(flags).map(|bid| {
