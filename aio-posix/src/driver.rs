@@ -17,6 +17,8 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Token of the delegate's poll on our eventfd.
@@ -87,6 +89,17 @@ pub struct AioDriver {
     fds: Vec<FdState>,
     batch: Vec<usize>,
     waiting: VecDeque<usize>,
+    /// The requests glibc holds (state `InFlight`); each knows its place.
+    out: Vec<usize>,
+    /// How many of `out` glibc completes silently (no signal).
+    silent: usize,
+    /// Requests found finished by polling, about to be collected.
+    finished: Vec<usize>,
+    /// Scratch for `flush`: one `lio_listio` list and its keys.
+    list: Vec<*mut libc::aiocb>,
+    list_keys: Vec<usize>,
+    /// aio requests with a deadline (`expire_deadlines` runs only then).
+    aio_deadlines: usize,
     in_glibc: usize,
     max_in_flight: usize,
     ready: Vec<Completion>,
@@ -99,6 +112,12 @@ pub struct AioDriver {
     reissued: u64,
     /// The interval until the next sweep.
     sweep_interval: Duration,
+    /// Every request signals its completion (see [`AioBuilder::signal_per_request`]).
+    signal_per_request: bool,
+    /// Set by this driver's wakers; ends the current or next wait.
+    woken: Arc<AtomicBool>,
+    /// A finished aiocb that `glibc_barrier` hands to `aio_cancel`.
+    barrier_cb: Box<libc::aiocb>,
     /// Test hook: the next `lio_listio` queues only this many requests.
     #[cfg(test)]
     test_listio_queues: Option<usize>,
@@ -125,8 +144,17 @@ impl AioDriver {
         AioBuilder::default()
     }
 
-    pub(crate) fn with(max_in_flight: usize, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
+    pub(crate) fn with(
+        max_in_flight: usize,
+        signal_per_request: bool,
+        delegate: Box<dyn Driver>,
+    ) -> io::Result<AioDriver> {
         let notifier = Notifier::new()?;
+        // SAFETY: aiocb is plain data; all-zero is its initial state.
+        let mut barrier_cb: Box<libc::aiocb> = Box::new(unsafe { std::mem::zeroed() });
+        barrier_cb.aio_fildes = notifier.eventfd();
+        // Status 0: finished, so aio_cancel only takes glibc's lock for it.
+        set_error_code(&mut barrier_cb, 0);
         let mut caps = delegate.capabilities().clone();
         for k in [OpKind::Read, OpKind::Write, OpKind::Fsync] {
             caps.set(k, Support::Native);
@@ -139,6 +167,12 @@ impl AioDriver {
             fds: Vec::new(),
             batch: Vec::new(),
             waiting: VecDeque::new(),
+            out: Vec::new(),
+            silent: 0,
+            finished: Vec::new(),
+            list: Vec::new(),
+            list_keys: Vec::new(),
+            aio_deadlines: 0,
             in_glibc: 0,
             max_in_flight,
             ready: Vec::new(),
@@ -149,6 +183,9 @@ impl AioDriver {
             caps,
             reissued: 0,
             sweep_interval: SWEEP_EVERY,
+            signal_per_request,
+            woken: Arc::new(AtomicBool::new(false)),
+            barrier_cb,
             #[cfg(test)]
             test_listio_queues: None,
         })
@@ -222,18 +259,27 @@ impl AioDriver {
         }
     }
 
-    /// Fills the aiocb of request `key` for its op.
+    /// Fills the aiocb of request `key` for its op. The signal's number and
+    /// value are always set; whether glibc sends it (`sigev_notify`) depends
+    /// on the mode, and a silent request can be switched over later (see
+    /// `arm_signals`).
     fn prepare(&mut self, key: usize) {
         let generation = self.entries[key].generation;
         let value = notify::pack(self.notifier.index(), key, generation);
+        let signals = self.signal_per_request;
         let Route::Aio(req) = &mut self.entries[key].route else {
             return;
         };
         // SAFETY: aiocb is plain data; all-zero is its documented initial state.
         req.cb = unsafe { std::mem::zeroed() };
+        req.signals = signals;
         let cb = &mut req.cb;
         ops::fill(cb, &mut req.op);
-        cb.aio_sigevent.sigev_notify = libc::SIGEV_SIGNAL;
+        cb.aio_sigevent.sigev_notify = if signals {
+            libc::SIGEV_SIGNAL
+        } else {
+            libc::SIGEV_NONE
+        };
         cb.aio_sigevent.sigev_signo = notify::signal();
         cb.aio_sigevent.sigev_value = libc::sigval {
             sival_ptr: value as usize as *mut libc::c_void,
@@ -244,8 +290,11 @@ impl AioDriver {
     /// Hands batched requests to glibc: reads and writes in one `lio_listio`,
     /// fsyncs one by one. Requests over the in-flight limit wait.
     fn flush(&mut self) {
+        if self.batch.is_empty() && self.waiting.is_empty() {
+            return;
+        }
         let batch = std::mem::take(&mut self.batch);
-        for key in batch {
+        for &key in &batch {
             if !self.entries.contains(key) {
                 continue;
             }
@@ -254,8 +303,12 @@ impl AioDriver {
                 req.state = AioState::Waiting;
             }
         }
-        let mut list: Vec<*mut libc::aiocb> = Vec::new();
-        let mut keys: Vec<usize> = Vec::new();
+        self.batch = batch;
+        self.batch.clear();
+        let mut list = std::mem::take(&mut self.list);
+        let mut keys = std::mem::take(&mut self.list_keys);
+        list.clear();
+        keys.clear();
         while self.in_glibc + list.len() < self.max_in_flight {
             let Some(key) = self.waiting.pop_front() else {
                 break;
@@ -267,43 +320,77 @@ impl AioDriver {
             let Route::Aio(req) = &mut self.entries[key].route else {
                 continue;
             };
-            req.state = AioState::InFlight;
             if matches!(req.op, Op::Fsync { .. }) {
                 // SAFETY: the aiocb is boxed in the in-flight table and stays
                 // there until its completion is collected.
-                if let Err(e) = unsafe { ops::fs::submit(&mut req.cb, &req.op) } {
-                    req.state = AioState::Waiting;
-                    self.finish(key, Err(e));
-                    continue;
+                match unsafe { ops::fs::submit(&mut req.cb, &req.op) } {
+                    Ok(()) => self.mark_out(key),
+                    Err(e) => self.finish(key, Err(e)),
                 }
-                let fd = req.cb.aio_fildes;
-                self.in_glibc += 1;
-                *self.fd_aio(fd) += 1;
                 continue;
             }
             list.push(&mut req.cb);
             keys.push(key);
         }
-        if list.is_empty() {
-            return;
-        }
-        self.in_glibc += list.len();
-        for &k in &keys {
-            if let Route::Aio(r) = &self.entries[k].route {
-                let fd = r.cb.aio_fildes;
-                *self.fd_aio(fd) += 1;
+        if !list.is_empty() {
+            for &k in &keys {
+                self.mark_out(k);
+            }
+            // SAFETY: every pointer is an aiocb boxed in the in-flight table;
+            // they stay valid until their completions are collected.
+            let r = unsafe { self.lio_listio(&list) };
+            if r != 0 {
+                let error = io::Error::last_os_error();
+                self.requeue_unqueued(&keys, error);
+                // Others may have run and lost their notification: the sweep
+                // finds out, safely, under glibc's lock.
+                self.sweep();
             }
         }
-        // SAFETY: every pointer is an aiocb boxed in the in-flight table; they
-        // stay valid until their completions are collected.
-        let r = unsafe { self.lio_listio(&list) };
-        if r != 0 {
-            let error = io::Error::last_os_error();
-            self.requeue_unqueued(&keys, error);
-            // Others may have run and lost their notification: the sweep
-            // finds out, safely, under glibc's lock.
-            self.sweep();
+        self.list = list;
+        self.list_keys = keys;
+    }
+
+    /// Request `key` is now with glibc.
+    fn mark_out(&mut self, key: usize) {
+        let pos = self.out.len();
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        req.state = AioState::InFlight;
+        req.pos = pos;
+        let fd = req.cb.aio_fildes;
+        if !req.signals {
+            self.silent += 1;
         }
+        self.out.push(key);
+        self.in_glibc += 1;
+        *self.fd_aio(fd) += 1;
+    }
+
+    /// Request `key` is no longer with glibc (finished, or never queued);
+    /// it is left `Waiting` for the caller to finish or issue again.
+    fn mark_back(&mut self, key: usize) {
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return;
+        };
+        if req.state != AioState::InFlight {
+            return;
+        }
+        req.state = AioState::Waiting;
+        let (pos, fd, signals) = (req.pos, req.cb.aio_fildes, req.signals);
+        self.out.swap_remove(pos);
+        if let Some(&moved) = self.out.get(pos) {
+            if let Route::Aio(r) = &mut self.entries[moved].route {
+                r.pos = pos;
+            }
+        }
+        if !signals {
+            self.silent -= 1;
+        }
+        self.in_glibc -= 1;
+        let c = self.fd_aio(fd);
+        *c = c.saturating_sub(1);
     }
 
     /// After a failed `lio_listio`: the requests glibc never queued (their
@@ -314,7 +401,7 @@ impl AioDriver {
     fn requeue_unqueued(&mut self, keys: &[usize], error: io::Error) {
         let mut unqueued = Vec::new();
         for &k in keys {
-            let Route::Aio(req) = &mut self.entries[k].route else {
+            let Route::Aio(req) = &self.entries[k].route else {
                 continue;
             };
             // SAFETY: reads the status of an aiocb we own; glibc does not
@@ -323,11 +410,7 @@ impl AioDriver {
             if unsafe { libc::aio_error(&req.cb) } != NOT_QUEUED {
                 continue;
             }
-            req.state = AioState::Waiting;
-            let fd = req.cb.aio_fildes;
-            self.in_glibc = self.in_glibc.saturating_sub(1);
-            let c = self.fd_aio(fd);
-            *c = c.saturating_sub(1);
+            self.mark_back(k);
             unqueued.push(k);
         }
         if self.in_glibc == 0 {
@@ -396,7 +479,7 @@ impl AioDriver {
         } else {
             Ok(ops::complete(&mut req.op, ret as usize))
         };
-        self.in_glibc = self.in_glibc.saturating_sub(1);
+        self.mark_back(key);
         self.finish(key, result);
     }
 
@@ -406,10 +489,10 @@ impl AioDriver {
         let entry = self.entries.remove(key);
         let op = match entry.route {
             Route::Aio(req) => {
+                debug_assert!(req.state != AioState::InFlight);
                 let fd = req.cb.aio_fildes;
-                if req.state == AioState::InFlight {
-                    let c = self.fd_aio(fd);
-                    *c = c.saturating_sub(1);
+                if req.deadline.is_some() {
+                    self.aio_deadlines -= 1;
                 }
                 let op = req.op;
                 self.maybe_close(fd);
@@ -563,17 +646,8 @@ impl AioDriver {
             unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
             // SAFETY: as above.
             let err = unsafe { libc::aio_error(&req.cb) };
-            if err == libc::EAGAIN && !req.cancel_requested {
-                // Lost notification: glibc overwrote the result. Do it again.
-                self.reissued += 1;
-                // SAFETY: consume the failed status once before reuse.
-                unsafe { libc::aio_return(&mut req.cb) };
-                req.state = AioState::Batched;
-                self.in_glibc = self.in_glibc.saturating_sub(1);
-                let fd = req.cb.aio_fildes;
-                let c = self.fd_aio(fd);
-                *c = c.saturating_sub(1);
-                self.batch.push(key);
+            if err == libc::EAGAIN && req.signals && !req.cancel_requested {
+                self.reissue(key);
                 continue;
             }
             self.collect_aio(key);
@@ -585,7 +659,24 @@ impl AioDriver {
         };
     }
 
-    /// Collects every request whose signal arrived.
+    /// Request `key` lost its notification: glibc could not queue the
+    /// signal and overwrote the result with -1/`EAGAIN`. It is issued again.
+    fn reissue(&mut self, key: usize) {
+        self.reissued += 1;
+        if let Route::Aio(req) = &mut self.entries[key].route {
+            // SAFETY: consume the failed status once before reuse.
+            unsafe { libc::aio_return(&mut req.cb) };
+        }
+        self.mark_back(key);
+        if let Route::Aio(req) = &mut self.entries[key].route {
+            req.state = AioState::Batched;
+        }
+        self.batch.push(key);
+    }
+
+    /// Collects every request that finished: those whose signal arrived,
+    /// and (unless every request signals) those polling finds done. Sweeps
+    /// when the signal queue overflowed or the safety-net interval passed.
     fn drain_notifications(&mut self) {
         let mut sig = std::mem::take(&mut self.signalled);
         sig.clear();
@@ -602,9 +693,101 @@ impl AioDriver {
             }
         }
         self.signalled = sig;
+        if !self.signal_per_request {
+            self.poll_out();
+        }
         if overflow || (self.in_glibc > 0 && self.last_sweep.elapsed() >= self.sweep_interval) {
             self.sweep();
         }
+    }
+
+    /// Polls the requests with glibc (`aio_error`, a plain read of their
+    /// status) and collects those that finished; returns how many.
+    ///
+    /// glibc sets a request's status, then runs its notify step, both under
+    /// its request lock; the notify step reads the aiocb's `sigevent` and,
+    /// if a signal cannot be queued, writes -1/`EAGAIN` into the aiocb. So
+    /// before an aiocb seen finished is reclaimed (and its memory maybe
+    /// reused by the next request), `glibc_barrier` takes that lock once:
+    /// every notify step of a status seen before it is over.
+    fn poll_out(&mut self) -> usize {
+        if self.out.is_empty() {
+            return 0;
+        }
+        let mut done = std::mem::take(&mut self.finished);
+        done.clear();
+        for &k in &self.out {
+            if let Route::Aio(req) = &self.entries[k].route {
+                // SAFETY: reads the status of an aiocb we own and glibc holds.
+                if unsafe { libc::aio_error(&req.cb) } != libc::EINPROGRESS {
+                    done.push(k);
+                }
+            }
+        }
+        let n = done.len();
+        if n > 0 {
+            self.glibc_barrier();
+            for &k in &done {
+                let Route::Aio(req) = &self.entries[k].route else {
+                    continue;
+                };
+                // SAFETY: as above; the barrier ended its notify step.
+                let err = unsafe { libc::aio_error(&req.cb) };
+                if err == libc::EAGAIN && req.signals && !req.cancel_requested {
+                    self.reissue(k);
+                } else {
+                    self.collect_aio(k);
+                }
+            }
+        }
+        self.finished = done;
+        n
+    }
+
+    /// Takes and releases glibc's aio request lock: `aio_cancel` of an aiocb
+    /// whose status says finished does only that (after an `fcntl` check
+    /// of its fd, our eventfd).
+    fn glibc_barrier(&mut self) {
+        let fd = self.barrier_cb.aio_fildes;
+        // SAFETY: the aiocb is ours, never submitted, with status 0
+        // (finished), so glibc only looks at it under its lock.
+        unsafe { libc::aio_cancel(fd, &mut *self.barrier_cb) };
+    }
+
+    /// Before blocking: switches the silent requests with glibc over to
+    /// signal their completion, so that the blocking wait ends when one
+    /// finishes. Returns whether one finished meanwhile (the caller then
+    /// does not block).
+    ///
+    /// glibc reads `sigev_notify` only in a request's notify step, under its
+    /// request lock, right after it sets the status. The store here comes
+    /// before `glibc_barrier`: a notify step after the barrier sees
+    /// `SIGEV_SIGNAL`; one before it set its status first, which the poll
+    /// after the barrier sees.
+    fn arm_signals(&mut self) -> bool {
+        if self.silent == 0 {
+            return false;
+        }
+        for i in 0..self.out.len() {
+            let k = self.out[i];
+            if let Route::Aio(req) = &mut self.entries[k].route {
+                if !req.signals {
+                    req.signals = true;
+                    // SAFETY: a field of an aiocb we own; glibc reads it only
+                    // in the notify step, ordered by the barrier below; an
+                    // aligned int store is not torn.
+                    unsafe {
+                        std::ptr::write_volatile(
+                            &mut req.cb.aio_sigevent.sigev_notify,
+                            libc::SIGEV_SIGNAL,
+                        )
+                    };
+                }
+            }
+        }
+        self.silent = 0;
+        self.glibc_barrier();
+        self.poll_out() > 0
     }
 
     /// Cancels aio requests whose deadline passed.
@@ -687,25 +870,57 @@ impl AioDriver {
         self.delegate_out = out;
     }
 
+    /// Whether the delegate has ops of its own (besides our eventfd poll).
+    fn delegate_busy(&self) -> bool {
+        self.delegate.in_flight() > usize::from(self.poll_armed)
+    }
+
+    /// Ends a wait that is not blocking: the delegate is asked for its
+    /// completions only when it has ops of its own (our eventfd poll needs
+    /// no answer: the signal queue is read directly).
+    fn wait_done(&mut self) -> io::Result<()> {
+        if self.delegate_busy() {
+            self.delegate
+                .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
+            self.take_delegate_completions();
+            self.arm_poll()?;
+        }
+        Ok(())
+    }
+
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
-        let end = timeout.map(|t| Instant::now() + t);
+        let mut end: Option<Option<Instant>> = None;
         self.flush();
-        self.arm_poll()?;
         loop {
             self.drain_notifications();
-            let next_deadline = self.expire_deadlines();
+            let next_deadline = if self.aio_deadlines > 0 {
+                self.expire_deadlines()
+            } else {
+                None
+            };
             self.flush();
-            let now = Instant::now();
-            let left = end.map(|e| e.saturating_duration_since(now));
-            if self.ready.len() >= min || left == Some(Duration::ZERO) {
-                self.delegate
-                    .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
-                self.take_delegate_completions();
-                self.arm_poll()?;
-                return Ok(());
+            if self.ready.len() >= min
+                || timeout == Some(Duration::ZERO)
+                || self.woken.swap(false, Ordering::AcqRel)
+            {
+                return self.wait_done();
             }
+            // About to block: the end of the wait, measured from its start.
+            let now = Instant::now();
+            let end = *end.get_or_insert_with(|| timeout.map(|t| now + t));
+            let left = end.map(|e| e.saturating_duration_since(now));
+            if left == Some(Duration::ZERO) {
+                return self.wait_done();
+            }
+            // A silent request that finishes from now on signals; one that
+            // finished meanwhile is collected instead of blocking.
+            if self.arm_signals() {
+                continue;
+            }
+            self.arm_poll()?;
             let mut t = left;
             if self.in_glibc > 0 {
+                // The safety net: a sweep within a bounded time.
                 let s = self.sweep_interval;
                 t = Some(t.map_or(s, |x| x.min(s)));
             }
@@ -713,15 +928,30 @@ impl AioDriver {
                 let dl = d.saturating_duration_since(now);
                 t = Some(t.map_or(dl, |x| x.min(dl)));
             }
-            let n = self.delegate.wait(&mut self.delegate_out, 1, t)?;
+            self.delegate.wait(&mut self.delegate_out, 1, t)?;
             self.take_delegate_completions();
-            self.arm_poll()?;
-            if n == 0 && t == left && end.is_none_or(|e| Instant::now() < e) {
-                // The delegate returned early with nothing: a wake.
+            if self.woken.swap(false, Ordering::AcqRel) {
+                // A wake from another thread ends the wait, whatever else
+                // is out (never mistaken for a timeout).
                 self.drain_notifications();
+                self.arm_poll()?;
                 return Ok(());
             }
         }
+    }
+}
+
+/// This driver's wake: a flag its wait checks, plus the delegate's wake
+/// (which ends a wait blocked in the delegate).
+struct AioWake {
+    woken: Arc<AtomicBool>,
+    delegate: DriverWaker,
+}
+
+impl ringport_core::driver::Wake for AioWake {
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.delegate.wake();
     }
 }
 
@@ -761,8 +991,13 @@ impl Driver for AioDriver {
                     cancel_requested: false,
                     deadline,
                     timed_out: false,
+                    signals: false,
+                    pos: 0,
                 })),
             });
+            if deadline.is_some() {
+                self.aio_deadlines += 1;
+            }
             if let Route::Aio(r) = &mut self.entries[key].route {
                 r.cb.aio_fildes = fd;
             }
@@ -866,7 +1101,10 @@ impl Driver for AioDriver {
     }
 
     fn waker(&self) -> DriverWaker {
-        self.delegate.waker()
+        DriverWaker::new(Arc::new(AioWake {
+            woken: self.woken.clone(),
+            delegate: self.delegate.waker(),
+        }))
     }
 
     fn in_flight(&self) -> usize {

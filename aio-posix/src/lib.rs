@@ -56,6 +56,7 @@ extern "C" {
 pub struct AioBuilder {
     threads: Option<usize>,
     max_in_flight: usize,
+    signal_per_request: bool,
 }
 
 impl Default for AioBuilder {
@@ -63,13 +64,15 @@ impl Default for AioBuilder {
         AioBuilder {
             threads: None,
             max_in_flight: 1024,
+            signal_per_request: false,
         }
     }
 }
 
 impl AioBuilder {
     /// glibc's aio worker threads (`aio_init`'s `aio_threads`). This is
-    /// process-wide and takes effect before glibc's pool first starts.
+    /// process-wide and takes effect only for the first driver of the
+    /// process, before glibc's pool first starts (see [`build`](Self::build)).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n.max(1));
         self
@@ -81,6 +84,13 @@ impl AioBuilder {
         self.max_in_flight = n.clamp(1, 0xff_ffff);
         self
     }
+    /// Sends every request's completion as a signal, also while the driver
+    /// could find it by polling (see the crate's notification notes). Off by
+    /// default; for tests and measurements.
+    pub fn signal_per_request(mut self, on: bool) -> Self {
+        self.signal_per_request = on;
+        self
+    }
     /// Builds the driver over the epoll shim.
     pub fn build_with_epoll(self) -> io::Result<AioDriver> {
         let shim = ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Epoll)?;
@@ -89,10 +99,19 @@ impl AioBuilder {
 
     /// Builds the driver; `delegate` performs what aio cannot (normally the
     /// epoll shim; any driver works).
+    ///
+    /// The first driver built in a process sizes glibc's aio pool with
+    /// `aio_init`: `aio_num` (request elements) from its `max_in_flight`,
+    /// `aio_threads` from [`threads`](Self::threads) (default: the same
+    /// bound, at most 64). That pool is process-wide: later drivers, and any
+    /// other aio user in the process, share it, and glibc ignores the sizes
+    /// if aio was used before.
     pub fn build(self, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
-        if let Some(t) = self.threads {
+        static SIZED: std::sync::Once = std::sync::Once::new();
+        SIZED.call_once(|| {
+            let threads = self.threads.unwrap_or(self.max_in_flight.min(64));
             let init = AioInit {
-                aio_threads: t as libc::c_int,
+                aio_threads: threads.min(libc::c_int::MAX as usize) as libc::c_int,
                 aio_num: (self.max_in_flight as libc::c_int).max(32),
                 aio_locks: 0,
                 aio_usedba: 0,
@@ -103,7 +122,7 @@ impl AioBuilder {
             };
             // SAFETY: passes a fully initialised aioinit; glibc copies it.
             unsafe { aio_init(&init) };
-        }
-        AioDriver::with(self.max_in_flight, delegate)
+        });
+        AioDriver::with(self.max_in_flight, self.signal_per_request, delegate)
     }
 }

@@ -27,6 +27,14 @@ pub(crate) struct AioReq {
     pub(crate) cancel_requested: bool,
     pub(crate) deadline: Option<Instant>,
     pub(crate) timed_out: bool,
+    /// Whether glibc sends this request's completion as a signal: set at
+    /// submit in signal-per-request mode, or when the driver switched the
+    /// request over before it blocked. Only such a request can lose its
+    /// notification (and its result, to `EAGAIN`).
+    pub(crate) signals: bool,
+    /// Where the request sits in the driver's list of requests with glibc
+    /// (meaningful while `state` is `InFlight`).
+    pub(crate) pos: usize,
 }
 
 /// The status a request shows until glibc queues it: glibc sets its status
