@@ -28,6 +28,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How soon the next sweep comes after one that found lost notifications
 /// (the signal queue is full, so more are likely).
 const SWEEP_SOON: Duration = Duration::from_millis(5);
+/// Above this many fds with requests out, a blocking wait arms every
+/// request instead of the first per fd.
+const MAX_ARMED_FDS: usize = 16;
+/// How many finished request records are kept for reuse.
+const SPARES: usize = 256;
 /// How long `Drop` waits for outstanding requests before leaking them.
 const DROP_GRACE: Duration = Duration::from_secs(2);
 
@@ -118,6 +123,18 @@ pub struct AioDriver {
     woken: Arc<AtomicBool>,
     /// A finished aiocb that `glibc_barrier` hands to `aio_cancel`.
     barrier_cb: Box<libc::aiocb>,
+    /// Records of requests seen finished whose aiocbs glibc's notify step
+    /// may still read: kept until glibc's lock is next taken (by a
+    /// `lio_listio`, an `aio_fsync` or `glibc_barrier`), then spares.
+    quarantine: Vec<Box<AioReq>>,
+    /// Request records to reuse (their ops are `Nop`).
+    spare: Vec<Box<AioReq>>,
+    /// How long a wait polls for a completion before it blocks.
+    spin: Duration,
+    /// The `seq` of the next request to go to glibc.
+    next_seq: u64,
+    /// Scratch for `arm_signals`: the first request out per fd.
+    firsts: Vec<(RawFd, u64, usize)>,
     /// Test hook: the next `lio_listio` queues only this many requests.
     #[cfg(test)]
     test_listio_queues: Option<usize>,
@@ -147,6 +164,7 @@ impl AioDriver {
     pub(crate) fn with(
         max_in_flight: usize,
         signal_per_request: bool,
+        spin: Duration,
         delegate: Box<dyn Driver>,
     ) -> io::Result<AioDriver> {
         let notifier = Notifier::new()?;
@@ -186,6 +204,11 @@ impl AioDriver {
             signal_per_request,
             woken: Arc::new(AtomicBool::new(false)),
             barrier_cb,
+            quarantine: Vec::new(),
+            spare: Vec::new(),
+            spin,
+            next_seq: 0,
+            firsts: Vec::new(),
             #[cfg(test)]
             test_listio_queues: None,
         })
@@ -273,6 +296,7 @@ impl AioDriver {
         // SAFETY: aiocb is plain data; all-zero is its documented initial state.
         req.cb = unsafe { std::mem::zeroed() };
         req.signals = signals;
+        req.armed = signals;
         let cb = &mut req.cb;
         ops::fill(cb, &mut req.op);
         cb.aio_sigevent.sigev_notify = if signals {
@@ -293,6 +317,9 @@ impl AioDriver {
         if self.batch.is_empty() && self.waiting.is_empty() {
             return;
         }
+        // Seen finished before the calls below, which take glibc's lock.
+        let held = std::mem::take(&mut self.quarantine);
+        let mut locked = false;
         let batch = std::mem::take(&mut self.batch);
         for &key in &batch {
             if !self.entries.contains(key) {
@@ -327,6 +354,7 @@ impl AioDriver {
                     Ok(()) => self.mark_out(key),
                     Err(e) => self.finish(key, Err(e)),
                 }
+                locked = true;
                 continue;
             }
             list.push(&mut req.cb);
@@ -339,6 +367,7 @@ impl AioDriver {
             // SAFETY: every pointer is an aiocb boxed in the in-flight table;
             // they stay valid until their completions are collected.
             let r = unsafe { self.lio_listio(&list) };
+            locked = true;
             if r != 0 {
                 let error = io::Error::last_os_error();
                 self.requeue_unqueued(&keys, error);
@@ -349,6 +378,13 @@ impl AioDriver {
         }
         self.list = list;
         self.list_keys = keys;
+        if locked {
+            self.release(held);
+        } else {
+            let mut held = held;
+            held.append(&mut self.quarantine);
+            self.quarantine = held;
+        }
     }
 
     /// Request `key` is now with glibc.
@@ -359,8 +395,10 @@ impl AioDriver {
         };
         req.state = AioState::InFlight;
         req.pos = pos;
+        req.seq = self.next_seq;
+        self.next_seq += 1;
         let fd = req.cb.aio_fildes;
-        if !req.signals {
+        if !req.armed {
             self.silent += 1;
         }
         self.out.push(key);
@@ -378,14 +416,14 @@ impl AioDriver {
             return;
         }
         req.state = AioState::Waiting;
-        let (pos, fd, signals) = (req.pos, req.cb.aio_fildes, req.signals);
+        let (pos, fd, armed) = (req.pos, req.cb.aio_fildes, req.armed);
         self.out.swap_remove(pos);
         if let Some(&moved) = self.out.get(pos) {
             if let Route::Aio(r) = &mut self.entries[moved].route {
                 r.pos = pos;
             }
         }
-        if !signals {
+        if !armed {
             self.silent -= 1;
         }
         self.in_glibc -= 1;
@@ -439,7 +477,8 @@ impl AioDriver {
     unsafe fn lio_listio(&mut self, list: &[*mut libc::aiocb]) -> libc::c_int {
         #[cfg(test)]
         let n = match self.test_listio_queues.take() {
-            Some(k) => list.len().min(k),
+            // At least one, so that glibc's lock is taken as in real use.
+            Some(k) => list.len().min(k.max(1)),
             None => list.len(),
         };
         #[cfg(not(test))]
@@ -488,13 +527,14 @@ impl AioDriver {
         let id = self.id_of(key);
         let entry = self.entries.remove(key);
         let op = match entry.route {
-            Route::Aio(req) => {
+            Route::Aio(mut req) => {
                 debug_assert!(req.state != AioState::InFlight);
                 let fd = req.cb.aio_fildes;
                 if req.deadline.is_some() {
                     self.aio_deadlines -= 1;
                 }
-                let op = req.op;
+                let op = std::mem::replace(&mut req.op, Op::Nop);
+                self.quarantine.push(req);
                 self.maybe_close(fd);
                 op
             }
@@ -705,39 +745,43 @@ impl AioDriver {
     /// status) and collects those that finished; returns how many.
     ///
     /// glibc sets a request's status, then runs its notify step, both under
-    /// its request lock; the notify step reads the aiocb's `sigevent` and,
+    /// its request lock. The notify step reads the aiocb's `sigevent` and,
     /// if a signal cannot be queued, writes -1/`EAGAIN` into the aiocb. So
-    /// before an aiocb seen finished is reclaimed (and its memory maybe
-    /// reused by the next request), `glibc_barrier` takes that lock once:
-    /// every notify step of a status seen before it is over.
+    /// (1) a finished aiocb's memory is not reused until glibc's lock was
+    /// taken after its status was seen (see `quarantine`), and (2) the
+    /// result of a request that may signal is read only after
+    /// `glibc_barrier` took that lock: its notify step is then over, and
+    /// the status and count are final (never half overwritten).
     fn poll_out(&mut self) -> usize {
         if self.out.is_empty() {
             return 0;
         }
         let mut done = std::mem::take(&mut self.finished);
         done.clear();
+        let mut may_signal = false;
         for &k in &self.out {
             if let Route::Aio(req) = &self.entries[k].route {
                 // SAFETY: reads the status of an aiocb we own and glibc holds.
                 if unsafe { libc::aio_error(&req.cb) } != libc::EINPROGRESS {
                     done.push(k);
+                    may_signal |= req.signals;
                 }
             }
         }
         let n = done.len();
-        if n > 0 {
+        if may_signal {
             self.glibc_barrier();
-            for &k in &done {
-                let Route::Aio(req) = &self.entries[k].route else {
-                    continue;
-                };
-                // SAFETY: as above; the barrier ended its notify step.
-                let err = unsafe { libc::aio_error(&req.cb) };
-                if err == libc::EAGAIN && req.signals && !req.cancel_requested {
-                    self.reissue(k);
-                } else {
-                    self.collect_aio(k);
-                }
+        }
+        for &k in &done {
+            let Route::Aio(req) = &self.entries[k].route else {
+                continue;
+            };
+            // SAFETY: as above.
+            let err = unsafe { libc::aio_error(&req.cb) };
+            if err == libc::EAGAIN && req.signals && !req.cancel_requested {
+                self.reissue(k);
+            } else {
+                self.collect_aio(k);
             }
         }
         self.finished = done;
@@ -748,16 +792,31 @@ impl AioDriver {
     /// whose status says finished does only that (after an `fcntl` check
     /// of its fd, our eventfd).
     fn glibc_barrier(&mut self) {
+        let held = std::mem::take(&mut self.quarantine);
         let fd = self.barrier_cb.aio_fildes;
         // SAFETY: the aiocb is ours, never submitted, with status 0
         // (finished), so glibc only looks at it under its lock.
         unsafe { libc::aio_cancel(fd, &mut *self.barrier_cb) };
+        self.release(held);
     }
 
-    /// Before blocking: switches the silent requests with glibc over to
-    /// signal their completion, so that the blocking wait ends when one
-    /// finishes. Returns whether one finished meanwhile (the caller then
-    /// does not block).
+    /// Requests whose aiocbs glibc can no longer touch (its lock was taken
+    /// since they were seen finished) become spares for new requests.
+    fn release(&mut self, mut held: Vec<Box<AioReq>>) {
+        let room = SPARES.saturating_sub(self.spare.len());
+        held.truncate(room);
+        self.spare.append(&mut held);
+        // `held` keeps its allocation for the next quarantine.
+        if self.quarantine.is_empty() {
+            self.quarantine = held;
+        }
+    }
+
+    /// Before blocking: arms the requests whose completion must end the
+    /// blocking wait — on each fd, the first one out (glibc performs an
+    /// fd's requests one at a time, in the order they came, so none of the
+    /// fd's others can finish before it). Returns whether one finished
+    /// meanwhile (the caller then does not block).
     ///
     /// glibc reads `sigev_notify` only in a request's notify step, under its
     /// request lock, right after it sets the status. The store here comes
@@ -768,26 +827,78 @@ impl AioDriver {
         if self.silent == 0 {
             return false;
         }
-        for i in 0..self.out.len() {
-            let k = self.out[i];
-            if let Route::Aio(req) = &mut self.entries[k].route {
-                if !req.signals {
-                    req.signals = true;
-                    // SAFETY: a field of an aiocb we own; glibc reads it only
-                    // in the notify step, ordered by the barrier below; an
-                    // aligned int store is not torn.
-                    unsafe {
-                        std::ptr::write_volatile(
-                            &mut req.cb.aio_sigevent.sigev_notify,
-                            libc::SIGEV_SIGNAL,
-                        )
-                    };
+        let mut firsts = std::mem::take(&mut self.firsts);
+        firsts.clear();
+        let mut all = false;
+        for &k in &self.out {
+            let Route::Aio(req) = &self.entries[k].route else {
+                continue;
+            };
+            let fd = req.cb.aio_fildes;
+            let full = firsts.len() >= MAX_ARMED_FDS;
+            match firsts.iter_mut().find(|f| f.0 == fd) {
+                Some(f) if req.seq < f.1 => *f = (fd, req.seq, k),
+                Some(_) => {}
+                None if !full => firsts.push((fd, req.seq, k)),
+                None => {
+                    // Too many fds to pick from: arm them all.
+                    all = true;
+                    break;
                 }
             }
         }
-        self.silent = 0;
+        let mut armed_any = false;
+        if all {
+            armed_any = self.silent > 0;
+            self.set_armed(true);
+        } else {
+            for &(_, _, k) in &firsts {
+                armed_any |= self.arm(k, true);
+            }
+        }
+        self.firsts = firsts;
+        if !armed_any {
+            return false;
+        }
         self.glibc_barrier();
         self.poll_out() > 0
+    }
+
+    /// Arms or disarms request `key`; whether that changed it. A disarmed
+    /// request may still signal (its notify step may have read the field
+    /// already): `signals` stays set.
+    fn arm(&mut self, key: usize, on: bool) -> bool {
+        let Route::Aio(req) = &mut self.entries[key].route else {
+            return false;
+        };
+        if req.armed == on {
+            return false;
+        }
+        req.armed = on;
+        req.signals |= on;
+        let notify = if on {
+            libc::SIGEV_SIGNAL
+        } else {
+            libc::SIGEV_NONE
+        };
+        // SAFETY: a field of an aiocb we own; glibc reads it only in the
+        // request's notify step (ordered by the barrier in `arm_signals`);
+        // an aligned int store is not torn.
+        unsafe { std::ptr::write_volatile(&mut req.cb.aio_sigevent.sigev_notify, notify) };
+        if on {
+            self.silent -= 1;
+        } else {
+            self.silent += 1;
+        }
+        true
+    }
+
+    /// Arms (or, after the blocking wait, disarms) every request with glibc.
+    fn set_armed(&mut self, on: bool) {
+        for i in 0..self.out.len() {
+            let k = self.out[i];
+            self.arm(k, on);
+        }
     }
 
     /// Cancels aio requests whose deadline passed.
@@ -870,6 +981,25 @@ impl AioDriver {
         self.delegate_out = out;
     }
 
+    /// Polls the requests with glibc for up to `self.spin` (and no longer
+    /// than `left`); whether one finished or a wake came.
+    fn spin_for(&mut self, left: Option<Duration>) -> bool {
+        let budget = left.map_or(self.spin, |l| l.min(self.spin));
+        if budget.is_zero() {
+            return false;
+        }
+        let end = Instant::now() + budget;
+        loop {
+            if self.poll_out() > 0 || self.woken.load(Ordering::Acquire) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Whether the delegate has ops of its own (besides our eventfd poll).
     fn delegate_busy(&self) -> bool {
         self.delegate.in_flight() > usize::from(self.poll_armed)
@@ -912,6 +1042,16 @@ impl AioDriver {
             if left == Some(Duration::ZERO) {
                 return self.wait_done();
             }
+            // Nothing else to wait for: poll a little before blocking (a
+            // file read in the page cache takes microseconds; blocking costs
+            // a signal and a wake-up).
+            if !self.signal_per_request
+                && !self.out.is_empty()
+                && !self.delegate_busy()
+                && self.spin_for(left)
+            {
+                continue;
+            }
             // A silent request that finishes from now on signals; one that
             // finished meanwhile is collected instead of blocking.
             if self.arm_signals() {
@@ -928,7 +1068,12 @@ impl AioDriver {
                 let dl = d.saturating_duration_since(now);
                 t = Some(t.map_or(dl, |x| x.min(dl)));
             }
-            self.delegate.wait(&mut self.delegate_out, 1, t)?;
+            let r = self.delegate.wait(&mut self.delegate_out, 1, t);
+            if !self.signal_per_request {
+                // Awake again: the requests still out go back to silent.
+                self.set_armed(false);
+            }
+            r?;
             self.take_delegate_completions();
             if self.woken.swap(false, Ordering::AcqRel) {
                 // A wake from another thread ends the wait, whatever else
@@ -980,20 +1125,30 @@ impl Driver for AioDriver {
         let id = OpId::new(key as u32, generation);
         if self.is_aio(&op) {
             let fd = op.fd().unwrap_or(-1);
+            let req = AioReq {
+                // SAFETY: aiocb is plain data; filled in at flush.
+                cb: unsafe { std::mem::zeroed() },
+                op,
+                state: AioState::Batched,
+                cancel_requested: false,
+                deadline,
+                timed_out: false,
+                signals: false,
+                armed: false,
+                seq: 0,
+                pos: 0,
+            };
+            let boxed = match self.spare.pop() {
+                Some(mut b) => {
+                    *b = req;
+                    b
+                }
+                None => Box::new(req),
+            };
             self.entries.insert(Entry {
                 generation,
                 token,
-                route: Route::Aio(Box::new(AioReq {
-                    // SAFETY: aiocb is plain data; filled in at flush.
-                    cb: unsafe { std::mem::zeroed() },
-                    op,
-                    state: AioState::Batched,
-                    cancel_requested: false,
-                    deadline,
-                    timed_out: false,
-                    signals: false,
-                    pos: 0,
-                })),
+                route: Route::Aio(boxed),
             });
             if deadline.is_some() {
                 self.aio_deadlines += 1;
@@ -1205,6 +1360,10 @@ impl Drop for AioDriver {
             self.ready.clear();
         }
         self.notifier.set_next_generation(self.next_generation);
+        // The records of finished requests go once glibc's lock was taken
+        // after they were seen finished.
+        self.glibc_barrier();
+        self.spare.clear();
         // Whatever glibc may still touch is leaked, never freed early.
         for e in self.entries.drain() {
             if matches!(e.route, Route::Aio(_)) {

@@ -57,6 +57,7 @@ pub struct AioBuilder {
     threads: Option<usize>,
     max_in_flight: usize,
     signal_per_request: bool,
+    spin: std::time::Duration,
 }
 
 impl Default for AioBuilder {
@@ -65,6 +66,7 @@ impl Default for AioBuilder {
             threads: None,
             max_in_flight: 1024,
             signal_per_request: false,
+            spin: std::time::Duration::from_micros(50),
         }
     }
 }
@@ -89,6 +91,14 @@ impl AioBuilder {
     /// default; for tests and measurements.
     pub fn signal_per_request(mut self, on: bool) -> Self {
         self.signal_per_request = on;
+        self
+    }
+    /// How long a wait polls the requests with glibc for a completion
+    /// before it blocks, when the delegate has nothing of its own to wait
+    /// for (default 50 µs; zero blocks at once). Polling costs CPU; blocking
+    /// costs a signal and a wake-up per blocking wait.
+    pub fn spin(mut self, d: std::time::Duration) -> Self {
+        self.spin = d;
         self
     }
     /// Builds the driver over the epoll shim.
@@ -123,6 +133,11 @@ impl AioBuilder {
             // SAFETY: passes a fully initialised aioinit; glibc copies it.
             unsafe { aio_init(&init) };
         });
-        AioDriver::with(self.max_in_flight, self.signal_per_request, delegate)
+        AioDriver::with(
+            self.max_in_flight,
+            self.signal_per_request,
+            self.spin,
+            delegate,
+        )
     }
 }
