@@ -126,8 +126,10 @@ pub struct AioDriver {
     /// Records of requests seen finished whose aiocbs glibc's notify step
     /// may still read: kept until glibc's lock is next taken (by a
     /// `lio_listio`, an `aio_fsync` or `glibc_barrier`), then spares.
+    #[allow(clippy::vec_box)] // boxed: glibc may still read an aiocb, which must not move
     quarantine: Vec<Box<AioReq>>,
     /// Request records to reuse (their ops are `Nop`).
+    #[allow(clippy::vec_box)] // boxed: reused as they are, by the next requests
     spare: Vec<Box<AioReq>>,
     /// How long a wait polls for a completion before it blocks.
     spin: Duration,
@@ -802,6 +804,7 @@ impl AioDriver {
 
     /// Requests whose aiocbs glibc can no longer touch (its lock was taken
     /// since they were seen finished) become spares for new requests.
+    #[allow(clippy::vec_box)] // the quarantine's boxes, which must not move
     fn release(&mut self, mut held: Vec<Box<AioReq>>) {
         let room = SPARES.saturating_sub(self.spare.len());
         held.truncate(room);
