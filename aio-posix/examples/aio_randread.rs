@@ -37,14 +37,14 @@ fn main() -> std::io::Result<()> {
         (x % blocks) * BLOCK as u64
     };
     let mut started = vec![Instant::now(); qd];
-    for t in 0..qd {
+    for (t, at) in started.iter_mut().enumerate() {
         let op = Op::Read {
             fd,
             offset: Offset::At(next()),
             buf: AnyBufMut::new(vec![0u8; BLOCK]),
         };
         d.submit(op, t as u64, None).map_err(|e| e.error)?;
-        started[t] = Instant::now();
+        *at = Instant::now();
     }
     let mut lat = Vec::new();
     let mut out = Vec::new();
@@ -56,7 +56,7 @@ fn main() -> std::io::Result<()> {
         for c in out.drain(..) {
             let t = c.token as usize;
             c.result?;
-            if n % 16 == 0 {
+            if n.is_multiple_of(16) {
                 lat.push(started[t].elapsed());
             }
             n += 1;
