@@ -1008,6 +1008,19 @@ impl AioDriver {
         self.delegate.in_flight() > usize::from(self.poll_armed)
     }
 
+    /// A wait with no aio request out or waiting: the delegate's wait (which
+    /// our wake ends too), with what is still needed.
+    fn wait_delegate_only(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
+        if self.ready.len() >= min || self.woken.swap(false, Ordering::AcqRel) {
+            return self.wait_done();
+        }
+        let n = min - self.ready.len();
+        self.delegate.wait(&mut self.delegate_out, n, timeout)?;
+        self.take_delegate_completions();
+        self.woken.store(false, Ordering::Release);
+        Ok(())
+    }
+
     /// Ends a wait that is not blocking: the delegate is asked for its
     /// completions only when it has ops of its own (our eventfd poll needs
     /// no answer: the signal queue is read directly).
@@ -1016,14 +1029,16 @@ impl AioDriver {
             self.delegate
                 .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
             self.take_delegate_completions();
-            self.arm_poll()?;
         }
         Ok(())
     }
 
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
-        let mut end: Option<Option<Instant>> = None;
         self.flush();
+        if self.out.is_empty() && self.waiting.is_empty() && self.aio_deadlines == 0 {
+            return self.wait_delegate_only(min, timeout);
+        }
+        let mut end: Option<Option<Instant>> = None;
         loop {
             self.drain_notifications();
             let next_deadline = if self.aio_deadlines > 0 {
@@ -1060,7 +1075,10 @@ impl AioDriver {
             if self.arm_signals() {
                 continue;
             }
-            self.arm_poll()?;
+            if self.out.len() > self.silent {
+                // Armed requests are out: their signals must end the wait.
+                self.arm_poll()?;
+            }
             let mut t = left;
             if self.in_glibc > 0 {
                 // The safety net: a sweep within a bounded time.
@@ -1082,7 +1100,6 @@ impl AioDriver {
                 // A wake from another thread ends the wait, whatever else
                 // is out (never mistaken for a timeout).
                 self.drain_notifications();
-                self.arm_poll()?;
                 return Ok(());
             }
         }
