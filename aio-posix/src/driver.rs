@@ -21,8 +21,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Token of the delegate's poll on our eventfd.
+/// Token of the delegate's poll on our eventfd (told apart by its id).
 const POLL_TOKEN: u64 = u64::MAX;
+/// The bit that marks an id as the delegate's own: an op handed straight
+/// on keeps the delegate's id (with this bit) and the caller's token, and
+/// no entry here. (Slab keys never reach it.)
+const PASSED: u32 = 1 << 31;
+
+/// The id the caller sees for an op handed straight to the delegate.
+fn passed_id(inner: OpId) -> OpId {
+    OpId::new(inner.slot() as u32 | PASSED, inner.generation())
+}
+
+/// The delegate's id of an op handed straight on, if `id` is one.
+fn delegate_id(id: OpId) -> Option<OpId> {
+    let slot = id.slot() as u32;
+    (slot & PASSED != 0).then(|| OpId::new(slot & !PASSED, id.generation()))
+}
 /// How often in-flight requests are swept while any is outstanding.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How soon the next sweep comes after one that found lost notifications
@@ -111,6 +126,13 @@ pub struct AioDriver {
     delegate_out: Vec<Completion>,
     signalled: Vec<(usize, u32)>,
     poll_armed: bool,
+    /// The delegate's id of the eventfd poll while it is armed.
+    poll_id: Option<OpId>,
+    /// Ops handed straight to the delegate (no entry) and not yet complete.
+    passed: usize,
+    /// The delegate's ids of ops that have an entry here (forwarded closes,
+    /// cancels by fd, cancels of those), with the entry's key.
+    delegated: Vec<(OpId, usize)>,
     last_sweep: Instant,
     caps: Capabilities,
     /// Requests whose notification glibc could not send, issued again.
@@ -199,6 +221,9 @@ impl AioDriver {
             delegate_out: Vec::new(),
             signalled: Vec::new(),
             poll_armed: false,
+            poll_id: None,
+            passed: 0,
+            delegated: Vec::new(),
             last_sweep: Instant::now(),
             caps,
             reissued: 0,
@@ -592,7 +617,10 @@ impl AioDriver {
             st.closes_forwarded += 1;
         }
         match self.delegate.submit(op, key as u64, deadline) {
-            Ok(inner) => self.entries[key].route = Route::Delegate(inner),
+            Ok(inner) => {
+                self.entries[key].route = Route::Delegate(inner);
+                self.delegated.push((inner, key));
+            }
             Err(e) => {
                 if let Op::Close { fd } = e.op {
                     let st = self.fd_state(fd);
@@ -631,7 +659,25 @@ impl AioDriver {
             route: route(inner),
         });
         debug_assert_eq!(k, key);
+        self.delegated.push((inner, key));
         Ok(OpId::new(key as u32, generation))
+    }
+
+    /// Hands `op` straight to the delegate: no entry here; the caller gets
+    /// the delegate's id (marked) and its completion as the delegate made it.
+    fn pass(&mut self, op: Op, token: u64, deadline: Option<Instant>) -> Result<OpId, SubmitError> {
+        let close_fd = match op {
+            Op::Close { fd } => Some(fd),
+            _ => None,
+        };
+        let inner = self.delegate.submit(op, token, deadline)?;
+        if let Some(fd) = close_fd {
+            let st = self.fd_state(fd);
+            st.kind = FdKind::Unknown;
+            st.closes_forwarded += 1;
+        }
+        self.passed += 1;
+        Ok(passed_id(inner))
     }
 
     /// Asks glibc to cancel request `key` (it completes on its own), or ends
@@ -937,10 +983,12 @@ impl AioDriver {
             fd: self.notifier.eventfd(),
             events: libc::POLLIN,
         };
-        self.delegate
+        let id = self
+            .delegate
             .submit(op, POLL_TOKEN, None)
             .map_err(|e| e.error)?;
         self.poll_armed = true;
+        self.poll_id = Some(id);
         Ok(())
     }
 
@@ -948,12 +996,28 @@ impl AioDriver {
     fn take_delegate_completions(&mut self) {
         let mut out = std::mem::take(&mut self.delegate_out);
         for c in out.drain(..) {
-            if c.token == POLL_TOKEN {
+            if self.poll_id == Some(c.id) {
                 self.poll_armed = false;
+                self.poll_id = None;
                 self.notifier.clear_eventfd();
                 continue;
             }
-            let key = c.token as usize;
+            if let Op::Close { fd } = c.op {
+                // The close is over: the number may now be any new fd.
+                let st = self.fd_state(fd);
+                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
+                st.kind = FdKind::Unknown;
+            }
+            let Some(at) = self.delegated.iter().position(|d| d.0 == c.id) else {
+                // Handed straight on: the delegate's completion is ours.
+                self.passed -= 1;
+                self.ready.push(Completion {
+                    id: passed_id(c.id),
+                    ..c
+                });
+                continue;
+            };
+            let (_, key) = self.delegated.swap_remove(at);
             let Some(entry) = self.entries.get(key) else {
                 continue;
             };
@@ -968,12 +1032,6 @@ impl AioDriver {
                 (_, r) => r,
             };
             self.entries.remove(key);
-            if let Op::Close { fd } = c.op {
-                // The close is over: the number may now be any new fd.
-                let st = self.fd_state(fd);
-                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
-                st.kind = FdKind::Unknown;
-            }
             self.ready.push(Completion {
                 id,
                 token,
@@ -1006,6 +1064,37 @@ impl AioDriver {
     /// Whether the delegate has ops of its own (besides our eventfd poll).
     fn delegate_busy(&self) -> bool {
         self.delegate.in_flight() > usize::from(self.poll_armed)
+    }
+
+    /// A wait where every op out is one handed straight to the delegate: its
+    /// wait, into the caller's vector (our wake ends it too); the ids get
+    /// their mark.
+    fn wait_passed_only(
+        &mut self,
+        out: &mut Vec<Completion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let start = out.len();
+        let timeout = if self.woken.swap(false, Ordering::AcqRel) {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        self.delegate.wait(out, min, timeout)?;
+        self.woken.store(false, Ordering::Release);
+        let n = out.len() - start;
+        for c in &mut out[start..] {
+            c.id = passed_id(c.id);
+            if let Op::Close { fd } = c.op {
+                // The close is over: the number may now be any new fd.
+                let st = self.fd_state(fd);
+                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
+                st.kind = FdKind::Unknown;
+            }
+        }
+        self.passed -= n;
+        Ok(n)
     }
 
     /// A wait with no aio request out or waiting: the delegate's wait (which
@@ -1140,6 +1229,13 @@ impl Driver for AioDriver {
         if let Err(error) = admit(&op, &self.caps, "aio", closing) {
             return Err(SubmitError { error, op });
         }
+        if !matches!(
+            op.kind(),
+            OpKind::Read | OpKind::Write | OpKind::Fsync | OpKind::Cancel | OpKind::Close
+        ) {
+            // Nothing aio does and no bookkeeping here: straight on.
+            return self.pass(op, token, deadline);
+        }
         let generation = self.next_gen();
         let key = self.entries.vacant_key();
         let id = OpId::new(key as u32, generation);
@@ -1180,6 +1276,14 @@ impl Driver for AioDriver {
             return Ok(id);
         }
         match op {
+            Op::Cancel {
+                target: CancelTarget::Op(t),
+            } if delegate_id(t).is_some() => {
+                let op = Op::Cancel {
+                    target: CancelTarget::Op(delegate_id(t).unwrap_or(t)),
+                };
+                self.pass(op, token, deadline)
+            }
             Op::Cancel {
                 target: CancelTarget::Op(t),
             } => {
@@ -1240,7 +1344,7 @@ impl Driver for AioDriver {
                 self.maybe_close(fd);
                 Ok(id)
             }
-            op => self.submit_to_delegate(op, token, generation, deadline, Route::Delegate),
+            op => self.pass(op, token, deadline),
         }
     }
 
@@ -1250,12 +1354,25 @@ impl Driver for AioDriver {
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
+        if self.ready.is_empty()
+            && self.batch.is_empty()
+            && self.out.is_empty()
+            && self.waiting.is_empty()
+            && self.aio_deadlines == 0
+            && !self.poll_armed
+            && self.delegated.is_empty()
+        {
+            return self.wait_passed_only(out, min, timeout);
+        }
         let r = self.wait_inner(min, timeout);
         let n = ringport_core::driver::deliver(out, &mut self.ready);
         r.map(|_| n)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        if let Some(inner) = delegate_id(id) {
+            return self.delegate.cancel(inner);
+        }
         let key = self
             .lookup(id)
             .ok_or_else(ringport_core::driver::not_in_flight)?;
@@ -1283,7 +1400,7 @@ impl Driver for AioDriver {
     }
 
     fn in_flight(&self) -> usize {
-        self.entries.len() + self.ready.len()
+        self.entries.len() + self.passed + self.ready.len()
     }
 }
 
