@@ -9,14 +9,29 @@
 //!   timers, poll, open, stat, vectored I/O — goes to the delegate driver (the
 //!   epoll shim): glibc would park a worker thread on an idle pipe and could
 //!   not cancel it.
-//! - Completion notification: see [`notify`]. A signal per request queues its
-//!   id and wakes the delegate's wait through an eventfd the delegate polls; a
-//!   sweep with `aio_error` (after `aio_cancel` takes glibc's lock) is the
-//!   safety net for queue overflow and for notifications glibc could not send.
+//! - Completion notification (`driver.rs` polls, `notify.rs` the signal):
+//!   requests go to glibc silent (`SIGEV_NONE`) and `wait` polls the ones
+//!   out with `aio_error`, and briefly spins before it blocks when nothing
+//!   else is waited for ([`AioBuilder::spin`]). Only a wait that blocks arms
+//!   requests to signal — the first one out per fd, as glibc performs an
+//!   fd's requests in order — and disarms them when it wakes. The signal
+//!   (SIGRTMIN+7, counted only with `si_code == SI_ASYNCIO`) queues the
+//!   request's id and wakes the delegate's wait through an eventfd; a
+//!   [`DriverWaker`](ringport_core::driver::DriverWaker) ends any wait; a
+//!   sweep every 250 ms while requests are out (`aio_error` after
+//!   `aio_cancel` takes glibc's lock) is the safety net for queue overflow
+//!   and for notifications glibc could not send. An application handler
+//!   already installed for SIGRTMIN+7 makes building a driver fail: it is
+//!   never replaced.
+//! - glibc's aio pool is process-wide: the first driver sizes it with
+//!   `aio_init` (see [`AioBuilder::build`]).
 //!
 //! This crate must never free or reuse an `aiocb` (or its buffer) before
-//! glibc is done with it: not before its signal arrived or a sweep saw it
-//! finished under glibc's lock. `Drop` leaks what it cannot prove finished.
+//! glibc is done with it: a request's record is reused only after glibc's
+//! request lock was taken since the request was seen finished (its notify
+//! step, which reads the aiocb, runs under that lock), and a result that a
+//! failed signal could overwrite is read only after that lock too. `Drop`
+//! leaks what it cannot prove finished.
 //!
 //! Layout (the one every backend shares): `lib.rs` the builder;
 //! `driver.rs` the [`Driver`] impl (submit, wait, cancel, close, drop, and

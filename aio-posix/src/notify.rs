@@ -1,9 +1,14 @@
 //! How a finished aio request tells its driver: the one seam to replace for
 //! another notification scheme (FreeBSD's `SIGEV_KEVENT`, say).
 //!
-//! Scheme: every request is submitted with `SIGEV_SIGNAL` and a real-time
-//! signal whose value packs (driver index, slot, generation). The signal
-//! handler — which may run on any thread — touches only static memory: it
+//! Scheme: a request that is armed (every request with
+//! `AioBuilder::signal_per_request`, otherwise only those a blocking wait
+//! armed; see `driver.rs`) has `SIGEV_SIGNAL` and a real-time signal whose
+//! value packs (driver index, slot, generation). The signal handler — which
+//! may run on any thread — counts only glibc's notifications (`si_code ==
+//! SI_ASYNCIO`; a stray `kill` or `sigqueue` is ignored), keeps the `errno`
+//! of the code it interrupted, reads the value with libc's accessor, and
+//! touches only static memory: it
 //! pushes that value on its driver's lock-free queue and writes the driver's
 //! eventfd. It never dereferences a pointer, so a late signal for a request
 //! the driver already reclaimed (by a sweep) is harmless: its generation no
@@ -15,6 +20,11 @@
 //! never write into that fd number once it is closed and reused: the handler
 //! marks itself active before it loads the fd, and the closer takes the fd
 //! out of the queue, waits until no handler is active, then closes it.
+//!
+//! The handler is installed when the first driver is built, and checked
+//! again for every later one: if the application has a handler of its own
+//! for the signal, building the driver fails with an error naming the signal
+//! (the application's handler stays).
 //!
 //! This module must never allocate, lock or call anything but `write(2)` and
 //! atomics inside the handler.
