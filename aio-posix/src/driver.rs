@@ -1043,7 +1043,8 @@ impl AioDriver {
     }
 
     /// Polls the requests with glibc for up to `self.spin` (and no longer
-    /// than `left`); whether one finished or a wake came.
+    /// than `left`), yielding the core between polls; whether one finished
+    /// or a wake came.
     fn spin_for(&mut self, left: Option<Duration>) -> bool {
         let budget = left.map_or(self.spin, |l| l.min(self.spin));
         if budget.is_zero() {
@@ -1057,7 +1058,11 @@ impl AioDriver {
             if Instant::now() >= end {
                 return false;
             }
-            std::hint::spin_loop();
+            // Gives the core to a runnable thread (glibc's worker, on a busy
+            // machine) rather than burning it: measured much faster than a
+            // plain spin at queue depth 32 with other load on 2 cores.
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
         }
     }
 

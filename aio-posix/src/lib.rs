@@ -109,9 +109,10 @@ impl AioBuilder {
         self
     }
     /// How long a wait polls the requests with glibc for a completion
-    /// before it blocks, when the delegate has nothing of its own to wait
-    /// for (default 50 µs; zero blocks at once). Polling costs CPU; blocking
-    /// costs a signal and a wake-up per blocking wait.
+    /// (with `sched_yield` between polls) before it blocks, when the
+    /// delegate has nothing of its own to wait for (default 50 µs; zero
+    /// blocks at once). Polling costs CPU; blocking costs a signal and a
+    /// wake-up per blocking wait.
     pub fn spin(mut self, d: std::time::Duration) -> Self {
         self.spin = d;
         self
