@@ -1043,20 +1043,30 @@ impl AioDriver {
     }
 
     /// Polls the requests with glibc for up to `self.spin` (and no longer
-    /// than `left`), yielding the core between polls; whether one finished
-    /// or a wake came.
-    fn spin_for(&mut self, left: Option<Duration>) -> bool {
+    /// than `left`), yielding the core between polls; whether one finished,
+    /// the delegate completed something (it is asked without blocking on
+    /// each turn when it has ops of its own: a timer, a socket) or a wake
+    /// came.
+    fn spin_for(&mut self, left: Option<Duration>) -> io::Result<bool> {
         let budget = left.map_or(self.spin, |l| l.min(self.spin));
         if budget.is_zero() {
-            return false;
+            return Ok(false);
         }
         let end = Instant::now() + budget;
         loop {
             if self.poll_out() > 0 || self.woken.load(Ordering::Acquire) {
-                return true;
+                return Ok(true);
+            }
+            if self.delegate_busy() {
+                self.delegate
+                    .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
+                if !self.delegate_out.is_empty() {
+                    self.take_delegate_completions();
+                    return Ok(true);
+                }
             }
             if Instant::now() >= end {
-                return false;
+                return Ok(false);
             }
             // Gives the core to a runnable thread (glibc's worker, on a busy
             // machine) rather than burning it: measured much faster than a
@@ -1154,14 +1164,9 @@ impl AioDriver {
             if left == Some(Duration::ZERO) {
                 return self.wait_done();
             }
-            // Nothing else to wait for: poll a little before blocking (a
-            // file read in the page cache takes microseconds; blocking costs
-            // a signal and a wake-up).
-            if !self.signal_per_request
-                && !self.out.is_empty()
-                && !self.delegate_busy()
-                && self.spin_for(left)
-            {
+            // Poll a little before blocking (a file read in the page cache
+            // takes microseconds; blocking costs a signal and a wake-up).
+            if !self.signal_per_request && !self.out.is_empty() && self.spin_for(left)? {
                 continue;
             }
             // A silent request that finishes from now on signals; one that

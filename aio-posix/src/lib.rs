@@ -11,8 +11,8 @@
 //!   not cancel it.
 //! - Completion notification (`driver.rs` polls, `notify.rs` the signal):
 //!   requests go to glibc silent (`SIGEV_NONE`) and `wait` polls the ones
-//!   out with `aio_error`, and briefly spins before it blocks when nothing
-//!   else is waited for ([`AioBuilder::spin`]). Only a wait that blocks arms
+//!   out with `aio_error`, and briefly spins before it blocks
+//!   ([`AioBuilder::spin`]). Only a wait that blocks arms
 //!   requests to signal — the first one out per fd, as glibc performs an
 //!   fd's requests in order — and disarms them when it wakes. The signal
 //!   (SIGRTMIN+7, counted only with `si_code == SI_ASYNCIO`) queues the
@@ -109,10 +109,10 @@ impl AioBuilder {
         self
     }
     /// How long a wait polls the requests with glibc for a completion
-    /// (with `sched_yield` between polls) before it blocks, when the
-    /// delegate has nothing of its own to wait for (default 50 µs; zero
-    /// blocks at once). Polling costs CPU; blocking costs a signal and a
-    /// wake-up per blocking wait.
+    /// before it blocks (default 50 µs; zero blocks at once). Between polls
+    /// it yields the core (`sched_yield`) and, when the delegate has ops of
+    /// its own, asks it for completions without blocking. Polling costs
+    /// CPU; blocking costs a signal and a wake-up per blocking wait.
     pub fn spin(mut self, d: std::time::Duration) -> Self {
         self.spin = d;
         self
