@@ -1010,7 +1010,7 @@ impl AioDriver {
             }
             let Some(at) = self.delegated.iter().position(|d| d.0 == c.id) else {
                 // Handed straight on: the delegate's completion is ours.
-                self.passed -= 1;
+                self.passed = self.passed.saturating_sub(1);
                 self.ready.push(Completion {
                     id: passed_id(c.id),
                     ..c
@@ -1108,7 +1108,7 @@ impl AioDriver {
                 st.kind = FdKind::Unknown;
             }
         }
-        self.passed -= n;
+        self.passed = self.passed.saturating_sub(n);
         Ok(n)
     }
 
