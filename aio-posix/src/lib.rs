@@ -9,14 +9,29 @@
 //!   timers, poll, open, stat, vectored I/O — goes to the delegate driver (the
 //!   epoll shim): glibc would park a worker thread on an idle pipe and could
 //!   not cancel it.
-//! - Completion notification: see [`notify`]. A signal per request queues its
-//!   id and wakes the delegate's wait through an eventfd the delegate polls; a
-//!   sweep with `aio_error` (after `aio_cancel` takes glibc's lock) is the
-//!   safety net for queue overflow and for notifications glibc could not send.
+//! - Completion notification (`driver.rs` polls, `notify.rs` the signal):
+//!   requests go to glibc silent (`SIGEV_NONE`) and `wait` polls the ones
+//!   out with `aio_error`, and briefly spins before it blocks
+//!   ([`AioBuilder::spin`]). Only a wait that blocks arms
+//!   requests to signal — the first one out per fd, as glibc performs an
+//!   fd's requests in order — and disarms them when it wakes. The signal
+//!   (SIGRTMIN+7, counted only with `si_code == SI_ASYNCIO`) queues the
+//!   request's id and wakes the delegate's wait through an eventfd; a
+//!   [`DriverWaker`](ringport_core::driver::DriverWaker) ends any wait; a
+//!   sweep every 250 ms while requests are out (`aio_error` after
+//!   `aio_cancel` takes glibc's lock) is the safety net for queue overflow
+//!   and for notifications glibc could not send. An application handler
+//!   already installed for SIGRTMIN+7 makes building a driver fail: it is
+//!   never replaced.
+//! - glibc's aio pool is process-wide: the first driver sizes it with
+//!   `aio_init` (see [`AioBuilder::build`]).
 //!
 //! This crate must never free or reuse an `aiocb` (or its buffer) before
-//! glibc is done with it: not before its signal arrived or a sweep saw it
-//! finished under glibc's lock. `Drop` leaks what it cannot prove finished.
+//! glibc is done with it: a request's record is reused only after glibc's
+//! request lock was taken since the request was seen finished (its notify
+//! step, which reads the aiocb, runs under that lock), and a result that a
+//! failed signal could overwrite is read only after that lock too. `Drop`
+//! leaks what it cannot prove finished.
 //!
 //! Layout (the one every backend shares): `lib.rs` the builder;
 //! `driver.rs` the [`Driver`] impl (submit, wait, cancel, close, drop, and
@@ -56,6 +71,8 @@ extern "C" {
 pub struct AioBuilder {
     threads: Option<usize>,
     max_in_flight: usize,
+    signal_per_request: bool,
+    spin: std::time::Duration,
 }
 
 impl Default for AioBuilder {
@@ -63,13 +80,16 @@ impl Default for AioBuilder {
         AioBuilder {
             threads: None,
             max_in_flight: 1024,
+            signal_per_request: false,
+            spin: std::time::Duration::from_micros(50),
         }
     }
 }
 
 impl AioBuilder {
     /// glibc's aio worker threads (`aio_init`'s `aio_threads`). This is
-    /// process-wide and takes effect before glibc's pool first starts.
+    /// process-wide and takes effect only for the first driver of the
+    /// process, before glibc's pool first starts (see [`build`](Self::build)).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n.max(1));
         self
@@ -81,6 +101,22 @@ impl AioBuilder {
         self.max_in_flight = n.clamp(1, 0xff_ffff);
         self
     }
+    /// Sends every request's completion as a signal, also while the driver
+    /// could find it by polling (see the crate's notification notes). Off by
+    /// default; for tests and measurements.
+    pub fn signal_per_request(mut self, on: bool) -> Self {
+        self.signal_per_request = on;
+        self
+    }
+    /// How long a wait polls the requests with glibc for a completion
+    /// before it blocks (default 50 µs; zero blocks at once). Between polls
+    /// it yields the core (`sched_yield`) and, when the delegate has ops of
+    /// its own, asks it for completions without blocking. Polling costs
+    /// CPU; blocking costs a signal and a wake-up per blocking wait.
+    pub fn spin(mut self, d: std::time::Duration) -> Self {
+        self.spin = d;
+        self
+    }
     /// Builds the driver over the epoll shim.
     pub fn build_with_epoll(self) -> io::Result<AioDriver> {
         let shim = ringport_shim::ShimDriver::new(ringport_shim::PollerKind::Epoll)?;
@@ -89,10 +125,19 @@ impl AioBuilder {
 
     /// Builds the driver; `delegate` performs what aio cannot (normally the
     /// epoll shim; any driver works).
+    ///
+    /// The first driver built in a process sizes glibc's aio pool with
+    /// `aio_init`: `aio_num` (request elements) from its `max_in_flight`,
+    /// `aio_threads` from [`threads`](Self::threads) (default: the same
+    /// bound, at most 64). That pool is process-wide: later drivers, and any
+    /// other aio user in the process, share it, and glibc ignores the sizes
+    /// if aio was used before.
     pub fn build(self, delegate: Box<dyn Driver>) -> io::Result<AioDriver> {
-        if let Some(t) = self.threads {
+        static SIZED: std::sync::Once = std::sync::Once::new();
+        SIZED.call_once(|| {
+            let threads = self.threads.unwrap_or(self.max_in_flight.min(64));
             let init = AioInit {
-                aio_threads: t as libc::c_int,
+                aio_threads: threads.min(libc::c_int::MAX as usize) as libc::c_int,
                 aio_num: (self.max_in_flight as libc::c_int).max(32),
                 aio_locks: 0,
                 aio_usedba: 0,
@@ -103,7 +148,12 @@ impl AioBuilder {
             };
             // SAFETY: passes a fully initialised aioinit; glibc copies it.
             unsafe { aio_init(&init) };
-        }
-        AioDriver::with(self.max_in_flight, delegate)
+        });
+        AioDriver::with(
+            self.max_in_flight,
+            self.signal_per_request,
+            self.spin,
+            delegate,
+        )
     }
 }

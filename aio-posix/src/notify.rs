@@ -1,9 +1,14 @@
 //! How a finished aio request tells its driver: the one seam to replace for
 //! another notification scheme (FreeBSD's `SIGEV_KEVENT`, say).
 //!
-//! Scheme: every request is submitted with `SIGEV_SIGNAL` and a real-time
-//! signal whose value packs (driver index, slot, generation). The signal
-//! handler — which may run on any thread — touches only static memory: it
+//! Scheme: a request that is armed (every request with
+//! `AioBuilder::signal_per_request`, otherwise only those a blocking wait
+//! armed; see `driver.rs`) has `SIGEV_SIGNAL` and a real-time signal whose
+//! value packs (driver index, slot, generation). The signal handler — which
+//! may run on any thread — counts only glibc's notifications (`si_code ==
+//! SI_ASYNCIO`; a stray `kill` or `sigqueue` is ignored), keeps the `errno`
+//! of the code it interrupted, reads the value with libc's accessor, and
+//! touches only static memory: it
 //! pushes that value on its driver's lock-free queue and writes the driver's
 //! eventfd. It never dereferences a pointer, so a late signal for a request
 //! the driver already reclaimed (by a sweep) is harmless: its generation no
@@ -16,13 +21,18 @@
 //! marks itself active before it loads the fd, and the closer takes the fd
 //! out of the queue, waits until no handler is active, then closes it.
 //!
+//! The handler is installed when the first driver is built, and checked
+//! again for every later one: if the application has a handler of its own
+//! for the signal, building the driver fails with an error naming the signal
+//! (the application's handler stays).
+//!
 //! This module must never allocate, lock or call anything but `write(2)` and
 //! atomics inside the handler.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 /// How many aio drivers may live at once in one process.
 pub(crate) const MAX_DRIVERS: usize = 64;
@@ -61,7 +71,6 @@ const EMPTY_QUEUE: Queue = Queue {
 static QUEUES: [Queue; MAX_DRIVERS] = [EMPTY_QUEUE; MAX_DRIVERS];
 /// Which driver indexes are taken.
 static TAKEN: Mutex<[bool; MAX_DRIVERS]> = Mutex::new([false; MAX_DRIVERS]);
-static INSTALL: Once = Once::new();
 
 /// The signal number aio requests are sent with.
 pub(crate) fn signal() -> i32 {
@@ -79,20 +88,36 @@ pub(crate) fn unpack(v: u64) -> (usize, u32) {
 }
 
 extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    if info.is_null() {
-        return;
+    // The handler may interrupt any code on any thread: whatever it does
+    // must leave that code's errno as it was.
+    // SAFETY: __errno_location is the calling thread's errno; reading and
+    // writing it is async-signal-safe.
+    let saved = unsafe { *libc::__errno_location() };
+    if !info.is_null() {
+        // SAFETY: the kernel passes a valid siginfo for a SA_SIGINFO handler.
+        let info = unsafe { &*info };
+        if info.si_code == libc::SI_ASYNCIO {
+            // SAFETY: for SI_ASYNCIO (glibc's aio notification) the siginfo
+            // carries the request's sigval; libc's accessor reads it.
+            let value = unsafe { info.si_value() }.sival_ptr as usize as u64;
+            push(value);
+        }
+        // Anything else (a stray `kill`, `sigqueue` from some process, a
+        // timer) is not ours and is ignored.
     }
-    // SAFETY: for a queued real-time signal the kernel's siginfo carries the
-    // sigval at byte offset 24 on 64-bit Linux (si_signo, si_errno, si_code,
-    // padding, then _rt { si_pid, si_uid, si_sigval }).
-    let value = unsafe { *((info as *const u8).add(24) as *const u64) };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+/// Queues a signalled value on its driver's queue and wakes the driver.
+fn push(value: u64) {
     let index = (value >> 56) as usize;
-    if index >= MAX_DRIVERS {
+    // Value 0 marks an empty queue slot and generation 0 is never issued:
+    // such a value is not a request's.
+    if index >= MAX_DRIVERS || value as u32 == 0 {
         return;
     }
     let q = &QUEUES[index];
-    // Value 0 marks an empty queue slot; a packed value is never 0 because
-    // generations start at 1.
     let at = q.tail.fetch_add(1, Ordering::AcqRel) % QUEUE;
     if q.slots[at]
         .compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire)
@@ -114,6 +139,44 @@ extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::
     q.writers.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Installs the handler for the driver's signal, unless the application
+/// has one of its own there: that is refused (never silently replaced).
+fn install() -> io::Result<()> {
+    let sig = signal();
+    // SAFETY: reads the current disposition into a zeroed struct.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ours = on_signal as *const () as usize;
+    if old.sa_sigaction == ours {
+        return Ok(());
+    }
+    if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "the aio backend needs signal SIGRTMIN+{SIGNAL_OFFSET} (signal {sig}) for its \
+                 completions, but the application already handles it; the backend will \
+                 not replace that handler"
+            ),
+        ));
+    }
+    // SAFETY: installs a SA_SIGINFO handler that is async-signal-safe (see
+    // on_signal); the sigaction struct is fully initialised.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ours;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// One driver's end of the notification scheme.
 pub(crate) struct Notifier {
     index: usize,
@@ -124,24 +187,8 @@ pub(crate) struct Notifier {
 impl Notifier {
     /// Takes a free driver index and installs the handler once per process.
     pub(crate) fn new() -> io::Result<Notifier> {
-        let mut err = None;
-        INSTALL.call_once(|| {
-            // SAFETY: installs a SA_SIGINFO handler that is async-signal-safe
-            // (see on_signal); the sigaction struct is fully initialised.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as *const () as usize;
-                sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-                libc::sigemptyset(&mut sa.sa_mask);
-                if libc::sigaction(signal(), &sa, std::ptr::null_mut()) != 0 {
-                    err = Some(io::Error::last_os_error());
-                }
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
         let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        install()?;
         let index = taken.iter().position(|t| !*t).ok_or_else(|| {
             io::Error::other(format!(
                 "too many aio drivers at once (the limit is {MAX_DRIVERS} per process)"
@@ -240,5 +287,95 @@ impl Drop for Notifier {
         }
         let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
         taken[self.index] = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A siginfo as the kernel builds it for `code` and `value` (built
+    /// through glibc's layout, checked with libc's accessors).
+    fn siginfo(code: i32, value: u64) -> libc::siginfo_t {
+        #[repr(C)]
+        struct Raw {
+            signo: i32,
+            errno: i32,
+            code: i32,
+            pad: i32,
+            pid: i32,
+            uid: u32,
+            value: u64,
+            rest: [u64; 12],
+        }
+        const _: () = assert!(std::mem::size_of::<Raw>() == std::mem::size_of::<libc::siginfo_t>());
+        let raw = Raw {
+            signo: signal(),
+            errno: 0,
+            code,
+            pad: 0,
+            pid: 0,
+            uid: 0,
+            value,
+            rest: [0; 12],
+        };
+        // SAFETY: same size, and every bit pattern is a valid siginfo_t.
+        let info: libc::siginfo_t = unsafe { std::mem::transmute(raw) };
+        assert_eq!(info.si_code, code);
+        // SAFETY: reads the union the way the handler does.
+        assert_eq!(unsafe { info.si_value() }.sival_ptr as usize as u64, value);
+        info
+    }
+
+    fn errno() -> i32 {
+        // SAFETY: this thread's errno.
+        unsafe { *libc::__errno_location() }
+    }
+
+    fn set_errno(v: i32) {
+        // SAFETY: this thread's errno.
+        unsafe { *libc::__errno_location() = v };
+    }
+
+    /// The handler leaves the interrupted code's errno as it was, also when
+    /// its own write fails (here: the queue's eventfd is a closed number).
+    #[test]
+    fn handler_keeps_errno() {
+        let index = MAX_DRIVERS - 1;
+        let q = &QUEUES[index];
+        q.efd.store(i32::MAX, Ordering::SeqCst);
+        let mut info = siginfo(libc::SI_ASYNCIO, pack(index, 3, 7));
+        set_errno(4242);
+        on_signal(signal(), &mut info, std::ptr::null_mut());
+        let after = errno();
+        q.efd.store(-1, Ordering::SeqCst);
+        let mut got = Vec::new();
+        let mut n = Notifier { index, head: 0 };
+        let overflow = n.drain(&mut got);
+        std::mem::forget(n);
+        assert_eq!(after, 4242, "the handler changed errno");
+        assert!(!overflow);
+        assert_eq!(got, vec![(3, 7)], "the aio signal was queued");
+    }
+
+    /// Only glibc's aio notifications count: a signal of the same number
+    /// from `kill` or `sigqueue`, or one whose value no request carries,
+    /// queues nothing.
+    #[test]
+    fn handler_ignores_signals_not_from_aio() {
+        let index = MAX_DRIVERS - 2;
+        let q = &QUEUES[index];
+        let tail = q.tail.load(Ordering::SeqCst);
+        for (code, value) in [
+            (libc::SI_USER, pack(index, 1, 1)),
+            (libc::SI_QUEUE, pack(index, 1, 1)),
+            (libc::SI_ASYNCIO, pack(index, 1, 0)),
+            (libc::SI_ASYNCIO, 0),
+        ] {
+            let mut info = siginfo(code, value);
+            on_signal(signal(), &mut info, std::ptr::null_mut());
+        }
+        assert_eq!(q.tail.load(Ordering::SeqCst), tail, "a slot was taken");
+        assert!(q.slots.iter().all(|s| s.load(Ordering::SeqCst) == 0));
     }
 }

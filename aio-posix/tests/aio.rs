@@ -103,6 +103,7 @@ fn ten_thousand_requests_in_flight() {
     let (p, f) = temp(&data, "10k");
     let mut d = AioDriver::builder()
         .max_in_flight(N)
+        .signal_per_request(true)
         .build(delegate())
         .unwrap();
     let fd = f.as_raw_fd();
@@ -210,6 +211,7 @@ fn sigpending_child() {
     let (p, f) = temp(&data, "pressure");
     let mut d = AioDriver::builder()
         .max_in_flight(N)
+        .signal_per_request(true)
         .build(delegate())
         .unwrap();
     let fd = f.as_raw_fd();

@@ -156,6 +156,8 @@ macro_rules! conformance {
         $crate::child!($t, a5_child);
         $crate::case!($t, a6_runtime_drop_with_a_blocked_file_read_closes_the_fd);
         $crate::child!($t, a6_child);
+        $crate::case!($t, a7_wake_runs_its_task_while_a_file_read_is_stuck);
+        $crate::child!($t, a7_child);
         $crate::case!($t, st6_write_deadline_reports_bytes_out);
         $crate::case!($t, l9_op_future_dropped_on_another_thread_is_cancelled);
         // Pooled reads

@@ -27,6 +27,20 @@ pub(crate) struct AioReq {
     pub(crate) cancel_requested: bool,
     pub(crate) deadline: Option<Instant>,
     pub(crate) timed_out: bool,
+    /// Whether glibc may send this request's completion as a signal: set
+    /// at submit in signal-per-request mode, or once the driver armed the
+    /// request before it blocked (and never cleared). Only such a request
+    /// can lose its notification, and have its result overwritten with
+    /// -1/`EAGAIN` by glibc's notify step.
+    pub(crate) signals: bool,
+    /// Whether its `sigev_notify` says `SIGEV_SIGNAL` right now.
+    pub(crate) armed: bool,
+    /// When it went to glibc (the driver's count): glibc performs the
+    /// requests on one fd one at a time, in this order.
+    pub(crate) seq: u64,
+    /// Where the request sits in the driver's list of requests with glibc
+    /// (meaningful while `state` is `InFlight`).
+    pub(crate) pos: usize,
 }
 
 /// The status a request shows until glibc queues it: glibc sets its status

@@ -495,3 +495,101 @@ pub fn a6_child(b: Target) {
     assert!(took < Duration::from_secs(5), "the drop took {took:?}");
     assert_eq!(fd_target(fd), None, "fd {fd} is still open after the drop");
 }
+
+/// A future that ends once `flag` is set, from any thread, through the
+/// waker it left there.
+struct Flag {
+    state: std::sync::Mutex<(bool, Option<std::task::Waker>)>,
+}
+
+impl Flag {
+    fn set(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.0 = true;
+        if let Some(w) = st.1.take() {
+            w.wake();
+        }
+    }
+}
+
+struct FlagWait(std::sync::Arc<Flag>);
+
+impl std::future::Future for FlagWait {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut st = self.0.state.lock().unwrap();
+        if st.0 {
+            return std::task::Poll::Ready(());
+        }
+        st.1 = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+/// While a file read is stuck (a read of a quiet `/proc/kmsg`), a task
+/// woken from another thread runs within 50 ms of its wake: a wait that
+/// has requests out still ends on a wake, not only at a timeout. (In a
+/// child process: the stuck read outlives the runtime.)
+pub fn a7_wake_runs_its_task_while_a_file_read_is_stuck(b: Target) {
+    in_child(b, "a7_child", "RINGPORT_A7_CHILD");
+}
+
+pub fn a7_child(b: Target) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    if std::env::var("RINGPORT_A7_CHILD").is_err() {
+        return;
+    }
+    let Some(k) = blocking_file() else {
+        return;
+    };
+    // A lost wake would leave the task waiting forever: fail instead.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(10));
+        eprintln!("the woken task did not run within 10 s");
+        std::process::exit(1);
+    });
+    let rt = crate::harness::rt(b);
+    let read_ended = Arc::new(AtomicBool::new(false));
+    let ended = read_ended.clone();
+    let late = rt.block_on(async move {
+        let file = ringport::File::from_std(k);
+        ringport::spawn(async move {
+            let _ = file.read_at(Vec::with_capacity(256), 0).await;
+            ended.store(true, Ordering::SeqCst);
+        });
+        ringport::sleep(Duration::from_millis(100))
+            .await
+            .expect("sleep");
+        if read_ended.load(Ordering::SeqCst) {
+            return None;
+        }
+        let flag = Arc::new(Flag {
+            state: Mutex::new((false, None)),
+        });
+        let sent = Arc::new(Mutex::new(None::<Instant>));
+        let (f2, s2) = (flag.clone(), sent.clone());
+        let th = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            *s2.lock().unwrap() = Some(Instant::now());
+            f2.set();
+        });
+        FlagWait(flag).await;
+        let ran = Instant::now();
+        th.join().unwrap();
+        let sent = sent.lock().unwrap().expect("the wake was sent");
+        Some(ran - sent)
+    });
+    let Some(late) = late else {
+        eprintln!("SKIPPED: the kernel log was not quiet (the read of /proc/kmsg ended)");
+        return;
+    };
+    assert!(
+        late < Duration::from_millis(50),
+        "the woken task ran {late:?} after its wake"
+    );
+    drop(rt);
+}
