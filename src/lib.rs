@@ -44,9 +44,9 @@ pub use ringport_core::op::{
 };
 pub use ringport_core::port::{GetError, PortEntry};
 pub use ringport_core::runtime::{
-    pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinHandle,
-    OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener,
-    UnixStream,
+    pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinError,
+    JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,
+    UnhandledPanic, UnixListener, UnixStream,
 };
 
 #[cfg(feature = "hyper")]
@@ -116,6 +116,12 @@ impl Runtime {
         self.inner.block_on(future)
     }
 
+    /// Like [`Runtime::block_on`], but a failing driver, or a task panic
+    /// under [`UnhandledPanic::ShutdownRuntime`], is an error.
+    pub fn try_block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
+        self.inner.try_block_on(future)
+    }
+
     /// Starts a local task.
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
@@ -128,6 +134,11 @@ impl Runtime {
     /// The backend's capabilities.
     pub fn capabilities(&self) -> &Capabilities {
         self.inner.capabilities()
+    }
+
+    /// Sets what a task panic does (see [`UnhandledPanic`]).
+    pub fn set_unhandled_panic(&self, policy: UnhandledPanic) {
+        self.inner.set_unhandled_panic(policy)
     }
 }
 

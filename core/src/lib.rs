@@ -22,4 +22,4 @@ pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError, Support, Wake};
 pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
 pub use port::{CompletionPort, GetError, PortEntry};
-pub use runtime::{spawn, yield_now, JoinHandle, Runtime};
+pub use runtime::{spawn, yield_now, JoinError, JoinHandle, Runtime, UnhandledPanic};

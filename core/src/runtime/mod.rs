@@ -18,6 +18,7 @@
 mod fs;
 pub(crate) mod net;
 mod op;
+mod task;
 mod time;
 
 pub use fs::{File, OpenOptions};
@@ -25,6 +26,8 @@ pub use net::{
     pipe, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream,
 };
 pub use op::{submit, OpFuture};
+pub use task::{JoinError, JoinHandle};
+
 pub use time::{sleep, sleep_until, timeout, Elapsed};
 
 use crate::driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError};
@@ -41,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
+use task::{TaskExit, TaskFuture};
 
 /// Task id of the future given to `block_on`.
 const MAIN: usize = usize::MAX;
@@ -237,8 +241,22 @@ impl TaskWake {
 }
 
 struct Task {
-    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    future: Option<Pin<Box<dyn Future<Output = TaskExit>>>>,
     wake: Arc<TaskWake>,
+}
+
+/// What the runtime does when a spawned task panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnhandledPanic {
+    /// The panic is caught, the task's [`JoinHandle`] resolves to a
+    /// [`JoinError`] carrying it, and the runtime and its other tasks go on.
+    #[default]
+    Ignore,
+    /// The panic is caught and reported through the handle as with
+    /// `Ignore`, and then the runtime shuts down: the running `block_on`
+    /// ends (`try_block_on` with an error naming the panic, `block_on` by
+    /// panicking with it).
+    ShutdownRuntime,
 }
 
 /// The runtime's state, shared (on its thread) by every future it runs.
@@ -251,6 +269,9 @@ pub(crate) struct Core {
     remote: Arc<Remote>,
     main_wake: Arc<TaskWake>,
     completions: RefCell<Vec<Completion>>,
+    on_panic: Cell<UnhandledPanic>,
+    /// The message of a task panic that shuts the runtime down.
+    fatal_panic: RefCell<Option<String>>,
 }
 
 thread_local! {
@@ -422,8 +443,15 @@ impl Core {
         let waker = wake.borrowed_waker();
         let mut cx = Context::from_waker(&waker);
         match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(()) => {
-                self.tasks.borrow_mut().remove(id);
+            Poll::Ready(exit) => {
+                let task = self.tasks.borrow_mut().remove(id);
+                drop(fut);
+                drop(task);
+                if let TaskExit::Panicked(msg) = exit {
+                    if self.on_panic.get() == UnhandledPanic::ShutdownRuntime {
+                        self.fatal_panic.borrow_mut().get_or_insert(msg);
+                    }
+                }
             }
             Poll::Pending => {
                 if let Some(task) = self.tasks.borrow_mut().get_mut(id) {
@@ -536,6 +564,8 @@ impl Runtime {
                 remote,
                 main_wake,
                 completions: RefCell::new(Vec::with_capacity(256)),
+                on_panic: Cell::new(UnhandledPanic::Ignore),
+                fatal_panic: RefCell::new(None),
             }),
             main_running: Cell::new(false),
         }
@@ -552,18 +582,28 @@ impl Runtime {
     }
 
     /// Runs `future` to completion on this thread, running spawned tasks and
-    /// I/O meanwhile. Fails only if the driver's wait fails.
+    /// I/O meanwhile. A spawned task that panics is caught (its
+    /// [`JoinHandle`] reports it) unless the runtime is set to shut down on
+    /// task panics.
     ///
     /// # Panics
     ///
-    /// If called from inside another `block_on` on this thread.
+    /// If called from inside another `block_on` on this thread, if the
+    /// driver's wait fails, or (under [`UnhandledPanic::ShutdownRuntime`])
+    /// if a task panicked.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.try_block_on(future)
-            .unwrap_or_else(|e| panic!("ringport runtime: the driver failed: {e}"))
+            .unwrap_or_else(|e| panic!("ringport runtime: {e}"))
     }
 
-    /// Like [`Runtime::block_on`], but a failing driver is returned as an
-    /// error instead of a panic.
+    /// Sets what a task panic does (by default, [`UnhandledPanic::Ignore`]).
+    pub fn set_unhandled_panic(&self, policy: UnhandledPanic) {
+        self.core.on_panic.set(policy);
+    }
+
+    /// Like [`Runtime::block_on`], but a failing driver (or a task panic
+    /// under [`UnhandledPanic::ShutdownRuntime`]) is returned as an error
+    /// instead of a panic.
     pub fn try_block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
         assert!(
             !self.main_running.replace(true),
@@ -588,6 +628,11 @@ impl Runtime {
                     Some(id) => core.poll_task(id),
                     None => break,
                 }
+            }
+            if let Some(msg) = core.fatal_panic.borrow_mut().take() {
+                return Err(io::Error::other(format!(
+                    "a task panicked and the runtime shuts down on task panics: {msg}"
+                )));
             }
             core.drain_remote();
             let idle = core.run_queue.borrow().is_empty()
@@ -680,24 +725,6 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    let state = Rc::new(RefCell::new(JoinState {
-        output: None,
-        waker: None,
-        finished: false,
-    }));
-    let st = state.clone();
-    let wrapped = async move {
-        let out = future.await;
-        let waker = {
-            let mut s = st.borrow_mut();
-            s.output = Some(out);
-            s.finished = true;
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    };
     let mut tasks = core.tasks.borrow_mut();
     let entry = tasks.vacant_entry();
     let id = entry.key();
@@ -706,12 +733,13 @@ where
         queued: AtomicBool::new(true),
         remote: core.remote.clone(),
     });
+    let shared = task::Shared::new(Some(wake.clone().waker()));
     entry.insert(Task {
-        future: Some(Box::pin(wrapped)),
+        future: Some(Box::pin(TaskFuture::new(future, shared.clone()))),
         wake,
     });
     core.run_queue.borrow_mut().push_back(id);
-    JoinHandle { state }
+    JoinHandle::new(shared)
 }
 
 /// Starts `future` as a task on the runtime running on this thread.
@@ -726,38 +754,6 @@ where
 {
     let core = current().expect("ringport::spawn called outside a running runtime");
     spawn_on(&core, future)
-}
-
-struct JoinState<T> {
-    output: Option<T>,
-    waker: Option<Waker>,
-    finished: bool,
-}
-
-/// Awaits a spawned task's output. Dropping it detaches the task.
-pub struct JoinHandle<T> {
-    state: Rc<RefCell<JoinState<T>>>,
-}
-
-impl<T> JoinHandle<T> {
-    /// Whether the task has finished.
-    pub fn is_finished(&self) -> bool {
-        self.state.borrow().finished
-    }
-}
-
-impl<T> Future for JoinHandle<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut s = self.state.borrow_mut();
-        match s.output.take() {
-            Some(v) => Poll::Ready(v),
-            None => {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
 }
 
 /// Yields once to the other tasks.

