@@ -44,9 +44,9 @@ pub use ringport_core::op::{
 };
 pub use ringport_core::port::{GetError, PortEntry};
 pub use ringport_core::runtime::{
-    pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinError,
-    JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,
-    UnhandledPanic, UnixListener, UnixStream,
+    pipe, sleep, sleep_until, spawn, spawn_blocking, submit, timeout, yield_now, Elapsed, File,
+    JoinError, JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,
+    UnhandledPanic, UnixListener, UnixStream, DEFAULT_MAX_BLOCKING_THREADS,
 };
 
 #[cfg(feature = "hyper")]
@@ -120,6 +120,15 @@ impl Runtime {
     /// under [`UnhandledPanic::ShutdownRuntime`], is an error.
     pub fn try_block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
         self.inner.try_block_on(future)
+    }
+
+    /// Runs `f` on the runtime's blocking pool (see [`spawn_blocking`]).
+    pub fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.spawn_blocking(f)
     }
 
     /// Starts a local task.

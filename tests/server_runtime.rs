@@ -149,6 +149,55 @@ fn panic_can_shut_the_runtime_down(b: Backend) {
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
 
+fn spawn_blocking_results_arrive(b: Backend) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let l = TcpListener::bind(loopback()).unwrap();
+        let addr = l.local_addr().unwrap();
+        ringport::spawn(echo_server(l));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let jobs: Vec<_> = (0..200u64)
+            .map(|i| {
+                let (running, most) = (running.clone(), most.clone());
+                ringport::spawn_blocking(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    (i * 3, std::thread::current().name().map(String::from))
+                })
+            })
+            .collect();
+        // The runtime's thread stays free meanwhile: an echo goes through.
+        let c = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echo_once(&c, b"while blocking").await, b"while blocking");
+        let mut sum = 0;
+        for (i, h) in jobs.into_iter().enumerate() {
+            let (v, name) = h.await.unwrap();
+            assert_eq!(v, i as u64 * 3);
+            assert_eq!(name.as_deref(), Some("ringport-blocking"));
+            sum += v;
+        }
+        assert_eq!(sum, 3 * 199 * 200 / 2);
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (2..=ringport::DEFAULT_MAX_BLOCKING_THREADS).contains(&most),
+            "jobs ran {most} at a time; the pool is bounded by {}",
+            ringport::DEFAULT_MAX_BLOCKING_THREADS
+        );
+        // 200 jobs of 10 ms on one thread would take 2 s.
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        let err = ringport::spawn_blocking(|| -> u32 { panic!("blocking boom") })
+            .await
+            .expect_err("a panicking job is an error");
+        assert!(err.is_panic() && err.to_string().contains("blocking boom"));
+    });
+}
+
 macro_rules! backend_cases {
     ($m:ident, $b:expr, [$($case:ident),* $(,)?]) => {
         mod $m {
@@ -179,4 +228,5 @@ on_every_backend!(
     panicking_task_leaves_echo_running,
     abort_cancels_a_task,
     panic_can_shut_the_runtime_down,
+    spawn_blocking_results_arrive,
 );

@@ -15,12 +15,14 @@
 //! or should use a per-op deadline (`*_deadline` methods), which returns the
 //! buffer and the real result instead.
 
+mod blocking;
 mod fs;
 pub(crate) mod net;
 mod op;
 mod task;
 mod time;
 
+pub use blocking::{spawn_blocking, DEFAULT_MAX_BLOCKING_THREADS};
 pub use fs::{File, OpenOptions};
 pub use net::{
     pipe, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream,
@@ -272,6 +274,7 @@ pub(crate) struct Core {
     on_panic: Cell<UnhandledPanic>,
     /// The message of a task panic that shuts the runtime down.
     fatal_panic: RefCell<Option<String>>,
+    blocking: Arc<blocking::BlockingPool>,
 }
 
 thread_local! {
@@ -566,6 +569,7 @@ impl Runtime {
                 completions: RefCell::new(Vec::with_capacity(256)),
                 on_panic: Cell::new(UnhandledPanic::Ignore),
                 fatal_panic: RefCell::new(None),
+                blocking: blocking::BlockingPool::new(DEFAULT_MAX_BLOCKING_THREADS),
             }),
             main_running: Cell::new(false),
         }
@@ -640,6 +644,15 @@ impl Runtime {
             core.turn_driver(idle)?;
             core.drain_remote();
         }
+    }
+
+    /// Runs `f` on this runtime's blocking pool (see [`spawn_blocking`]).
+    pub fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.core.blocking.spawn(f)
     }
 
     /// Starts `future` as a task on this runtime. It runs while `block_on`
