@@ -43,6 +43,7 @@ pub use ringport_core::op::{
     self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,
 };
 pub use ringport_core::port::{GetError, PortEntry};
+pub use ringport_core::runtime::signal;
 pub use ringport_core::runtime::{
     pipe, sleep, sleep_until, spawn, spawn_blocking, submit, timeout, yield_now, Elapsed, File,
     JoinError, JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,

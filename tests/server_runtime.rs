@@ -198,12 +198,135 @@ fn spawn_blocking_results_arrive(b: Backend) {
     });
 }
 
+/// The env var that makes the signal case's child run its listening side.
+const SIGNAL_CHILD: &str = "RINGPORT_SERVER_RUNTIME_SIGNAL_CHILD";
+
+/// The listening side, in a child process: two runtimes (this thread and
+/// another) listen for SIGUSR1, then Ctrl-C, then SIGTERM, and say so on
+/// stdout line by line.
+fn signal_child(b: Backend) {
+    use ringport::signal::{self, SignalKind};
+    use std::io::Write;
+    let say = |s: &str| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "signal-child: {s}").unwrap();
+        out.flush().unwrap();
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = std::thread::spawn(move || {
+        let rt = Runtime::with_backend(b).unwrap();
+        rt.block_on(async {
+            let mut usr1 = signal::signal(SignalKind::user_defined1()).unwrap();
+            tx.send(()).unwrap();
+            usr1.recv().await.unwrap();
+        });
+    });
+    rx.recv().unwrap();
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let mut usr1 = signal::signal(SignalKind::user_defined1()).unwrap();
+        let mut usr1b = signal::signal(SignalKind::user_defined1()).unwrap();
+        let mut term = signal::signal(SignalKind::terminate()).unwrap();
+        // The backends' own signals are refused, by name.
+        let rt5 = SignalKind::from_raw(libc::SIGRTMIN() + 5);
+        let e = signal::signal(rt5).unwrap_err();
+        assert!(e.to_string().contains("sigio"), "{e}");
+        assert!(signal::signal(SignalKind::from_raw(libc::SIGKILL)).is_err());
+        say("ready");
+        usr1.recv().await.unwrap();
+        usr1b.recv().await.unwrap();
+        other.join().unwrap();
+        say("usr1 x3");
+        let int = ringport::spawn(signal::ctrl_c());
+        ringport::yield_now().await; // the listener is registered
+        say("ready for int");
+        int.await.unwrap().unwrap();
+        say("int");
+        term.recv().await.unwrap();
+        say("term");
+    });
+}
+
+fn signals_arrive_as_stream_items(b: Backend) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let me = std::env::current_exe().unwrap();
+    let name = format!("{}::signals_arrive_as_stream_items", b.name());
+    let mut child = Command::new(me)
+        .args([&name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SIGNAL_CHILD, b.name())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let watchdog = Watchdog::new(pid, Duration::from_secs(30));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut expect = |want: &str| loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{b}: the child ended before {want:?}"))
+            .unwrap();
+        // (libtest may print "test NAME ... " on the same line first.)
+        if let Some(at) = line.find("signal-child: ") {
+            assert_eq!(&line[at + 14..], want, "{b}");
+            return;
+        }
+    };
+    let kill = |sig| {
+        // SAFETY: plain kill(2) to our own child.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    };
+    expect("ready");
+    kill(libc::SIGUSR1);
+    expect("usr1 x3");
+    expect("ready for int");
+    kill(libc::SIGINT);
+    expect("int");
+    kill(libc::SIGTERM);
+    expect("term");
+    let status = child.wait().unwrap();
+    drop(watchdog);
+    assert!(status.success(), "{b}: the child exited with {status}");
+}
+
+/// Kills process `pid` with SIGKILL if it is still there after `limit`
+/// (so that a stuck child fails the test instead of hanging it).
+struct Watchdog {
+    stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn new(pid: libc::pid_t, limit: Duration) -> Watchdog {
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(limit).is_err() {
+                eprintln!("watchdog: killing {pid} after {limit:?}");
+                // SAFETY: plain kill(2) of a child we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        Watchdog { stop }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+    }
+}
+
 macro_rules! backend_cases {
     ($m:ident, $b:expr, [$($case:ident),* $(,)?]) => {
         mod $m {
             $(
                 #[test]
                 fn $case() {
+                    if let Ok(b) = std::env::var(super::SIGNAL_CHILD) {
+                        if b == ringport::Backend::name($b) {
+                            super::signal_child($b);
+                        }
+                        return;
+                    }
                     if super::available($b, stringify!($case)) {
                         super::$case($b);
                     }
@@ -229,4 +352,5 @@ on_every_backend!(
     abort_cancels_a_task,
     panic_can_shut_the_runtime_down,
     spawn_blocking_results_arrive,
+    signals_arrive_as_stream_items,
 );

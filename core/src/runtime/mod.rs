@@ -19,6 +19,7 @@ mod blocking;
 mod fs;
 pub(crate) mod net;
 mod op;
+pub mod signal;
 mod task;
 mod time;
 
