@@ -43,12 +43,12 @@ pub use ringport_core::op::{
     self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,
 };
 pub use ringport_core::port::{GetError, PortEntry};
-pub use ringport_core::runtime::signal;
 pub use ringport_core::runtime::{
     pipe, sleep, sleep_until, spawn, spawn_blocking, submit, timeout, yield_now, Elapsed, File,
     JoinError, JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,
     UnhandledPanic, UnixListener, UnixStream, DEFAULT_MAX_BLOCKING_THREADS,
 };
+pub use ringport_core::runtime::{shutdown_token, signal, ShutdownToken, Triggered};
 
 #[cfg(feature = "hyper")]
 pub use ringport_core::compat::hyper::{LocalExec, RingportTimer};
@@ -121,6 +121,18 @@ impl Runtime {
     /// under [`UnhandledPanic::ShutdownRuntime`], is an error.
     pub fn try_block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
         self.inner.try_block_on(future)
+    }
+
+    /// The runtime's shutdown token (see [`ShutdownToken`]).
+    pub fn shutdown_token(&self) -> ShutdownToken {
+        self.inner.shutdown_token()
+    }
+
+    /// Triggers the shutdown token, runs the tasks until they end or
+    /// `timeout` passes, drops what is left; returns how many were dropped
+    /// (see [`ringport_core::Runtime::shutdown_timeout`]).
+    pub fn shutdown_timeout(self, timeout: std::time::Duration) -> io::Result<usize> {
+        self.inner.shutdown_timeout(timeout)
     }
 
     /// Runs `f` on the runtime's blocking pool (see [`spawn_blocking`]).

@@ -315,6 +315,323 @@ impl Drop for Watchdog {
     }
 }
 
+/// An example binary built next to this test (built with cargo if missing).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
+}
+
+/// A running example: its address, killed if still there when dropped.
+struct Server {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(name: &str, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(example(name))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start example");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{name} did not say where it listens: {line:?}"));
+        Server { child, addr }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our child.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
+    }
+
+    /// Waits for the exit, at most `limit`; its status and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, t0.elapsed());
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "the server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DRAIN: Duration = Duration::from_secs(5);
+const CLIENTS: usize = 200;
+
+/// Runs `CLIENTS` client threads against `addr`: each does `before`, all
+/// wait while the test sends `sig` to the server (and checks that it no
+/// longer accepts), then each does `after`. Returns each client's error.
+fn clients_across_signal(
+    server: &mut Server,
+    sig: i32,
+    before: fn(usize, &mut std::net::TcpStream) -> Result<(), String>,
+    after: fn(usize, &mut std::net::TcpStream) -> Result<(), String>,
+) -> (Vec<String>, std::process::ExitStatus, Duration) {
+    use std::sync::{Arc, Barrier};
+    let addr = server.addr;
+    let started = Arc::new(Barrier::new(CLIENTS + 1));
+    let signalled = Arc::new(Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (started, signalled) = (started.clone(), signalled.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"));
+                let r = match &mut c {
+                    Ok(c) => {
+                        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        before(i, c)
+                    }
+                    Err(e) => Err(e.clone()),
+                };
+                started.wait();
+                signalled.wait();
+                r?;
+                after(i, c.as_mut().unwrap())
+            })
+        })
+        .collect();
+    started.wait();
+    server.signal(sig);
+    // The signal is taken at once: new connections are refused soon.
+    let t0 = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(addr).is_err() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the server still accepts after the signal"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signalled.wait();
+    let errors: Vec<String> = clients
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.join().unwrap().err().map(|e| format!("client {i}: {e}")))
+        .collect();
+    let (status, _) = server.wait_exit(DRAIN + Duration::from_secs(5));
+    (errors, status, t0.elapsed())
+}
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e} ({:?})", e.kind())
+}
+
+const PART: usize = 4096;
+
+/// Client `i`'s message: 4 parts of `PART` bytes, its own pattern.
+fn message(i: usize) -> Vec<u8> {
+    (0..4 * PART)
+        .map(|k| ((k * 31 + i * 7) % 251) as u8)
+        .collect()
+}
+
+/// Sends part `p` of the message and reads its echo back whole.
+fn echo_part(i: usize, p: usize, c: &mut std::net::TcpStream) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let msg = message(i);
+    let part = &msg[p * PART..(p + 1) * PART];
+    c.write_all(part).map_err(io_err("write"))?;
+    let mut back = vec![0u8; PART];
+    c.read_exact(&mut back).map_err(io_err("read the echo"))?;
+    if back != part {
+        return Err(format!("part {p} came back changed"));
+    }
+    Ok(())
+}
+
+fn echo_server_drains_on_sigterm(b: Backend) {
+    let mut server = Server::start(
+        "echo_server",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--backend",
+            b.name(),
+            "--drain-secs",
+            "5",
+        ],
+    );
+    let (errors, status, took) = clients_across_signal(
+        &mut server,
+        libc::SIGTERM,
+        // The message's first part goes (and comes back) before the signal,
+        |i, c| echo_part(i, 0, c),
+        // and the rest after it; then the client closes and sees the
+        // server's end of stream, not a reset.
+        |i, c| {
+            use std::io::Read;
+            for p in 1..4 {
+                echo_part(i, p, c)?;
+            }
+            c.shutdown(std::net::Shutdown::Write)
+                .map_err(io_err("shutdown"))?;
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest).map_err(io_err("read the end"))?;
+            if !rest.is_empty() {
+                return Err(format!("{} bytes after the echo", rest.len()));
+            }
+            Ok(())
+        },
+    );
+    assert!(
+        errors.is_empty(),
+        "{b}: {} clients failed: {errors:?}",
+        errors.len()
+    );
+    assert!(status.success(), "{b}: echo_server exited with {status}");
+    assert!(
+        took < DRAIN,
+        "{b}: exit took {took:?}, more than the drain time"
+    );
+}
+
+/// Reads one HTTP response: (head, body).
+fn read_response(c: &mut std::net::TcpStream) -> Result<(String, Vec<u8>), String> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = c.read(&mut buf).map_err(io_err("read a response"))?;
+        if n == 0 {
+            return Err(format!(
+                "end of stream in a response head ({} bytes)",
+                data.len()
+            ));
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    while data.len() < head_end + len {
+        let n = c.read(&mut buf).map_err(io_err("read a body"))?;
+        if n == 0 {
+            return Err("end of stream in a body".into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    Ok((head, data[head_end..head_end + len].to_vec()))
+}
+
+fn served_file() -> Vec<u8> {
+    (0..4096u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn www(b: Backend) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringport-drain-www-{}-{b}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("4k.bin"), served_file()).unwrap();
+    dir
+}
+
+const GET: &[u8] = b"GET /4k.bin HTTP/1.1\r\nHost: x\r\n\r\n";
+
+fn http_server_drains_on_sigterm(b: Backend) {
+    let root = www(b);
+    let mut server = Server::start(
+        "http_server",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--root",
+            root.to_str().unwrap(),
+            "--backend",
+            b.name(),
+            "--drain-secs",
+            "5",
+        ],
+    );
+    let (errors, status, took) = clients_across_signal(
+        &mut server,
+        libc::SIGTERM,
+        // One whole request; then even clients begin a second one (part of
+        // its head) before the signal, odd ones stay idle.
+        |i, c| {
+            use std::io::Write;
+            c.write_all(GET).map_err(io_err("write"))?;
+            let (head, body) = read_response(c)?;
+            if !head.starts_with("http/1.1 200") || body != served_file() {
+                return Err(format!("bad first response {head:?}"));
+            }
+            if i % 2 == 0 {
+                c.write_all(&GET[..20]).map_err(io_err("write"))?;
+            }
+            Ok(())
+        },
+        // The request begun is answered whole, with Connection: close; then
+        // (and at once for the idle ones) the server closes cleanly.
+        |i, c| {
+            use std::io::{Read, Write};
+            if i % 2 == 0 {
+                c.write_all(&GET[20..]).map_err(io_err("write"))?;
+                let (head, body) = read_response(c)?;
+                if !head.starts_with("http/1.1 200") || body != served_file() {
+                    return Err(format!("bad response in flight {head:?}"));
+                }
+                if !head.contains("connection: close") {
+                    return Err(format!("no Connection: close in {head:?}"));
+                }
+            }
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest).map_err(io_err("read the end"))?;
+            if !rest.is_empty() {
+                return Err(format!("{} bytes after the last response", rest.len()));
+            }
+            Ok(())
+        },
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        errors.is_empty(),
+        "{b}: {} clients failed: {errors:?}",
+        errors.len()
+    );
+    assert!(status.success(), "{b}: http_server exited with {status}");
+    assert!(
+        took < DRAIN,
+        "{b}: exit took {took:?}, more than the drain time"
+    );
+}
+
 macro_rules! backend_cases {
     ($m:ident, $b:expr, [$($case:ident),* $(,)?]) => {
         mod $m {
@@ -353,4 +670,6 @@ on_every_backend!(
     panic_can_shut_the_runtime_down,
     spawn_blocking_results_arrive,
     signals_arrive_as_stream_items,
+    echo_server_drains_on_sigterm,
+    http_server_drains_on_sigterm,
 );

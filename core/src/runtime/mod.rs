@@ -19,6 +19,7 @@ mod blocking;
 mod fs;
 pub(crate) mod net;
 mod op;
+mod shutdown;
 pub mod signal;
 mod task;
 mod time;
@@ -29,6 +30,7 @@ pub use net::{
     pipe, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream,
 };
 pub use op::{submit, OpFuture};
+pub use shutdown::{shutdown_token, ShutdownToken, Triggered};
 pub use task::{JoinError, JoinHandle};
 
 pub use time::{sleep, sleep_until, timeout, Elapsed};
@@ -276,6 +278,9 @@ pub(crate) struct Core {
     /// The message of a task panic that shuts the runtime down.
     fatal_panic: RefCell<Option<String>>,
     blocking: Arc<blocking::BlockingPool>,
+    shutdown: ShutdownToken,
+    /// Woken when the last spawned task ends (for `shutdown_timeout`).
+    no_tasks: RefCell<Option<Waker>>,
 }
 
 thread_local! {
@@ -448,9 +453,18 @@ impl Core {
         let mut cx = Context::from_waker(&waker);
         match fut.as_mut().poll(&mut cx) {
             Poll::Ready(exit) => {
-                let task = self.tasks.borrow_mut().remove(id);
+                let (task, empty) = {
+                    let mut tasks = self.tasks.borrow_mut();
+                    let t = tasks.remove(id);
+                    (t, tasks.is_empty())
+                };
                 drop(fut);
                 drop(task);
+                if empty {
+                    if let Some(w) = self.no_tasks.borrow_mut().take() {
+                        w.wake();
+                    }
+                }
                 if let TaskExit::Panicked(msg) = exit {
                     if self.on_panic.get() == UnhandledPanic::ShutdownRuntime {
                         self.fatal_panic.borrow_mut().get_or_insert(msg);
@@ -571,6 +585,8 @@ impl Runtime {
                 on_panic: Cell::new(UnhandledPanic::Ignore),
                 fatal_panic: RefCell::new(None),
                 blocking: blocking::BlockingPool::new(DEFAULT_MAX_BLOCKING_THREADS),
+                shutdown: ShutdownToken::new(),
+                no_tasks: RefCell::new(None),
             }),
             main_running: Cell::new(false),
         }
@@ -645,6 +661,38 @@ impl Runtime {
             core.turn_driver(idle)?;
             core.drain_remote();
         }
+    }
+
+    /// This runtime's shutdown token (see [`ShutdownToken`]).
+    pub fn shutdown_token(&self) -> ShutdownToken {
+        self.core.shutdown.clone()
+    }
+
+    /// Shuts the runtime down gracefully: triggers its shutdown token, runs
+    /// its tasks until they have all ended or `timeout` has passed, then
+    /// drops what is left (their ops cancelled, their fds closed through
+    /// the driver). Returns how many tasks were still running and dropped.
+    pub fn shutdown_timeout(self, timeout: std::time::Duration) -> io::Result<usize> {
+        self.core.shutdown.trigger();
+        let deadline = Instant::now().checked_add(timeout);
+        let core = self.core.clone();
+        self.try_block_on(async move {
+            let all_ended = std::future::poll_fn(|cx| {
+                if core.tasks.borrow().is_empty() {
+                    Poll::Ready(())
+                } else {
+                    *core.no_tasks.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            match deadline {
+                Some(d) => {
+                    let _ = time::timeout_at(d, all_ended).await;
+                }
+                None => all_ended.await,
+            }
+        })?;
+        Ok(self.core.tasks.borrow().len())
     }
 
     /// Runs `f` on this runtime's blocking pool (see [`spawn_blocking`]).

@@ -401,6 +401,16 @@ impl TcpListener {
         ))
     }
 
+    /// Waits for a connection, or for `token` to be triggered (`Ok(None)`:
+    /// stop accepting). The accept in flight is cancelled then; a
+    /// connection it had already taken is closed through the driver.
+    pub async fn accept_until(
+        &self,
+        token: &super::ShutdownToken,
+    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        token.run_until(self.accept()).await.transpose()
+    }
+
     /// The bound address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         ip_of(sock_name(self.fd.raw(), false)?)

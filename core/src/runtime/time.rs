@@ -45,6 +45,25 @@ impl From<Elapsed> for io::Error {
     }
 }
 
+/// Runs `future` until `deadline` at most (see [`timeout`]).
+pub(crate) async fn timeout_at<F: Future>(
+    deadline: Instant,
+    future: F,
+) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let mut timer = std::pin::pin!(sleep_until(deadline));
+    std::future::poll_fn(|cx: &mut Context<'_>| {
+        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(_) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// Runs `future` for at most `duration`. When time runs out the future is
 /// dropped (its op cancelled, its buffer freed once the kernel is done);
 /// to get a buffer back on timeout, use an op's own deadline instead.
