@@ -44,11 +44,14 @@ pub use ringport_core::op::{
 };
 pub use ringport_core::port::{GetError, PortEntry};
 pub use ringport_core::runtime::{
+    interval, interval_at, shutdown_token, signal, Interval, MissedTickBehavior, ShutdownToken,
+    Sleep, Triggered,
+};
+pub use ringport_core::runtime::{
     pipe, sleep, sleep_until, spawn, spawn_blocking, submit, timeout, yield_now, Elapsed, File,
     JoinError, JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,
     UnhandledPanic, UnixListener, UnixStream, DEFAULT_MAX_BLOCKING_THREADS,
 };
-pub use ringport_core::runtime::{shutdown_token, signal, ShutdownToken, Triggered};
 
 #[cfg(feature = "hyper")]
 pub use ringport_core::compat::hyper::{LocalExec, RingportTimer};

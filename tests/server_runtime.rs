@@ -198,6 +198,72 @@ fn spawn_blocking_results_arrive(b: Backend) {
     });
 }
 
+fn interval_ticks_and_sleep_resets(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let period = Duration::from_millis(15);
+        let t0 = Instant::now();
+        let mut iv = ringport::interval(period);
+        let first = iv.tick().await.unwrap();
+        assert!(
+            first.duration_since(t0) < Duration::from_millis(10),
+            "the first tick is at once"
+        );
+        for k in 1..=4u32 {
+            let due = iv.tick().await.unwrap();
+            assert_eq!(due, first + period * k, "ticks keep their schedule");
+            assert!(Instant::now() >= due, "a tick came early");
+        }
+        assert!(t0.elapsed() >= period * 4);
+        // A missed tick under Skip: one tick now, then the schedule ahead.
+        iv.set_missed_tick_behavior(ringport::MissedTickBehavior::Skip);
+        std::thread::sleep(period * 3);
+        let late = iv.tick().await.unwrap();
+        let next = iv.tick().await.unwrap();
+        assert_eq!(late, first + period * 5, "the missed tick fires, late");
+        assert!(next - late >= period * 2, "Skip skipped no tick");
+        assert_eq!(
+            (next - late).as_nanos() % period.as_nanos(),
+            0,
+            "off schedule"
+        );
+        // A zero period is an error, not a panic.
+        let mut zero = ringport::interval(Duration::ZERO);
+        assert_eq!(
+            zero.tick().await.unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
+
+        // A long sleep reset to a short deadline ends at the new one ...
+        let t0 = Instant::now();
+        let mut s = ringport::sleep(Duration::from_secs(30));
+        assert!(
+            ringport::timeout(Duration::from_millis(20), &mut s)
+                .await
+                .is_err(),
+            "the 30 s sleep ended early"
+        );
+        s.reset(Instant::now() + Duration::from_millis(20));
+        (&mut s).await.unwrap();
+        assert!(s.is_elapsed());
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(40) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        // ... and a short one reset to a later deadline waits for it.
+        let t0 = Instant::now();
+        let mut s = ringport::sleep(Duration::from_millis(5));
+        s.reset(t0 + Duration::from_millis(60));
+        s.await.unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            t0.elapsed()
+        );
+    });
+}
+
 /// The env var that makes the signal case's child run its listening side.
 const SIGNAL_CHILD: &str = "RINGPORT_SERVER_RUNTIME_SIGNAL_CHILD";
 
@@ -669,6 +735,7 @@ on_every_backend!(
     abort_cancels_a_task,
     panic_can_shut_the_runtime_down,
     spawn_blocking_results_arrive,
+    interval_ticks_and_sleep_resets,
     signals_arrive_as_stream_items,
     echo_server_drains_on_sigterm,
     http_server_drains_on_sigterm,

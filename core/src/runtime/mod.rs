@@ -33,7 +33,10 @@ pub use op::{submit, OpFuture};
 pub use shutdown::{shutdown_token, ShutdownToken, Triggered};
 pub use task::{JoinError, JoinHandle};
 
-pub use time::{sleep, sleep_until, timeout, Elapsed};
+pub use time::{
+    interval, interval_at, sleep, sleep_until, timeout, Elapsed, Interval, MissedTickBehavior,
+    Sleep,
+};
 
 use crate::driver::{Capabilities, Completion, Driver, DriverWaker, SubmitError};
 use crate::op::{Op, OpId};
