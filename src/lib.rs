@@ -45,7 +45,7 @@ pub use ringport_core::op::{
 pub use ringport_core::port::{GetError, PortEntry};
 pub use ringport_core::runtime::{
     interval, interval_at, shutdown_token, signal, Interval, MissedTickBehavior, ShutdownToken,
-    Sleep, Triggered,
+    Sleep, TcpSocket, Triggered, UnixDatagram,
 };
 pub use ringport_core::runtime::{
     pipe, sleep, sleep_until, spawn, spawn_blocking, submit, timeout, yield_now, Elapsed, File,

@@ -264,6 +264,161 @@ fn interval_ticks_and_sleep_resets(b: Backend) {
     });
 }
 
+/// An int socket option, read with getsockopt(2) itself.
+fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len describe a writable int.
+    let r = unsafe { libc::getsockopt(fd, level, name, &mut v as *mut _ as *mut _, &mut len) };
+    assert_eq!(r, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    v
+}
+
+fn socket_options_read_back(b: Backend) {
+    use std::os::fd::AsRawFd;
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let s = ringport::TcpSocket::new_v6().unwrap();
+        s.set_reuseaddr(true).unwrap();
+        s.set_reuseport(true).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_keepalive_params(Duration::from_secs(7), Duration::from_secs(3), 4)
+            .unwrap();
+        s.set_linger(Some(Duration::from_secs(2))).unwrap();
+        s.set_send_buffer_size(64 * 1024).unwrap();
+        s.set_recv_buffer_size(96 * 1024).unwrap();
+        s.set_only_v6(true).unwrap();
+        let fd = s.as_raw_fd();
+        let (sol, tcp) = (libc::SOL_SOCKET, libc::IPPROTO_TCP);
+        assert_eq!(getsockopt_int(fd, sol, libc::SO_REUSEADDR), 1);
+        assert_eq!(getsockopt_int(fd, sol, libc::SO_REUSEPORT), 1);
+        assert_eq!(getsockopt_int(fd, tcp, libc::TCP_NODELAY), 1);
+        assert_eq!(getsockopt_int(fd, sol, libc::SO_KEEPALIVE), 1);
+        assert_eq!(getsockopt_int(fd, tcp, libc::TCP_KEEPIDLE), 7);
+        assert_eq!(getsockopt_int(fd, tcp, libc::TCP_KEEPINTVL), 3);
+        assert_eq!(getsockopt_int(fd, tcp, libc::TCP_KEEPCNT), 4);
+        // Linux doubles the buffer sizes it is given.
+        assert_eq!(getsockopt_int(fd, sol, libc::SO_SNDBUF), 2 * 64 * 1024);
+        assert_eq!(getsockopt_int(fd, sol, libc::SO_RCVBUF), 2 * 96 * 1024);
+        assert_eq!(getsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), 1);
+        let mut l = libc::linger {
+            l_onoff: 0,
+            l_linger: 0,
+        };
+        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        // SAFETY: l and len describe a writable linger.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                sol,
+                libc::SO_LINGER,
+                &mut l as *mut _ as *mut _,
+                &mut len,
+            )
+        };
+        assert_eq!((r, l.l_onoff, l.l_linger), (0, 1, 2));
+        // The socket's own getters agree.
+        assert!(s.reuseaddr().unwrap() && s.reuseport().unwrap() && s.nodelay().unwrap());
+        assert!(s.keepalive().unwrap() && s.only_v6().unwrap());
+        assert_eq!(
+            s.keepalive_params().unwrap(),
+            (Duration::from_secs(7), Duration::from_secs(3), 4)
+        );
+        assert_eq!(s.linger().unwrap(), Some(Duration::from_secs(2)));
+        assert_eq!(s.send_buffer_size().unwrap(), 2 * 64 * 1024);
+        // Bad input is an error naming it.
+        let e = s.set_keepalive_params(Duration::ZERO, Duration::from_secs(1), 1);
+        assert!(e.unwrap_err().to_string().contains("idle"));
+        // The backlog: Linux reports a listener's in tcpi_sacked.
+        s.bind("[::1]:0".parse().unwrap()).unwrap();
+        let l = s.listen(37).unwrap();
+        // SAFETY: tcp_info is plain data; all-zero is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: info and len describe a writable tcp_info.
+        let r = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                tcp,
+                libc::TCP_INFO,
+                &mut info as *mut _ as *mut _,
+                &mut len,
+            )
+        };
+        assert_eq!((r, info.tcpi_sacked), (0, 37), "the listen backlog");
+        // Bind before connect: the connection leaves from the bound port.
+        let addr = l.local_addr().unwrap();
+        let c = ringport::TcpSocket::new_v6().unwrap();
+        c.bind("[::1]:0".parse().unwrap()).unwrap();
+        let from = c.local_addr().unwrap();
+        let acc = ringport::spawn(async move { l.accept().await.map(|(_, peer)| peer) });
+        let stream = c.connect(addr).await.unwrap();
+        assert_eq!(stream.local_addr().unwrap(), from);
+        assert_eq!(acc.await.unwrap().unwrap(), from);
+    });
+}
+
+fn ipv6_echo_on_loopback(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    rt.block_on(async {
+        let l = TcpListener::bind("[::1]:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(addr.is_ipv6());
+        ringport::spawn(echo_server(l));
+        let c = TcpStream::connect(addr).await.unwrap();
+        assert!(c.peer_addr().unwrap().is_ipv6());
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(echo_once(&c, &msg).await, msg);
+        // UDP over ::1 too.
+        let a = ringport::UdpSocket::bind("[::1]:0".parse().unwrap()).unwrap();
+        let bsock = ringport::UdpSocket::bind("[::1]:0".parse().unwrap()).unwrap();
+        let (r, _) = a
+            .send_to(b"v6 datagram".to_vec(), bsock.local_addr().unwrap())
+            .await;
+        r.unwrap();
+        let (r, got) = bsock.recv_from(Vec::with_capacity(64)).await;
+        let (n, from) = r.unwrap();
+        assert_eq!(
+            (&got[..n], from),
+            (&b"v6 datagram"[..], a.local_addr().unwrap())
+        );
+    });
+}
+
+fn unix_datagram_round_trip(b: Backend) {
+    let rt = Runtime::with_backend(b).unwrap();
+    let dir = std::env::temp_dir().join(format!("ringport-udg-{}-{b}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    rt.block_on(async {
+        let (pa, pb) = (dir.join("a.sock"), dir.join("b.sock"));
+        let a = ringport::UnixDatagram::bind(&pa).unwrap();
+        let bs = ringport::UnixDatagram::bind(&pb).unwrap();
+        assert_eq!(a.local_path().unwrap().as_deref(), Some(pa.as_path()));
+        let (r, _) = a.send_to(b"ping".to_vec(), &pb).await;
+        assert_eq!(r.unwrap(), 4);
+        let (r, got) = bs.recv_from(Vec::with_capacity(64)).await;
+        let (n, from) = r.unwrap();
+        assert_eq!(&got[..n], b"ping");
+        assert_eq!(from.as_deref(), Some(pa.as_path()), "the sender's path");
+        let (r, _) = bs.send_to(b"pong".to_vec(), from.unwrap()).await;
+        r.unwrap();
+        let (r, got) = a.recv(Vec::with_capacity(64)).await;
+        assert_eq!(&got[..r.unwrap()], b"pong");
+        // Datagram boundaries hold; a connected pair works with send/recv.
+        let (x, y) = ringport::UnixDatagram::pair().unwrap();
+        for m in [&b"one"[..], b"two two", b"3"] {
+            let (r, _) = x.send(m.to_vec()).await;
+            r.unwrap();
+        }
+        for m in [&b"one"[..], b"two two", b"3"] {
+            let (r, got) = y.recv(Vec::with_capacity(64)).await;
+            assert_eq!(&got[..r.unwrap()], m);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The env var that makes the signal case's child run its listening side.
 const SIGNAL_CHILD: &str = "RINGPORT_SERVER_RUNTIME_SIGNAL_CHILD";
 
@@ -736,6 +891,9 @@ on_every_backend!(
     panic_can_shut_the_runtime_down,
     spawn_blocking_results_arrive,
     interval_ticks_and_sleep_resets,
+    socket_options_read_back,
+    ipv6_echo_on_loopback,
+    unix_datagram_round_trip,
     signals_arrive_as_stream_items,
     echo_server_drains_on_sigterm,
     http_server_drains_on_sigterm,

@@ -21,6 +21,7 @@ pub(crate) mod net;
 mod op;
 mod shutdown;
 pub mod signal;
+mod socket;
 mod task;
 mod time;
 
@@ -31,6 +32,7 @@ pub use net::{
 };
 pub use op::{submit, OpFuture};
 pub use shutdown::{shutdown_token, ShutdownToken, Triggered};
+pub use socket::{TcpSocket, UnixDatagram};
 pub use task::{JoinError, JoinHandle};
 
 pub use time::{
