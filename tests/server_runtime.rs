@@ -419,6 +419,111 @@ fn unix_datagram_round_trip(b: Backend) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn spawns_from_many_threads_all_run(b: Backend) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let rts = ringport::Builder::new()
+        .threads(2)
+        .backend(b)
+        .pin_cpus(true)
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let on_second = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawners: Vec<_> = (0..8)
+        .map(|t| {
+            let handles = rts.handles().to_vec();
+            let (ran, on_second, tx) = (ran.clone(), on_second.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let joins: Vec<_> = (0..1250usize)
+                    .map(|k| {
+                        let (ran, on_second) = (ran.clone(), on_second.clone());
+                        handles[k % 2].spawn(async move {
+                            ringport::yield_now().await;
+                            ran.fetch_add(1, Ordering::Relaxed);
+                            let name = std::thread::current().name().map(String::from);
+                            if name.as_deref() == Some("ringport-rt-1") {
+                                on_second.fetch_add(1, Ordering::Relaxed);
+                            }
+                            t * 10_000 + k
+                        })
+                    })
+                    .collect();
+                // The handles are Send: await them on a runtime and report.
+                handles[t % 2].spawn(async move {
+                    let mut sum = 0;
+                    for (k, j) in joins.into_iter().enumerate() {
+                        let v = j.await.unwrap();
+                        assert_eq!(v, t * 10_000 + k);
+                        sum += 1;
+                    }
+                    tx.send(sum).unwrap();
+                });
+            })
+        })
+        .collect();
+    for s in spawners {
+        s.join().unwrap();
+    }
+    let mut total = 0;
+    for _ in 0..8 {
+        total += rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a spawner's tasks did not all finish");
+    }
+    assert_eq!(total, 10_000);
+    assert_eq!(ran.load(Ordering::Relaxed), 10_000);
+    assert_eq!(
+        on_second.load(Ordering::Relaxed),
+        5_000,
+        "half ran on runtime 1"
+    );
+    // The thread-per-core server: one SO_REUSEPORT listener per runtime.
+    let (addr, _tasks) = rts
+        .serve_reuse_port(loopback(), |l, _i| async move {
+            echo_server(l).await;
+            Ok(())
+        })
+        .unwrap();
+    for i in 0..8 {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        let msg = format!("hello {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    // An abort from another thread reaches a task on a runtime.
+    let h = rts.spawn(async {
+        ringport::sleep(Duration::from_secs(30)).await.unwrap();
+    });
+    let h = std::thread::spawn(move || {
+        h.abort();
+        h
+    })
+    .join()
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    rts.spawn(async move {
+        tx.send(h.await.map_err(|e| e.is_cancelled())).unwrap();
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the aborted task's handle resolves");
+    assert_eq!(
+        got,
+        Err(true),
+        "an abort from another thread cancels the task"
+    );
+    let handle = rts.handle(0).clone();
+    rts.shutdown_timeout(Duration::from_millis(200)).unwrap();
+    // Spawning onto a runtime that is gone is a cancel, not a hang.
+    let late = handle.spawn(async { 1 });
+    assert!(late.is_finished());
+}
+
 /// The env var that makes the signal case's child run its listening side.
 const SIGNAL_CHILD: &str = "RINGPORT_SERVER_RUNTIME_SIGNAL_CHILD";
 
@@ -892,6 +997,7 @@ on_every_backend!(
     spawn_blocking_results_arrive,
     interval_ticks_and_sleep_resets,
     socket_options_read_back,
+    spawns_from_many_threads_all_run,
     ipv6_echo_on_loopback,
     unix_datagram_round_trip,
     signals_arrive_as_stream_items,

@@ -16,6 +16,7 @@
 //! buffer and the real result instead.
 
 mod blocking;
+mod builder;
 mod fs;
 pub(crate) mod net;
 mod op;
@@ -26,6 +27,7 @@ mod task;
 mod time;
 
 pub use blocking::{spawn_blocking, DEFAULT_MAX_BLOCKING_THREADS};
+pub use builder::{Builder, Handle, Runtimes};
 pub use fs::{File, OpenOptions};
 pub use net::{
     pipe, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream,
@@ -108,13 +110,19 @@ pub(crate) struct Remote {
 }
 
 /// Fds waiting to be closed through the driver, ops whose futures were
-/// dropped on another thread, and whether the runtime is still there to
-/// deal with them.
+/// dropped on another thread, tasks spawned from other threads (through a
+/// [`Handle`]), and whether the runtime is still there to deal with them.
 struct Closes {
     fds: Vec<RawFd>,
     dropped_ops: Vec<usize>,
+    spawns: Vec<RemoteSpawn>,
     open: bool,
 }
+
+/// A task handed over from another thread: inserted into the task table
+/// on the runtime's thread. Dropped unrun (the runtime is gone), its
+/// handle resolves to a cancel.
+pub(crate) type RemoteSpawn = Box<dyn FnOnce(&Rc<Core>) + Send + 'static>;
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +143,20 @@ impl Remote {
             drop(c);
             self.driver.wake();
         }
+    }
+
+    /// Queues a task for the runtime and wakes it; when the runtime is
+    /// gone, the task is dropped here (its handle reports a cancel).
+    pub(crate) fn defer_spawn(&self, spawn: RemoteSpawn) {
+        let mut c = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.open {
+            drop(c);
+            drop(spawn);
+            return;
+        }
+        c.spawns.push(spawn);
+        drop(c);
+        self.driver.wake();
     }
 
     pub(crate) fn defer_close(&self, fd: RawFd) -> bool {
@@ -493,22 +515,33 @@ impl Core {
         self.close_deferred(false);
     }
 
-    /// Closes, through the driver, the fds dropped away from this thread.
+    /// Closes, through the driver, the fds dropped away from this thread,
+    /// and takes in the tasks spawned from other threads.
     /// With `last`, no more are accepted afterwards (the runtime is going).
     fn close_deferred(&self, last: bool) {
-        let (fds, dropped_ops) = {
+        let (fds, dropped_ops, spawns) = {
             let mut c = self.remote.closes.lock().unwrap_or_else(|e| e.into_inner());
             if last {
                 c.open = false;
             }
-            if c.fds.is_empty() && c.dropped_ops.is_empty() {
+            if c.fds.is_empty() && c.dropped_ops.is_empty() && c.spawns.is_empty() {
                 return;
             }
             (
                 std::mem::take(&mut c.fds),
                 std::mem::take(&mut c.dropped_ops),
+                std::mem::take(&mut c.spawns),
             )
         };
+        if last {
+            drop(spawns); // the runtime is going: their handles report a cancel
+        } else if !spawns.is_empty() {
+            let me = current().filter(|c| Arc::ptr_eq(&c.remote, &self.remote));
+            match me {
+                Some(core) => spawns.into_iter().for_each(|s| s(&core)),
+                None => drop(spawns),
+            }
+        }
         for key in dropped_ops {
             self.drop_op(key);
         }
@@ -562,12 +595,29 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime over `driver`.
     pub fn from_driver(driver: Box<dyn Driver>) -> Runtime {
+        Self::with_pool(
+            driver,
+            blocking::BlockingPool::new(DEFAULT_MAX_BLOCKING_THREADS),
+        )
+    }
+
+    /// A handle to this runtime, to spawn onto it from any thread.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            remote: self.core.remote.clone(),
+            blocking: self.core.blocking.clone(),
+            shutdown: self.core.shutdown.clone(),
+        }
+    }
+
+    fn with_pool(driver: Box<dyn Driver>, pool: Arc<blocking::BlockingPool>) -> Runtime {
         let caps = driver.capabilities().clone();
         let remote = Arc::new(Remote {
             queue: Mutex::new(Vec::new()),
             closes: Mutex::new(Closes {
                 fds: Vec::new(),
                 dropped_ops: Vec::new(),
+                spawns: Vec::new(),
                 open: true,
             }),
             driver: driver.waker(),
@@ -589,7 +639,7 @@ impl Runtime {
                 completions: RefCell::new(Vec::with_capacity(256)),
                 on_panic: Cell::new(UnhandledPanic::Ignore),
                 fatal_panic: RefCell::new(None),
-                blocking: blocking::BlockingPool::new(DEFAULT_MAX_BLOCKING_THREADS),
+                blocking: pool,
                 shutdown: ShutdownToken::new(),
                 no_tasks: RefCell::new(None),
             }),
@@ -792,6 +842,17 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
+    let shared = task::Shared::new(None);
+    insert_task(core, TaskFuture::new(future, shared.clone()));
+    JoinHandle::new(shared)
+}
+
+/// Puts a task in the table and queues it.
+fn insert_task<F>(core: &Rc<Core>, task: TaskFuture<F>)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
     let mut tasks = core.tasks.borrow_mut();
     let entry = tasks.vacant_entry();
     let id = entry.key();
@@ -800,13 +861,12 @@ where
         queued: AtomicBool::new(true),
         remote: core.remote.clone(),
     });
-    let shared = task::Shared::new(Some(wake.clone().waker()));
+    task.shared().set_task_waker(wake.clone().waker());
     entry.insert(Task {
-        future: Some(Box::pin(TaskFuture::new(future, shared.clone()))),
+        future: Some(Box::pin(task)),
         wake,
     });
     core.run_queue.borrow_mut().push_back(id);
-    JoinHandle::new(shared)
 }
 
 /// Starts `future` as a task on the runtime running on this thread.

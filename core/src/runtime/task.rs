@@ -140,6 +140,13 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn set_task_waker(&self, w: Waker) {
+        let mut s = self.lock();
+        if !self.finished.load(Ordering::Acquire) {
+            s.task = Some(w);
+        }
+    }
+
     pub(crate) fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Acquire)
     }
@@ -244,6 +251,10 @@ impl<F: Future> TaskFuture<F> {
             fut: Some(fut),
             shared,
         }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<F::Output> {
+        &self.shared
     }
 }
 
