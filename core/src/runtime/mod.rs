@@ -2,8 +2,9 @@
 //!
 //! One runtime per thread (thread-per-core): it owns its driver, runs local
 //! tasks, and turns each I/O call into one submitted [`Op`] whose completion
-//! wakes the task. Scale out by running one runtime per core, e.g. with
-//! `SO_REUSEPORT` listeners.
+//! wakes the task. Scale out by running one runtime per core: a [`Builder`]
+//! starts them, a [`Handle`] spawns onto one from any thread, and
+//! [`Runtimes::serve_reuse_port`] gives each its own `SO_REUSEPORT` listener.
 //!
 //! **Cancellation.** Dropping an I/O future while its op is in flight asks the
 //! driver to cancel the op, and the driver keeps the op's buffer until the
