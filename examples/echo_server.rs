@@ -54,38 +54,20 @@ fn main() -> io::Result<()> {
         let args = args.clone();
         let (port_tx, ready_tx) = (port_tx.clone(), ready_tx.clone());
         threads.push(std::thread::spawn(move || -> io::Result<()> {
-            let rt = match args.backend {
-                Some(b) => Runtime::with_backend(b)?,
-                None => Runtime::new()?,
-            };
-            let listener = TcpListener::bind_reuse_port(port.unwrap_or(args.addr))?;
-            let _ = port_tx.send(listener.local_addr()?);
-            let token = rt.shutdown_token();
-            let backend = rt.backend();
-            rt.block_on(async {
-                token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
-                let _ = ready_tx.send(backend);
-                while let Some((conn, _)) = listener.accept_until(&token).await? {
-                    let size = args.buffer;
-                    ringport::spawn(async move {
-                        if let Err(e) = echo(conn, size).await {
-                            log_conn_error(&e);
-                        }
-                    });
-                }
-                // Stop accepting: the listener closes, the connections go on.
-                listener.close().await
-            })?;
-            let left = rt.shutdown_timeout(Duration::from_secs(args.drain_secs))?;
-            if left > 0 {
-                eprintln!("closed {left} connections still open after the drain time");
+            let res = serve(&args, port, &port_tx, &ready_tx);
+            if let Err(e) = &res {
+                // Tells main, if it still waits for this runtime's port or
+                // for it to be ready.
+                let _ = port_tx.send(Err(e.to_string()));
+                let _ = ready_tx.send(Err(e.to_string()));
             }
-            Ok(())
+            res
         }));
         if i == 0 {
             match port_rx.recv() {
-                Ok(a) => port = Some(a),
-                Err(_) => break, // the first runtime failed: its error is below
+                Ok(Ok(a)) => port = Some(a),
+                Ok(Err(e)) => return Err(io::Error::other(e)),
+                Err(_) => break,
             }
         }
     }
@@ -93,7 +75,8 @@ fn main() -> io::Result<()> {
     let mut backend = None;
     for _ in 0..n {
         match ready_rx.recv() {
-            Ok(b) => backend = Some(b),
+            Ok(Ok(b)) => backend = Some(b),
+            Ok(Err(e)) => return Err(io::Error::other(e)),
             Err(_) => break,
         }
     }
@@ -103,6 +86,43 @@ fn main() -> io::Result<()> {
     for t in threads {
         t.join()
             .map_err(|_| io::Error::other("a server thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// One runtime: its listener, its signal listeners, its connections, and
+/// its drain.
+fn serve(
+    args: &Args,
+    port: Option<SocketAddr>,
+    port_tx: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    ready_tx: &std::sync::mpsc::Sender<Result<Backend, String>>,
+) -> io::Result<()> {
+    let rt = match args.backend {
+        Some(b) => Runtime::with_backend(b)?,
+        None => Runtime::new()?,
+    };
+    let listener = TcpListener::bind_reuse_port(port.unwrap_or(args.addr))?;
+    let _ = port_tx.send(Ok(listener.local_addr()?));
+    let token = rt.shutdown_token();
+    let backend = rt.backend();
+    rt.block_on(async {
+        token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
+        let _ = ready_tx.send(Ok(backend));
+        while let Some((conn, _)) = listener.accept_until(&token).await? {
+            let size = args.buffer;
+            ringport::spawn(async move {
+                if let Err(e) = echo(conn, size).await {
+                    log_conn_error(&e);
+                }
+            });
+        }
+        // Stop accepting: the listener closes, the connections go on.
+        listener.close().await
+    })?;
+    let left = rt.shutdown_timeout(Duration::from_secs(args.drain_secs))?;
+    if left > 0 {
+        eprintln!("closed {left} connections still open after the drain time");
     }
     Ok(())
 }

@@ -74,12 +74,20 @@ fn main() -> io::Result<()> {
             None => bind_reuse_port(addr)?,
         };
         let fd = std::os::fd::IntoRawFd::into_raw_fd(listener);
-        threads.push(std::thread::spawn(move || run(args, root, fd, ready)));
+        threads.push(std::thread::spawn(move || {
+            let res = run(args, root, fd, &ready);
+            if let Err(e) = &res {
+                // Tells main, if it still waits for this runtime to be ready.
+                let _ = ready.send(Err(e.to_string()));
+            }
+            res
+        }));
     }
     drop(ready_tx);
-    if ready_rx.iter().take(n).count() == n {
-        println!("listening on {addr}");
+    for r in ready_rx.iter().take(n) {
+        r.map_err(io::Error::other)?;
     }
+    println!("listening on {addr}");
     for t in threads {
         t.join()
             .map_err(|_| io::Error::other("a server thread panicked"))??;
@@ -120,7 +128,12 @@ fn bind_reuse_port(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
-fn run(args: Args, root: PathBuf, fd: i32, ready: std::sync::mpsc::Sender<()>) -> io::Result<()> {
+fn run(
+    args: Args,
+    root: PathBuf,
+    fd: i32,
+    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+) -> io::Result<()> {
     // SAFETY: fd is the listening socket bound in main, owned by this thread now.
     let std_listener =
         unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -133,7 +146,7 @@ fn run(args: Args, root: PathBuf, fd: i32, ready: std::sync::mpsc::Sender<()>) -
     rt.block_on(async {
         let listener = TcpListener::from_std(std_listener)?;
         token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
-        let _ = ready.send(());
+        let _ = ready.send(Ok(()));
         let root = Rc::new(root);
         while let Some((conn, _)) = listener.accept_until(&token).await? {
             // Responses are written whole; do not let Nagle hold the last part.
