@@ -180,6 +180,8 @@ async fn serve(
     let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK);
     let mut head_started: Option<Instant> = None;
     let mut last_activity = Instant::now();
+    // Set once a shutdown found a request begun: it is read to its end.
+    let mut last_request = false;
     loop {
         match parse_request(&pending) {
             Ok(Some(req)) => {
@@ -208,10 +210,17 @@ async fn serve(
             None => last_activity + idle,
         };
         chunk.clear();
-        let (r, c) = if pending.is_empty() {
-            // Between requests: a shutdown ends the wait (no request begun).
+        let (r, c) = if pending.is_empty() && !last_request {
+            // Between requests: a shutdown ends the wait, unless the next
+            // request has begun (its bytes wait in the socket): that one
+            // is still answered, with Connection: close.
             match token.run_until(conn.read_deadline(chunk, deadline)).await {
                 Some(rc) => rc,
+                None if bytes_waiting(&conn) => {
+                    last_request = true;
+                    chunk = Vec::with_capacity(CHUNK);
+                    continue;
+                }
                 None => break,
             }
         } else {
@@ -252,6 +261,23 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Whether bytes the server has not read yet wait in the socket.
+fn bytes_waiting(conn: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a local; MSG_DONTWAIT never blocks and
+    // MSG_PEEK leaves the byte in the socket for the next read.
+    let n = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            &mut b as *mut u8 as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Answers one request; returns whether to keep the connection, and the

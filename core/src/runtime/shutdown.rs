@@ -74,14 +74,13 @@ impl ShutdownToken {
     }
 
     /// Runs `future` until it ends (`Some(output)`) or the token is
-    /// triggered (`None`; the future is dropped, its op cancelled).
+    /// triggered (`None`; the future is dropped, its op cancelled). The
+    /// future is polled first, so an output that is already there wins
+    /// over the token.
     pub async fn run_until<F: Future>(&self, future: F) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
         let mut fired = self.triggered();
         std::future::poll_fn(|cx| {
-            if self.is_triggered() {
-                return Poll::Ready(None);
-            }
             if let Poll::Ready(v) = future.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
             }
