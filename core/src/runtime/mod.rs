@@ -918,5 +918,22 @@ mod send_checks {
         is_send::<PipeReader>();
         is_send::<PipeWriter>();
         is_send::<OpFuture>();
+        is_send::<TcpSocket>();
+        is_send::<UnixDatagram>();
+        is_send::<signal::Signal>();
+    }
+
+    fn is_send_sync_clone<T: Send + Sync + Clone>() {}
+
+    /// A handle and a shutdown token go to any thread; a join handle of a
+    /// `Send` output may be awaited on another thread.
+    #[test]
+    fn handles_cross_threads() {
+        is_send_sync_clone::<Handle>();
+        is_send_sync_clone::<ShutdownToken>();
+        is_send::<JoinHandle<u32>>();
+        is_send::<JoinError>();
+        fn is_sync<T: Sync>() {}
+        is_sync::<JoinError>();
     }
 }
