@@ -524,6 +524,80 @@ fn spawns_from_many_threads_all_run(b: Backend) {
     assert!(late.is_finished());
 }
 
+fn shutdown_token_and_timeout(b: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rt = Runtime::with_backend(b).unwrap();
+    let token = rt.shutdown_token();
+    let (finished, dropped) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    rt.block_on(async {
+        let l = TcpListener::bind(loopback()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = token.clone();
+        let acceptor = ringport::spawn(async move {
+            let mut n = 0;
+            while let Some(_conn) = l.accept_until(&t).await.unwrap() {
+                n += 1;
+            }
+            n
+        });
+        let _c = TcpStream::connect(addr).await.unwrap();
+        // A task that ends when told to, and one that never does.
+        let (t, f) = (token.clone(), finished.clone());
+        ringport::spawn(async move {
+            t.triggered().await;
+            ringport::sleep(Duration::from_millis(10)).await.unwrap();
+            f.store(true, Ordering::SeqCst);
+        });
+        let guard = SetOnDrop(dropped.clone());
+        ringport::spawn(async move {
+            let _g = guard;
+            std::future::pending::<()>().await;
+        });
+        ringport::sleep(Duration::from_millis(20)).await.unwrap();
+        // Another thread may trigger it; the accept loop stops.
+        let t = token.clone();
+        std::thread::spawn(move || t.trigger()).join().unwrap();
+        assert_eq!(
+            acceptor.await.unwrap(),
+            1,
+            "one connection, then no more accepting"
+        );
+        assert!(token
+            .run_until(std::future::pending::<()>())
+            .await
+            .is_none());
+    });
+    let t0 = Instant::now();
+    let left = rt.shutdown_timeout(Duration::from_millis(200)).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(left, 1, "the task that never ends is dropped");
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "the task that drains ran to its end"
+    );
+    assert!(dropped.load(Ordering::SeqCst));
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+static APP_HANDLER_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn app_handler(_: libc::c_int) {
+    APP_HANDLER_RAN.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The env var that makes the signal case's child run its listening side.
 const SIGNAL_CHILD: &str = "RINGPORT_SERVER_RUNTIME_SIGNAL_CHILD";
 
@@ -568,6 +642,19 @@ fn signal_child(b: Backend) {
         say("ready for int");
         int.await.unwrap().unwrap();
         say("int");
+        // A handler the application installed first is chained, not lost.
+        // SAFETY: installing a plain handler that only stores an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = app_handler as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+        }
+        let mut usr2 = signal::signal(SignalKind::user_defined2()).unwrap();
+        say("ready for usr2");
+        usr2.recv().await.unwrap();
+        assert!(APP_HANDLER_RAN.load(std::sync::atomic::Ordering::SeqCst));
+        say("usr2 chained");
         term.recv().await.unwrap();
         say("term");
     });
@@ -608,6 +695,9 @@ fn signals_arrive_as_stream_items(b: Backend) {
     expect("ready for int");
     kill(libc::SIGINT);
     expect("int");
+    expect("ready for usr2");
+    kill(libc::SIGUSR2);
+    expect("usr2 chained");
     kill(libc::SIGTERM);
     expect("term");
     let status = child.wait().unwrap();
@@ -995,6 +1085,7 @@ on_every_backend!(
     abort_cancels_a_task,
     panic_can_shut_the_runtime_down,
     spawn_blocking_results_arrive,
+    shutdown_token_and_timeout,
     interval_ticks_and_sleep_resets,
     socket_options_read_back,
     spawns_from_many_threads_all_run,
