@@ -196,6 +196,35 @@ fn spawn_blocking_results_arrive(b: Backend) {
             .expect_err("a panicking job is an error");
         assert!(err.is_panic() && err.to_string().contains("blocking boom"));
     });
+    // A pool of one thread: jobs run one at a time, and one aborted before
+    // it started never runs.
+    let rt = ringport::Builder::new()
+        .backend(b)
+        .max_blocking_threads(1)
+        .build_local()
+        .unwrap();
+    rt.block_on(async {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let first = ringport::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)));
+        let r = ran.clone();
+        let second = ringport::spawn_blocking(move || r.fetch_add(1, Ordering::SeqCst));
+        second.abort();
+        first.await.unwrap();
+        let err = second.await.expect_err("an aborted job has no result");
+        assert!(err.is_cancelled(), "{err}");
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the aborted job ran");
+        let t0 = Instant::now();
+        let jobs: Vec<_> = (0..4)
+            .map(|_| ringport::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20))))
+            .collect();
+        for j in jobs {
+            j.await.unwrap();
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_millis(80),
+            "4 × 20 ms on one thread"
+        );
+    });
 }
 
 fn interval_ticks_and_sleep_resets(b: Backend) {
