@@ -16,7 +16,7 @@
 //! Once a signal has had a listener, the handler stays installed: later
 //! deliveries with no listener are swallowed rather than running the
 //! default action (so a `SIGINT` no longer ends the process). A handler the
-//! application had installed before is called after ours (chained).
+//! application had installed before runs first, then ours (chained).
 
 use super::net::{pipe, PipeReader};
 use std::io;
@@ -105,19 +105,8 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // previous handler. errno is saved and restored around it all.
     // SAFETY: __errno_location gives this thread's errno.
     let errno = unsafe { *libc::__errno_location() };
-    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
-    let byte = sig as u8;
-    for slot in LISTENERS.iter() {
-        let v = slot.load(Ordering::SeqCst);
-        if v != 0 && (v >> 32) as i32 == sig {
-            let fd = v as u32 as RawFd;
-            // SAFETY: fd is a listener's non-blocking pipe write end, kept
-            // open while it is in a slot or a handler runs (IN_HANDLER).
-            // A full pipe (EAGAIN) means deliveries are pending anyway.
-            unsafe { libc::write(fd, &byte as *const u8 as *const libc::c_void, 1) };
-        }
-    }
-    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+    // The application's earlier handler runs first, so that a listener
+    // woken by this delivery sees what that handler did.
     let idx = sig as usize;
     if idx < MAX_SIGNAL {
         let prev = PREV_HANDLER[idx].load(Ordering::SeqCst);
@@ -136,6 +125,19 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             }
         }
     }
+    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+    let byte = sig as u8;
+    for slot in LISTENERS.iter() {
+        let v = slot.load(Ordering::SeqCst);
+        if v != 0 && (v >> 32) as i32 == sig {
+            let fd = v as u32 as RawFd;
+            // SAFETY: fd is a listener's non-blocking pipe write end, kept
+            // open while it is in a slot or a handler runs (IN_HANDLER).
+            // A full pipe (EAGAIN) means deliveries are pending anyway.
+            unsafe { libc::write(fd, &byte as *const u8 as *const libc::c_void, 1) };
+        }
+    }
+    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
