@@ -963,6 +963,43 @@ fn echo_server_drains_on_sigterm(b: Backend) {
     );
 }
 
+fn echo_server_closes_what_is_left_after_the_drain(b: Backend) {
+    use std::io::{Read, Write};
+    let mut server = Server::start(
+        "echo_server",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--backend",
+            b.name(),
+            "--drain-secs",
+            "1",
+        ],
+    );
+    // A client that never ends its exchange.
+    let mut c = std::net::TcpStream::connect(server.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    c.read_exact(&mut back).unwrap();
+    server.signal(libc::SIGINT);
+    let (status, took) = server.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{b}: echo_server exited with {status}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{b}: the exit took {took:?} with a 1 s drain"
+    );
+    // The connection was closed, not left hanging.
+    let mut rest = Vec::new();
+    let r = c.read_to_end(&mut rest);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{b}: {r:?}"
+    );
+}
+
 /// Reads one HTTP response: (head, body).
 fn read_response(c: &mut std::net::TcpStream) -> Result<(String, Vec<u8>), String> {
     use std::io::Read;
@@ -1122,5 +1159,6 @@ on_every_backend!(
     unix_datagram_round_trip,
     signals_arrive_as_stream_items,
     echo_server_drains_on_sigterm,
+    echo_server_closes_what_is_left_after_the_drain,
     http_server_drains_on_sigterm,
 );
