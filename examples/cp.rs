@@ -107,7 +107,7 @@ fn main() -> io::Result<()> {
             }));
         }
         for t in tasks {
-            t.await?;
+            t.await??;
         }
         dst.sync_all().await?;
         // The mode given at open is masked by the umask: set it exactly.

@@ -61,6 +61,6 @@ async fn run(path: &std::path::Path) -> std::io::Result<(String, String)> {
     res?;
     let (res, buf) = client.read(Vec::with_capacity(64)).await;
     res?;
-    server.await?;
+    server.await??;
     Ok((file_text, String::from_utf8_lossy(&buf).into_owned()))
 }

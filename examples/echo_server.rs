@@ -8,11 +8,17 @@
 //! down its side too (half-close); a reset just ends the connection.
 //! `--threads N` runs N single-threaded runtimes, each with its own listener
 //! on the same port (SO_REUSEPORT): thread-per-core.
+//!
+//! On SIGTERM or SIGINT it stops accepting, lets every connection finish
+//! (the client closes when its exchange is done), and exits 0; after
+//! `--drain-secs` (default 5) it closes the connections left and exits 0.
 
 use clap::Parser;
+use ringport::signal::SignalKind;
 use ringport::{Backend, Runtime, TcpListener, TcpStream};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
 
 /// A TCP echo server on ringport.
 #[derive(Parser, Debug, Clone)]
@@ -29,51 +35,106 @@ struct Args {
     /// Bytes per connection buffer.
     #[arg(long, default_value_t = 16 * 1024)]
     buffer: usize,
+    /// Seconds connections may take to finish after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
 }
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
+    let n = args.threads.max(1);
     // The first runtime binds (resolving port 0); the others join its port.
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Each says when it listens for signals; the address is printed once
+    // all do, so a signal sent after that line reaches every runtime.
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
-    for i in 0..args.threads.max(1) {
+    let mut port = None;
+    for i in 0..n {
         let args = args.clone();
-        let tx = tx.clone();
-        let port = if i == 0 {
-            None
-        } else {
-            Some(rx.recv().map_err(io::Error::other)?)
-        };
+        let (port_tx, ready_tx) = (port_tx.clone(), ready_tx.clone());
         threads.push(std::thread::spawn(move || -> io::Result<()> {
-            let rt = match args.backend {
-                Some(b) => Runtime::with_backend(b)?,
-                None => Runtime::new()?,
-            };
-            let addr = port.unwrap_or(args.addr);
-            let listener = TcpListener::bind_reuse_port(addr)?;
-            let local = listener.local_addr()?;
-            if port.is_none() {
-                println!("listening on {local} ({} backend)", rt.backend());
-                for _ in 1..args.threads.max(1) {
-                    let _ = tx.send(local);
-                }
+            let res = serve(&args, port, &port_tx, &ready_tx);
+            if let Err(e) = &res {
+                // Tells main, if it still waits for this runtime's port or
+                // for it to be ready.
+                let _ = port_tx.send(Err(e.to_string()));
+                let _ = ready_tx.send(Err(e.to_string()));
             }
-            rt.block_on(async move {
-                loop {
-                    let (conn, _) = listener.accept().await?;
-                    let size = args.buffer;
-                    ringport::spawn(async move {
-                        let _ = echo(conn, size).await;
-                    });
-                }
-            })
+            res
         }));
+        if i == 0 {
+            match port_rx.recv() {
+                Ok(Ok(a)) => port = Some(a),
+                Ok(Err(e)) => return Err(io::Error::other(e)),
+                Err(_) => break,
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut backend = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(b)) => backend = Some(b),
+            Ok(Err(e)) => return Err(io::Error::other(e)),
+            Err(_) => break,
+        }
+    }
+    if let (Some(addr), Some(b)) = (port, backend) {
+        println!("listening on {addr} ({b} backend)");
     }
     for t in threads {
         t.join()
             .map_err(|_| io::Error::other("a server thread panicked"))??;
     }
     Ok(())
+}
+
+/// One runtime: its listener, its signal listeners, its connections, and
+/// its drain.
+fn serve(
+    args: &Args,
+    port: Option<SocketAddr>,
+    port_tx: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    ready_tx: &std::sync::mpsc::Sender<Result<Backend, String>>,
+) -> io::Result<()> {
+    let rt = match args.backend {
+        Some(b) => Runtime::with_backend(b)?,
+        None => Runtime::new()?,
+    };
+    let listener = TcpListener::bind_reuse_port(port.unwrap_or(args.addr))?;
+    let _ = port_tx.send(Ok(listener.local_addr()?));
+    let token = rt.shutdown_token();
+    let backend = rt.backend();
+    rt.block_on(async {
+        token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
+        let _ = ready_tx.send(Ok(backend));
+        while let Some((conn, _)) = listener.accept_until(&token).await? {
+            let size = args.buffer;
+            ringport::spawn(async move {
+                if let Err(e) = echo(conn, size).await {
+                    log_conn_error(&e);
+                }
+            });
+        }
+        // Stop accepting: the listener closes, the connections go on.
+        listener.close().await
+    })?;
+    let left = rt.shutdown_timeout(Duration::from_secs(args.drain_secs))?;
+    if left > 0 {
+        eprintln!("closed {left} connections still open after the drain time");
+    }
+    Ok(())
+}
+
+/// A connection error worth telling a person about (a peer's reset is not).
+fn log_conn_error(e: &io::Error) {
+    if !matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    ) {
+        eprintln!("connection: {e}");
+    }
 }
 
 async fn echo(conn: TcpStream, size: usize) -> io::Result<()> {

@@ -8,9 +8,14 @@
 //! request head that trickles in. Files stream in 64 KiB chunks through one
 //! buffer per connection, so memory stays bounded whatever the file size.
 //! The request handling itself lives in the `ringport-http` crate.
+//!
+//! On SIGTERM or SIGINT it stops accepting, answers every request already
+//! begun (with `Connection: close`), closes idle connections, and exits 0;
+//! after `--drain-secs` (default 5) it closes what is left and exits 0.
 
 use clap::Parser;
-use ringport::{Backend, File, IoBuf, Runtime, TcpListener, TcpStream};
+use ringport::signal::SignalKind;
+use ringport::{Backend, File, IoBuf, Runtime, ShutdownToken, TcpListener, TcpStream};
 use ringport_http::{
     content_type, error_response, parse_range, parse_request, resolve, Method, RangeSpec, Request,
     Status, MAX_HEAD,
@@ -40,6 +45,9 @@ struct Args {
     /// head may take to arrive.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
+    /// Seconds requests in flight may take to finish after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -55,14 +63,29 @@ fn main() -> io::Result<()> {
     let addr = first.local_addr()?;
     let mut threads = Vec::new();
     let mut first = Some(first);
-    for _ in 0..args.threads.max(1) {
-        let (args, root) = (args.clone(), root.clone());
+    // Each runtime says when it listens for signals; the address is printed
+    // once all do, so a signal sent after that line reaches every runtime.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let n = args.threads.max(1);
+    for _ in 0..n {
+        let (args, root, ready) = (args.clone(), root.clone(), ready_tx.clone());
         let listener = match first.take() {
             Some(l) => l,
             None => bind_reuse_port(addr)?,
         };
         let fd = std::os::fd::IntoRawFd::into_raw_fd(listener);
-        threads.push(std::thread::spawn(move || run(args, root, fd)));
+        threads.push(std::thread::spawn(move || {
+            let res = run(args, root, fd, &ready);
+            if let Err(e) = &res {
+                // Tells main, if it still waits for this runtime to be ready.
+                let _ = ready.send(Err(e.to_string()));
+            }
+            res
+        }));
+    }
+    drop(ready_tx);
+    for r in ready_rx.iter().take(n) {
+        r.map_err(io::Error::other)?;
     }
     println!("listening on {addr}");
     for t in threads {
@@ -105,43 +128,67 @@ fn bind_reuse_port(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
-fn run(args: Args, root: PathBuf, fd: i32) -> io::Result<()> {
+fn run(
+    args: Args,
+    root: PathBuf,
+    fd: i32,
+    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+) -> io::Result<()> {
+    // SAFETY: fd is the listening socket bound in main, owned by this thread now.
+    let std_listener =
+        unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let rt = match args.backend {
         Some(b) => Runtime::with_backend(b)?,
         None => Runtime::new()?,
     };
     let idle = Duration::from_secs(args.idle_secs);
-    rt.block_on(async move {
-        // SAFETY: fd is the listening socket bound in main, owned by this thread now.
-        let std_listener =
-            unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let token = rt.shutdown_token();
+    rt.block_on(async {
         let listener = TcpListener::from_std(std_listener)?;
+        token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
+        let _ = ready.send(Ok(()));
         let root = Rc::new(root);
-        loop {
-            let (conn, _) = listener.accept().await?;
+        while let Some((conn, _)) = listener.accept_until(&token).await? {
             // Responses are written whole; do not let Nagle hold the last part.
             conn.set_nodelay(true)?;
-            let root = root.clone();
+            let (root, token) = (root.clone(), token.clone());
             ringport::spawn(async move {
-                let _ = serve(conn, &root, idle).await;
+                let _ = serve(conn, &root, idle, &token).await;
             });
         }
-    })
+        // Stop accepting: the listener closes, the connections go on.
+        listener.close().await
+    })?;
+    let left = rt.shutdown_timeout(Duration::from_secs(args.drain_secs))?;
+    if left > 0 {
+        eprintln!("closed {left} connections still open after the drain time");
+    }
+    Ok(())
 }
 
 /// Serves one connection: requests in order (pipelined ones included) until
-/// the client closes, asks to close, errs, or stays idle too long.
-async fn serve(conn: TcpStream, root: &Path, idle: Duration) -> io::Result<()> {
+/// the client closes, asks to close, errs, or stays idle too long. Once
+/// `token` fires, a request already begun is answered with
+/// `Connection: close`, and an idle connection is closed.
+async fn serve(
+    conn: TcpStream,
+    root: &Path,
+    idle: Duration,
+    token: &ShutdownToken,
+) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::with_capacity(MAX_HEAD);
     let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK);
     let mut head_started: Option<Instant> = None;
     let mut last_activity = Instant::now();
+    // Set once a shutdown found a request begun: it is read to its end.
+    let mut last_request = false;
     loop {
         match parse_request(&pending) {
             Ok(Some(req)) => {
                 pending.drain(..req.head_len);
                 head_started = None;
-                let (keep, c) = respond(&conn, root, &req, chunk).await?;
+                let keep = req.keep_alive && !token.is_triggered();
+                let (keep, c) = respond(&conn, root, &req, keep, chunk).await?;
                 chunk = c;
                 if !keep {
                     break;
@@ -163,7 +210,22 @@ async fn serve(conn: TcpStream, root: &Path, idle: Duration) -> io::Result<()> {
             None => last_activity + idle,
         };
         chunk.clear();
-        let (r, c) = conn.read_deadline(chunk, deadline).await;
+        let (r, c) = if pending.is_empty() && !last_request {
+            // Between requests: a shutdown ends the wait, unless the next
+            // request has begun (its bytes wait in the socket): that one
+            // is still answered, with Connection: close.
+            match token.run_until(conn.read_deadline(chunk, deadline)).await {
+                Some(rc) => rc,
+                None if bytes_waiting(&conn) => {
+                    last_request = true;
+                    chunk = Vec::with_capacity(CHUNK);
+                    continue;
+                }
+                None => break,
+            }
+        } else {
+            conn.read_deadline(chunk, deadline).await
+        };
         chunk = c;
         match r {
             Ok(0) => break,
@@ -186,7 +248,36 @@ async fn serve(conn: TcpStream, root: &Path, idle: Duration) -> io::Result<()> {
         }
     }
     let _ = conn.shutdown(std::net::Shutdown::Write).await;
+    // Read what the client still sends until it closes (briefly): closing
+    // with unread bytes would reset the connection under the last answer.
+    let linger = Instant::now() + Duration::from_secs(1);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let (r, b) = conn.read_deadline(buf, linger).await;
+        buf = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            break;
+        }
+    }
     Ok(())
+}
+
+/// Whether bytes the server has not read yet wait in the socket.
+fn bytes_waiting(conn: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a local; MSG_DONTWAIT never blocks and
+    // MSG_PEEK leaves the byte in the socket for the next read.
+    let n = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            &mut b as *mut u8 as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Answers one request; returns whether to keep the connection, and the
@@ -195,9 +286,9 @@ async fn respond(
     conn: &TcpStream,
     root: &Path,
     req: &Request,
+    keep: bool,
     chunk: Vec<u8>,
 ) -> io::Result<(bool, Vec<u8>)> {
-    let keep = req.keep_alive;
     if req.method == Method::Other {
         let resp = ringport_http::response_head(
             Status::MethodNotAllowed,

@@ -100,7 +100,7 @@ fn runtime(b: Backend, ops: u64) -> std::io::Result<u64> {
             }));
         }
         for h in handles {
-            h.await?;
+            h.await??;
         }
         Ok(count.get())
     })

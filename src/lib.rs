@@ -47,9 +47,13 @@ pub use ringport_core::op::{
 };
 pub use ringport_core::port::{GetError, PortEntry, SendFile, TimerId};
 pub use ringport_core::runtime::{
-    pipe, sleep, sleep_until, spawn, submit, timeout, yield_now, Elapsed, File, JoinHandle,
-    OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener,
-    UnixStream,
+    interval, interval_at, shutdown_token, signal, Handle, Interval, MissedTickBehavior, Runtimes,
+    ShutdownToken, Sleep, TcpSocket, Triggered, UnixDatagram,
+};
+pub use ringport_core::runtime::{
+    pipe, sleep, sleep_until, spawn, spawn_blocking, submit, timeout, yield_now, Elapsed, File,
+    JoinError, JoinHandle, OpenOptions, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket,
+    UnhandledPanic, UnixListener, UnixStream, DEFAULT_MAX_BLOCKING_THREADS,
 };
 
 #[cfg(feature = "hyper")]
@@ -119,6 +123,38 @@ impl Runtime {
         self.inner.block_on(future)
     }
 
+    /// Like [`Runtime::block_on`], but a failing driver, or a task panic
+    /// under [`UnhandledPanic::ShutdownRuntime`], is an error.
+    pub fn try_block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
+        self.inner.try_block_on(future)
+    }
+
+    /// A handle to spawn onto this runtime from any thread.
+    pub fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// The runtime's shutdown token (see [`ShutdownToken`]).
+    pub fn shutdown_token(&self) -> ShutdownToken {
+        self.inner.shutdown_token()
+    }
+
+    /// Triggers the shutdown token, runs the tasks until they end or
+    /// `timeout` passes, drops what is left; returns how many were dropped
+    /// (see [`ringport_core::Runtime::shutdown_timeout`]).
+    pub fn shutdown_timeout(self, timeout: std::time::Duration) -> io::Result<usize> {
+        self.inner.shutdown_timeout(timeout)
+    }
+
+    /// Runs `f` on the runtime's blocking pool (see [`spawn_blocking`]).
+    pub fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.spawn_blocking(f)
+    }
+
     /// Starts a local task.
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
@@ -131,6 +167,124 @@ impl Runtime {
     /// The backend's capabilities.
     pub fn capabilities(&self) -> &Capabilities {
         self.inner.capabilities()
+    }
+
+    /// Sets what a task panic does (see [`UnhandledPanic`]).
+    pub fn set_unhandled_panic(&self, policy: UnhandledPanic) {
+        self.inner.set_unhandled_panic(policy)
+    }
+}
+
+/// Many runtimes, one per thread, on a chosen backend: the facade's
+/// [`ringport_core::runtime::Builder`] with a backend and a ring size.
+///
+/// ```no_run
+/// let rts = ringport::Builder::new().threads(2).build()?;
+/// let h = rts.spawn(async { 1 + 1 });
+/// rts.shutdown_timeout(std::time::Duration::from_secs(1))?;
+/// # drop(h);
+/// # Ok::<_, std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    inner: ringport_core::runtime::Builder,
+    backend: Option<Backend>,
+    entries: Option<u32>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// The core builder's defaults (one thread per CPU, ...), on the
+    /// backend `RINGPORT_BACKEND` names, else `Auto`.
+    pub fn new() -> Builder {
+        Builder {
+            inner: ringport_core::runtime::Builder::new(),
+            backend: None,
+            entries: None,
+        }
+    }
+    /// The backend every runtime runs on (wins over `RINGPORT_BACKEND`).
+    pub fn backend(mut self, b: Backend) -> Builder {
+        self.backend = Some(b);
+        self
+    }
+    /// The io_uring submission queue size of each runtime (io_uring only;
+    /// ignored by the other backends).
+    pub fn ring_entries(mut self, n: u32) -> Builder {
+        self.entries = Some(n);
+        self
+    }
+    /// How many runtimes (threads).
+    pub fn threads(mut self, n: usize) -> Builder {
+        self.inner = self.inner.threads(n);
+        self
+    }
+    /// Pins runtime `i` to CPU `i`.
+    pub fn pin_cpus(mut self, on: bool) -> Builder {
+        self.inner = self.inner.pin_cpus(on);
+        self
+    }
+    /// What a task panic does.
+    pub fn unhandled_panic(mut self, p: UnhandledPanic) -> Builder {
+        self.inner = self.inner.unhandled_panic(p);
+        self
+    }
+    /// The bound of the shared blocking pool.
+    pub fn max_blocking_threads(mut self, n: usize) -> Builder {
+        self.inner = self.inner.max_blocking_threads(n);
+        self
+    }
+    /// How long runtimes drain when their shutdown token fires.
+    pub fn drain_timeout(mut self, d: std::time::Duration) -> Builder {
+        self.inner = self.inner.drain_timeout(d);
+        self
+    }
+
+    fn make_driver(backend: Backend, entries: Option<u32>) -> io::Result<Box<dyn Driver>> {
+        #[cfg(target_os = "linux")]
+        if let (Some(n), Backend::Uring | Backend::Auto) = (entries, backend) {
+            match UringDriver::builder().entries(n).build() {
+                Ok(d) => return Ok(Box::new(d)),
+                Err(e) if backend == Backend::Uring => {
+                    return Err(io::Error::new(e.kind(), format!("backend uring: {e}")))
+                }
+                Err(_) => {}
+            }
+        }
+        let _ = entries;
+        backend::open(backend).map(|(d, _, _)| d)
+    }
+
+    /// Starts the runtimes, each on its own thread and driver.
+    pub fn build(&self) -> io::Result<Runtimes> {
+        let backend = match self.backend {
+            Some(b) => b,
+            None => Backend::from_env()?.unwrap_or(Backend::Auto),
+        };
+        let entries = self.entries;
+        self.inner
+            .build_with(move |_| Self::make_driver(backend, entries))
+    }
+
+    /// One runtime on this thread with these settings (`threads` and
+    /// `pin_cpus` do not apply).
+    pub fn build_local(&self) -> io::Result<Runtime> {
+        let backend = match self.backend {
+            Some(b) => b,
+            None => Backend::from_env()?.unwrap_or(Backend::Auto),
+        };
+        let driver = Self::make_driver(backend, self.entries)?;
+        let chosen: Backend = driver.name().parse()?;
+        Ok(Runtime {
+            inner: self.inner.build_local(driver),
+            backend: chosen,
+            fallback_reason: None,
+        })
     }
 }
 

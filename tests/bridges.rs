@@ -38,7 +38,7 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     let addr = l.local_addr().unwrap();
     let c = ringport::spawn(TcpStream::connect(addr));
     let (s, _) = l.accept().await.unwrap();
-    (c.await.unwrap(), s)
+    (c.await.unwrap().unwrap(), s)
 }
 
 /// How many lines the codec cases echo (`RINGPORT_BRIDGE_LINES`, default 1,000,000).
@@ -102,8 +102,8 @@ fn lines_echo(b: Backend, n: usize, timeouts: bool) -> usize {
                 assert_eq!(got.unwrap().unwrap(), line(i), "line {i}");
             }
         }
-        writer.await.unwrap();
-        echo.await.unwrap();
+        writer.await.unwrap().unwrap();
+        echo.await.unwrap().unwrap();
         fired
     })
 }
@@ -165,7 +165,7 @@ fn futures_io_round_trip(b: Backend) {
         });
         let mut all = Vec::new();
         rd.read_to_end(&mut all).await.unwrap();
-        w.await;
+        w.await.unwrap();
         assert_eq!(all, expect);
     });
 }
@@ -740,7 +740,7 @@ fn unix_stream_tokio_echo(b: Backend) {
         let p = path.clone();
         let client = ringport::spawn(async move { ringport::UnixStream::connect(p).await });
         let server = l.accept().await.unwrap();
-        let client = client.await.unwrap();
+        let client = client.await.unwrap().unwrap();
         let (mut sr, mut sw) = server.into_split();
         let echo = ringport::spawn(async move {
             let mut buf = [0u8; 1000];
@@ -761,8 +761,8 @@ fn unix_stream_tokio_echo(b: Backend) {
         });
         let mut got = Vec::new();
         cr.read_to_end(&mut got).await.unwrap();
-        writer.await;
-        echo.await;
+        writer.await.unwrap();
+        echo.await.unwrap();
         assert_eq!(got, msg);
     });
     let _ = std::fs::remove_file(&path);
@@ -798,7 +798,7 @@ fn abandoned_write_goes_out_once(b: Backend) {
             .await
             .unwrap();
         AsyncWriteExt::shutdown(&mut client).await.unwrap();
-        let all = reader.await;
+        let all = reader.await.unwrap();
         assert!(all.len() >= 4 && all.ends_with(b"tail"), "no tail");
         let head = &all[..all.len() - 4];
         // write_all's one poll_write took all 8 MiB as one send; the timeout

@@ -240,7 +240,7 @@ fn clients(b: Backend) {
             }));
         }
         for t in tasks {
-            t.await;
+            t.await.unwrap();
         }
     });
     println!(

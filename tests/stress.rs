@@ -148,7 +148,7 @@ fn mixed_ops_with_drops(b: Backend) {
                 }
             });
             for h in handles {
-                h.await;
+                h.await.unwrap();
             }
             drop(feeder);
         });

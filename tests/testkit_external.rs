@@ -41,6 +41,9 @@ impl Driver for Wrapped {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
+        if self.2.get(op.kind()) == Support::Unsupported {
+            return Err(SubmitError::unsupported(op, "wrapped"));
+        }
         self.0.submit(op, token, deadline)
     }
     fn wait(

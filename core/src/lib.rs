@@ -36,4 +36,4 @@ pub use driver::{
 };
 pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
 pub use port::{CompletionPort, GetError, PortEntry, SendFile, TimerId};
-pub use runtime::{spawn, yield_now, JoinHandle, Runtime};
+pub use runtime::{spawn, yield_now, JoinError, JoinHandle, Runtime, UnhandledPanic};

@@ -253,7 +253,7 @@ pub fn runtime_randread(
         ringport::sleep(dur).await?;
         let m = sh.end(w);
         for t in tasks {
-            t.await?;
+            t.await??;
         }
         Ok(m)
     })
@@ -330,7 +330,7 @@ pub fn runtime_write(
         let w = sh.begin();
         ringport::sleep(dur).await?;
         let m = sh.end(w);
-        task.await?;
+        task.await??;
         Ok(m)
     })
 }

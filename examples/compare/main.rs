@@ -11,6 +11,7 @@
 //! Without `--features peers` the tokio, monoio and compio rows are shown as
 //! "n/a" (the peers are optional so that `cargo test` does not build them).
 
+mod blocking;
 mod epoll_client;
 mod file;
 mod measure;
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
 /// Workloads run only when named (not part of `all`, so `--quick` stays
 /// short): `echo-scale`, the scale curve.
-const EXTRA_WORKLOADS: [&str; 1] = ["echo-scale"];
+const EXTRA_WORKLOADS: [&str; 2] = ["echo-scale", "blocking"];
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -48,7 +49,8 @@ struct Cli {
     cmd: Option<Cmd>,
     /// Workloads to run, comma-separated: nop, file-randread, file-write,
     /// echo, accept, or all; and echo-scale (the scale curve: 1 to 1,000
-    /// connections, 50 active + 1,000 idle), which `all` does not include.
+    /// connections, 50 active + 1,000 idle), which `all` does not include;
+    /// and blocking (echo p99 while 1,000 × 10 ms `spawn_blocking` jobs run).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workload: Vec<String>,
     /// Only rows whose backend/peer name contains one of these
@@ -783,6 +785,7 @@ fn suite(cli: Cli) -> io::Result<()> {
                 ],
                 &[net::Client::Uring],
             ),
+            "blocking" => blocking::plan(&mut plan, &avail),
             _ => {}
         }
         for (b, ok) in &avail {

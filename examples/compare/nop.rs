@@ -111,7 +111,7 @@ pub fn runtime(b: Backend, tasks: usize, warmup: Duration, dur: Duration) -> io:
         let (c1, cpu1, secs) = (count.get(), cpu_self(), t0.elapsed().as_secs_f64());
         stop.set(true);
         for h in handles {
-            h.await?;
+            h.await??;
         }
         let lat = lat.borrow();
         let mut m = Measured::from_parts(c1 - c0, secs, Some(cpu1 - cpu0), &lat);

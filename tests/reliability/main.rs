@@ -157,6 +157,7 @@ fn emfile_child(b: Backend) {
         let (s, _) = ringport::timeout(Duration::from_secs(5), accepted)
             .await
             .expect("accept recovers once fds are free")
+            .unwrap()
             .expect("accept");
         assert!(t0.elapsed() >= Duration::from_millis(300));
         let (r, buf) = s.read(Vec::with_capacity(64)).await;

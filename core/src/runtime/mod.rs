@@ -2,8 +2,9 @@
 //!
 //! One runtime per thread (thread-per-core): it owns its driver, runs local
 //! tasks, and turns each I/O call into one submitted [`Op`] whose completion
-//! wakes the task. Scale out by running one runtime per core, e.g. with
-//! `SO_REUSEPORT` listeners.
+//! wakes the task. Scale out by running one runtime per core: a [`Builder`]
+//! starts them, a [`Handle`] spawns onto one from any thread, and
+//! [`Runtimes::serve_reuse_port`] gives each its own `SO_REUSEPORT` listener.
 //!
 //! **Cancellation.** Dropping an I/O future while its op is in flight asks the
 //! driver to cancel the op, and the driver keeps the op's buffer until the
@@ -15,21 +16,36 @@
 //! or should use a per-op deadline (`*_deadline` methods), which returns the
 //! buffer and the real result instead.
 
+mod blocking;
+mod builder;
 mod fs;
 mod multishot;
 pub(crate) mod net;
 mod op;
 mod pooled;
+mod shutdown;
+pub mod signal;
+mod socket;
+mod task;
 mod time;
 mod zerocopy;
 
+pub use blocking::{spawn_blocking, DEFAULT_MAX_BLOCKING_THREADS};
+pub use builder::{Builder, Handle, Runtimes};
 pub use fs::{File, OpenOptions};
 pub use multishot::{Incoming, RecvStream};
 pub use net::{
     pipe, PipeReader, PipeWriter, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream,
 };
 pub use op::{submit, OpFuture};
-pub use time::{sleep, sleep_until, timeout, Elapsed};
+pub use shutdown::{shutdown_token, ShutdownToken, Triggered};
+pub use socket::{TcpSocket, UnixDatagram};
+pub use task::{JoinError, JoinHandle};
+
+pub use time::{
+    interval, interval_at, sleep, sleep_until, timeout, Elapsed, Interval, MissedTickBehavior,
+    Sleep,
+};
 
 use crate::driver::{Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError};
 use crate::op::{Op, OpId};
@@ -45,6 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
+use task::{TaskExit, TaskFuture};
 
 /// Task id of the future given to `block_on`.
 const MAIN: usize = usize::MAX;
@@ -88,13 +105,19 @@ pub(crate) struct Remote {
 }
 
 /// Fds waiting to be closed through the driver, ops whose futures were
-/// dropped on another thread, and whether the runtime is still there to
-/// deal with them.
+/// dropped on another thread, tasks spawned from other threads (through a
+/// [`Handle`]), and whether the runtime is still there to deal with them.
 struct Closes {
     fds: Vec<RawFd>,
     dropped_ops: Vec<OpId>,
+    spawns: Vec<RemoteSpawn>,
     open: bool,
 }
+
+/// A task handed over from another thread: inserted into the task table
+/// on the runtime's thread. Dropped unrun (the runtime is gone), its
+/// handle resolves to a cancel.
+pub(crate) type RemoteSpawn = Box<dyn FnOnce(&Rc<Core>) + Send + 'static>;
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +138,20 @@ impl Remote {
             drop(c);
             self.driver.wake();
         }
+    }
+
+    /// Queues a task for the runtime and wakes it; when the runtime is
+    /// gone, the task is dropped here (its handle reports a cancel).
+    pub(crate) fn defer_spawn(&self, spawn: RemoteSpawn) {
+        let mut c = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.open {
+            drop(c);
+            drop(spawn);
+            return;
+        }
+        c.spawns.push(spawn);
+        drop(c);
+        self.driver.wake();
     }
 
     pub(crate) fn defer_close(&self, fd: RawFd) -> bool {
@@ -231,8 +268,22 @@ impl TaskWake {
 }
 
 struct Task {
-    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    future: Option<Pin<Box<dyn Future<Output = TaskExit>>>>,
     wake: Arc<TaskWake>,
+}
+
+/// What the runtime does when a spawned task panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnhandledPanic {
+    /// The panic is caught, the task's [`JoinHandle`] resolves to a
+    /// [`JoinError`] carrying it, and the runtime and its other tasks go on.
+    #[default]
+    Ignore,
+    /// The panic is caught and reported through the handle as with
+    /// `Ignore`, and then the runtime shuts down: the running `block_on`
+    /// ends (`try_block_on` with an error naming the panic, `block_on` by
+    /// panicking with it).
+    ShutdownRuntime,
 }
 
 /// The runtime's state, shared (on its thread) by every future it runs.
@@ -247,6 +298,13 @@ pub(crate) struct Core {
     main_wake: Arc<TaskWake>,
     /// Finished ops announced by the driver, to dispatch.
     records: RefCell<Vec<Ready>>,
+    on_panic: Cell<UnhandledPanic>,
+    /// The message of a task panic that shuts the runtime down.
+    fatal_panic: RefCell<Option<String>>,
+    blocking: Arc<blocking::BlockingPool>,
+    shutdown: ShutdownToken,
+    /// Woken when the last spawned task ends (for `shutdown_timeout`).
+    no_tasks: RefCell<Option<Waker>>,
 }
 
 thread_local! {
@@ -466,8 +524,24 @@ impl Core {
         let waker = wake.borrowed_waker();
         let mut cx = Context::from_waker(&waker);
         match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(()) => {
-                self.tasks.borrow_mut().remove(id);
+            Poll::Ready(exit) => {
+                let (task, empty) = {
+                    let mut tasks = self.tasks.borrow_mut();
+                    let t = tasks.remove(id);
+                    (t, tasks.is_empty())
+                };
+                drop(fut);
+                drop(task);
+                if empty {
+                    if let Some(w) = self.no_tasks.borrow_mut().take() {
+                        w.wake();
+                    }
+                }
+                if let TaskExit::Panicked(msg) = exit {
+                    if self.on_panic.get() == UnhandledPanic::ShutdownRuntime {
+                        self.fatal_panic.borrow_mut().get_or_insert(msg);
+                    }
+                }
             }
             Poll::Pending => {
                 if let Some(task) = self.tasks.borrow_mut().get_mut(id) {
@@ -486,22 +560,33 @@ impl Core {
         self.close_deferred(false);
     }
 
-    /// Closes, through the driver, the fds dropped away from this thread.
+    /// Closes, through the driver, the fds dropped away from this thread,
+    /// and takes in the tasks spawned from other threads.
     /// With `last`, no more are accepted afterwards (the runtime is going).
     fn close_deferred(&self, last: bool) {
-        let (fds, dropped_ops) = {
+        let (fds, dropped_ops, spawns) = {
             let mut c = self.remote.closes.lock().unwrap_or_else(|e| e.into_inner());
             if last {
                 c.open = false;
             }
-            if c.fds.is_empty() && c.dropped_ops.is_empty() {
+            if c.fds.is_empty() && c.dropped_ops.is_empty() && c.spawns.is_empty() {
                 return;
             }
             (
                 std::mem::take(&mut c.fds),
                 std::mem::take(&mut c.dropped_ops),
+                std::mem::take(&mut c.spawns),
             )
         };
+        if last {
+            drop(spawns); // the runtime is going: their handles report a cancel
+        } else if !spawns.is_empty() {
+            let me = current().filter(|c| Arc::ptr_eq(&c.remote, &self.remote));
+            match me {
+                Some(core) => spawns.into_iter().for_each(|s| s(&core)),
+                None => drop(spawns),
+            }
+        }
         for id in dropped_ops {
             self.drop_op(id);
         }
@@ -557,12 +642,29 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime over `driver`.
     pub fn from_driver(driver: Box<dyn Driver>) -> Runtime {
+        Self::with_pool(
+            driver,
+            blocking::BlockingPool::new(DEFAULT_MAX_BLOCKING_THREADS),
+        )
+    }
+
+    /// A handle to this runtime, to spawn onto it from any thread.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            remote: self.core.remote.clone(),
+            blocking: self.core.blocking.clone(),
+            shutdown: self.core.shutdown.clone(),
+        }
+    }
+
+    fn with_pool(driver: Box<dyn Driver>, pool: Arc<blocking::BlockingPool>) -> Runtime {
         let caps = driver.capabilities().clone();
         let remote = Arc::new(Remote {
             queue: Mutex::new(Vec::new()),
             closes: Mutex::new(Closes {
                 fds: Vec::new(),
                 dropped_ops: Vec::new(),
+                spawns: Vec::new(),
                 open: true,
             }),
             driver: driver.waker(),
@@ -582,6 +684,11 @@ impl Runtime {
                 remote,
                 main_wake,
                 records: RefCell::new(Vec::with_capacity(256)),
+                on_panic: Cell::new(UnhandledPanic::Ignore),
+                fatal_panic: RefCell::new(None),
+                blocking: pool,
+                shutdown: ShutdownToken::new(),
+                no_tasks: RefCell::new(None),
             }),
             main_running: Cell::new(false),
         }
@@ -598,18 +705,28 @@ impl Runtime {
     }
 
     /// Runs `future` to completion on this thread, running spawned tasks and
-    /// I/O meanwhile. Fails only if the driver's wait fails.
+    /// I/O meanwhile. A spawned task that panics is caught (its
+    /// [`JoinHandle`] reports it) unless the runtime is set to shut down on
+    /// task panics.
     ///
     /// # Panics
     ///
-    /// If called from inside another `block_on` on this thread.
+    /// If called from inside another `block_on` on this thread, if the
+    /// driver's wait fails, or (under [`UnhandledPanic::ShutdownRuntime`])
+    /// if a task panicked.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.try_block_on(future)
-            .unwrap_or_else(|e| panic!("ringport runtime: the driver failed: {e}"))
+            .unwrap_or_else(|e| panic!("ringport runtime: {e}"))
     }
 
-    /// Like [`Runtime::block_on`], but a failing driver is returned as an
-    /// error instead of a panic.
+    /// Sets what a task panic does (by default, [`UnhandledPanic::Ignore`]).
+    pub fn set_unhandled_panic(&self, policy: UnhandledPanic) {
+        self.core.on_panic.set(policy);
+    }
+
+    /// Like [`Runtime::block_on`], but a failing driver (or a task panic
+    /// under [`UnhandledPanic::ShutdownRuntime`]) is returned as an error
+    /// instead of a panic.
     pub fn try_block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
         assert!(
             !self.main_running.replace(true),
@@ -635,12 +752,58 @@ impl Runtime {
                     None => break,
                 }
             }
+            if let Some(msg) = core.fatal_panic.borrow_mut().take() {
+                return Err(io::Error::other(format!(
+                    "a task panicked and the runtime shuts down on task panics: {msg}"
+                )));
+            }
             core.drain_remote();
             let idle = core.run_queue.borrow().is_empty()
                 && !core.main_wake.queued.load(Ordering::Acquire);
             core.turn_driver(idle)?;
             core.drain_remote();
         }
+    }
+
+    /// This runtime's shutdown token (see [`ShutdownToken`]).
+    pub fn shutdown_token(&self) -> ShutdownToken {
+        self.core.shutdown.clone()
+    }
+
+    /// Shuts the runtime down gracefully: triggers its shutdown token, runs
+    /// its tasks until they have all ended or `timeout` has passed, then
+    /// drops what is left (their ops cancelled, their fds closed through
+    /// the driver). Returns how many tasks were still running and dropped.
+    pub fn shutdown_timeout(self, timeout: std::time::Duration) -> io::Result<usize> {
+        self.core.shutdown.trigger();
+        let deadline = Instant::now().checked_add(timeout);
+        let core = self.core.clone();
+        self.try_block_on(async move {
+            let all_ended = std::future::poll_fn(|cx| {
+                if core.tasks.borrow().is_empty() {
+                    Poll::Ready(())
+                } else {
+                    *core.no_tasks.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            match deadline {
+                Some(d) => {
+                    let _ = time::timeout_at(d, all_ended).await;
+                }
+                None => all_ended.await,
+            }
+        })?;
+        Ok(self.core.tasks.borrow().len())
+    }
+
+    /// Runs `f` on this runtime's blocking pool (see [`spawn_blocking`]).
+    pub fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.core.blocking.spawn(f)
     }
 
     /// Starts `future` as a task on this runtime. It runs while `block_on`
@@ -717,24 +880,17 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    let state = Rc::new(RefCell::new(JoinState {
-        output: None,
-        waker: None,
-        finished: false,
-    }));
-    let st = state.clone();
-    let wrapped = async move {
-        let out = future.await;
-        let waker = {
-            let mut s = st.borrow_mut();
-            s.output = Some(out);
-            s.finished = true;
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    };
+    let shared = task::Shared::new(None);
+    insert_task(core, TaskFuture::new(future, shared.clone()));
+    JoinHandle::new(shared)
+}
+
+/// Puts a task in the table and queues it.
+fn insert_task<F>(core: &Rc<Core>, task: TaskFuture<F>)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
     let mut tasks = core.tasks.borrow_mut();
     let entry = tasks.vacant_entry();
     let id = entry.key();
@@ -743,12 +899,12 @@ where
         queued: AtomicBool::new(true),
         remote: core.remote.clone(),
     });
+    task.shared().set_task_waker(wake.clone().waker());
     entry.insert(Task {
-        future: Some(Box::pin(wrapped)),
+        future: Some(Box::pin(task)),
         wake,
     });
     core.run_queue.borrow_mut().push_back(id);
-    JoinHandle { state }
 }
 
 /// Starts `future` as a task on the runtime running on this thread.
@@ -763,38 +919,6 @@ where
 {
     let core = current().expect("ringport::spawn called outside a running runtime");
     spawn_on(&core, future)
-}
-
-struct JoinState<T> {
-    output: Option<T>,
-    waker: Option<Waker>,
-    finished: bool,
-}
-
-/// Awaits a spawned task's output. Dropping it detaches the task.
-pub struct JoinHandle<T> {
-    state: Rc<RefCell<JoinState<T>>>,
-}
-
-impl<T> JoinHandle<T> {
-    /// Whether the task has finished.
-    pub fn is_finished(&self) -> bool {
-        self.state.borrow().finished
-    }
-}
-
-impl<T> Future for JoinHandle<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut s = self.state.borrow_mut();
-        match s.output.take() {
-            Some(v) => Poll::Ready(v),
-            None => {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
 }
 
 /// Yields once to the other tasks.
@@ -831,5 +955,22 @@ mod send_checks {
         is_send::<PipeReader>();
         is_send::<PipeWriter>();
         is_send::<OpFuture>();
+        is_send::<TcpSocket>();
+        is_send::<UnixDatagram>();
+        is_send::<signal::Signal>();
+    }
+
+    fn is_send_sync_clone<T: Send + Sync + Clone>() {}
+
+    /// A handle and a shutdown token go to any thread; a join handle of a
+    /// `Send` output may be awaited on another thread.
+    #[test]
+    fn handles_cross_threads() {
+        is_send_sync_clone::<Handle>();
+        is_send_sync_clone::<ShutdownToken>();
+        is_send::<JoinHandle<u32>>();
+        is_send::<JoinError>();
+        fn is_sync<T: Sync>() {}
+        is_sync::<JoinError>();
     }
 }

@@ -85,7 +85,7 @@ impl Drop for Fd {
     }
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -96,12 +96,12 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Whether fds made now should be non-blocking: what the running backend
 /// needs, or blocking outside a runtime (readiness backends switch an fd to
 /// non-blocking themselves on first use).
-fn want_nonblocking() -> bool {
+pub(crate) fn want_nonblocking() -> bool {
     current().is_some_and(|c| c.capabilities().needs_nonblocking)
 }
 
 /// A socket of `domain`/`ty`, close-on-exec, non-blocking if the backend needs it.
-fn new_socket(domain: i32, ty: i32) -> io::Result<Fd> {
+pub(crate) fn new_socket(domain: i32, ty: i32) -> io::Result<Fd> {
     let mut flags = ty | libc::SOCK_CLOEXEC;
     if want_nonblocking() {
         flags |= libc::SOCK_NONBLOCK;
@@ -111,14 +111,14 @@ fn new_socket(domain: i32, ty: i32) -> io::Result<Fd> {
     Ok(Fd::new(fd))
 }
 
-fn family_of(addr: &SocketAddr) -> i32 {
+pub(crate) fn family_of(addr: &SocketAddr) -> i32 {
     match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
     }
 }
 
-fn set_opt(fd: RawFd, level: i32, name: i32, val: i32) -> io::Result<()> {
+pub(crate) fn set_opt(fd: RawFd, level: i32, name: i32, val: i32) -> io::Result<()> {
     // SAFETY: val lives for the call; the length matches its type.
     cvt(unsafe {
         libc::setsockopt(
@@ -132,13 +132,13 @@ fn set_opt(fd: RawFd, level: i32, name: i32, val: i32) -> io::Result<()> {
     .map(|_| ())
 }
 
-fn bind_raw(fd: RawFd, addr: &SockAddr) -> io::Result<()> {
+pub(crate) fn bind_raw(fd: RawFd, addr: &SockAddr) -> io::Result<()> {
     addr.validate()?;
     // SAFETY: addr points at a validated sockaddr of addr.len() bytes.
     cvt(unsafe { libc::bind(fd, addr.as_ptr(), addr.len()) }).map(|_| ())
 }
 
-fn sock_name(fd: RawFd, peer: bool) -> io::Result<SockAddr> {
+pub(crate) fn sock_name(fd: RawFd, peer: bool) -> io::Result<SockAddr> {
     let mut a = SockAddr::empty();
     // SAFETY: the storage and its length describe a writable buffer.
     let r = unsafe {
@@ -152,7 +152,7 @@ fn sock_name(fd: RawFd, peer: bool) -> io::Result<SockAddr> {
     Ok(a)
 }
 
-fn ip_of(a: SockAddr) -> io::Result<SocketAddr> {
+pub(crate) fn ip_of(a: SockAddr) -> io::Result<SocketAddr> {
     a.as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket address"))
 }
@@ -165,13 +165,13 @@ fn how(h: Shutdown) -> ShutdownHow {
     }
 }
 
-fn back_mut<B: IoBufMut>(op: Op) -> B {
+pub(crate) fn back_mut<B: IoBufMut>(op: Op) -> B {
     op.into_buf_mut()
         .and_then(|b| b.downcast().ok())
         .expect("ringport driver broke its contract: the op came back changed")
 }
 
-fn back<B: IoBuf>(op: Op) -> B {
+pub(crate) fn back<B: IoBuf>(op: Op) -> B {
     op.into_buf()
         .and_then(|b| b.downcast().ok())
         .expect("ringport driver broke its contract: the op came back changed")
@@ -206,7 +206,7 @@ pub(crate) fn stream_write_op(fd: RawFd, buf: AnyBuf, socket: bool) -> Op {
 }
 
 /// One read on a stream fd (recv on sockets, read on pipes).
-async fn read_stream<B: IoBufMut>(
+pub(crate) async fn read_stream<B: IoBufMut>(
     fd: RawFd,
     buf: B,
     socket: bool,
@@ -218,7 +218,7 @@ async fn read_stream<B: IoBufMut>(
 }
 
 /// One whole write on a stream fd: completes when every byte is written.
-async fn write_stream<B: IoBuf>(
+pub(crate) async fn write_stream<B: IoBuf>(
     fd: RawFd,
     buf: B,
     socket: bool,
@@ -270,7 +270,7 @@ async fn accept_raw(fd: RawFd) -> io::Result<(Fd, SockAddr)> {
     }
 }
 
-async fn connect_raw(fd: &Fd, addr: SockAddr) -> io::Result<()> {
+pub(crate) async fn connect_raw(fd: &Fd, addr: SockAddr) -> io::Result<()> {
     submit(
         Op::Connect {
             fd: fd.raw(),
@@ -352,7 +352,7 @@ macro_rules! stream_io {
 /// A TCP listening socket.
 #[derive(Debug)]
 pub struct TcpListener {
-    fd: Fd,
+    pub(crate) fd: Fd,
 }
 
 impl TcpListener {
@@ -399,6 +399,16 @@ impl TcpListener {
             },
             peer,
         ))
+    }
+
+    /// Waits for a connection, or for `token` to be triggered (`Ok(None)`:
+    /// stop accepting). The accept in flight is cancelled then; a
+    /// connection it had already taken is closed through the driver.
+    pub async fn accept_until(
+        &self,
+        token: &super::ShutdownToken,
+    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        token.run_until(self.accept()).await.transpose()
     }
 
     /// The bound address (with the real port when bound to port 0).

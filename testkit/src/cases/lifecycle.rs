@@ -146,7 +146,7 @@ async fn fresh_pipe_reads() -> std::os::fd::RawFd {
     ringport::sleep(Duration::from_millis(20)).await.unwrap();
     let (res, _) = w.write_all(&b"hello"[..]).await;
     res.unwrap();
-    let (res, buf) = reader.await;
+    let (res, buf) = reader.await.unwrap();
     assert_eq!(res.expect("a read on a reused fd number completes"), 5);
     assert_eq!(buf, b"hello");
     num

@@ -16,7 +16,7 @@ async fn pair() -> (TcpStream, TcpStream) {
     let addr = l.local_addr().unwrap();
     let accepted = ringport::spawn(async move { l.accept().await.unwrap().0 });
     let c = TcpStream::connect(addr).await.unwrap();
-    (c, accepted.await)
+    (c, accepted.await.expect("the accept task"))
 }
 
 /// BP1: a pooled recv gets the bytes that arrived in a buffer of the pool.

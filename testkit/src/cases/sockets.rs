@@ -19,7 +19,7 @@ pub fn s1_tcp_accept_connect(b: Target) {
         let addr = l.local_addr().unwrap();
         let acc = spawn(async move { l.accept().await });
         let c = TcpStream::connect(addr).await.unwrap();
-        let (s, peer) = acc.await.unwrap();
+        let (s, peer) = acc.await.unwrap().unwrap();
         assert_eq!(peer, c.local_addr().unwrap());
         assert_eq!(s.peer_addr().unwrap(), c.local_addr().unwrap());
         assert_eq!(c.peer_addr().unwrap(), addr);
@@ -71,7 +71,7 @@ pub fn s2_echo_one_mib(b: Target) {
             got.extend_from_slice(&b);
             buf = b;
         }
-        w.await;
+        w.await.unwrap();
         assert_eq!(got.len(), TOTAL);
         assert!(
             got.iter().enumerate().all(|(i, &x)| x == pattern(i)),
@@ -332,7 +332,7 @@ pub fn s11_many_connections(b: Target) {
             }));
         }
         for h in handles {
-            h.await;
+            h.await.unwrap();
         }
         assert_eq!(served.get(), n);
         let out = child.join().unwrap();

@@ -86,8 +86,8 @@ pub fn st1_cancelled_queued_write_keeps_stream_order(b: Target) {
         let third = ringport::spawn(async move { s3.write_all(vec![b'C'; THIRD]).await.0 });
         ringport::yield_now().await; // the third write is submitted
         go.send(()).unwrap();
-        assert_eq!(first.await.unwrap(), BIG);
-        assert_eq!(third.await.unwrap(), THIRD);
+        assert_eq!(first.await.unwrap().unwrap(), BIG);
+        assert_eq!(third.await.unwrap().unwrap(), THIRD);
         s.shutdown(Shutdown::Write).await.unwrap();
         let all = reader.join().unwrap();
         assert!(all.len() >= BIG + THIRD, "got {} bytes", all.len());
