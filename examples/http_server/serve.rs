@@ -329,7 +329,10 @@ pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<(
             Ok(Some(req)) => {
                 pending.drain(..req.head_len);
                 head_started = None;
-                let (keep, status, n) = respond(&conn, ctx, &req).await?;
+                // Boxed: an idle connection's task then holds only what
+                // waiting for the next request needs, not the state of
+                // answering one.
+                let (keep, status, n) = Box::pin(respond(&conn, ctx, &req)).await?;
                 if let Some(log) = &ctx.log {
                     log.line(peer, &ctx.date(), &req, status, n);
                 }
@@ -343,7 +346,7 @@ pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<(
             Err(status) => {
                 let mut b = ctx.take_buf();
                 b.extend_from_slice(&error_response(status, false));
-                send(&conn, ctx, b).await?;
+                Box::pin(send(&conn, ctx, b)).await?;
                 break;
             }
         }
@@ -369,7 +372,7 @@ pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<(
                 if !pending.is_empty() {
                     let mut b = ctx.take_buf();
                     b.extend_from_slice(&error_response(Status::RequestTimeout, false));
-                    send(&conn, ctx, b).await?;
+                    Box::pin(send(&conn, ctx, b)).await?;
                 }
                 break;
             }
