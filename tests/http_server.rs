@@ -496,3 +496,92 @@ fn the_cache_sees_a_file_rewritten_in_place_within_cache_ms() {
     }
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn beyond_max_conns_a_new_connection_is_closed_at_once() {
+    let root = www("maxconns");
+    for b in backends() {
+        let s = Server::start(&root, b, &["--max-conns", "2"]);
+        let mut a = Client::connect(&s.addr);
+        let mut c = Client::connect(&s.addr);
+        assert_eq!(a.get("/small.txt", &[]).status, 200, "{b}");
+        assert_eq!(c.get("/small.txt", &[]).status, 200, "{b}");
+        // The third: closed without an answer.
+        let mut third = TcpStream::connect(&s.addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let t0 = Instant::now();
+        let _ = third.write_all(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        let mut out = Vec::new();
+        match third.read_to_end(&mut out) {
+            Ok(_) => assert!(out.is_empty(), "{b}: the third got an answer"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{b}: {e}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1), "{b}: not at once");
+        // A place comes free when a connection ends.
+        drop(a);
+        let t0 = Instant::now();
+        loop {
+            let mut s2 = TcpStream::connect(&s.addr).unwrap();
+            s2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s2.write_all(b"GET /small.txt HTTP/1.1\r\nConnection: close\r\n\r\n");
+            let mut out = Vec::new();
+            let _ = s2.read_to_end(&mut out);
+            if out.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "{b}: no place came free"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            c.get("/small.txt", &[]).status,
+            200,
+            "{b}: the second still served"
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_access_log_gets_a_line_per_request() {
+    let root = www("log");
+    for b in backends() {
+        let log = root.join(format!("access-{}.log", b.name()));
+        let s = Server::start(&root, b, &["--access-log", log.to_str().unwrap()]);
+        let mut c = Client::connect(&s.addr);
+        assert_eq!(c.get("/small.txt", &[]).status, 200);
+        assert_eq!(c.get("/nope", &[]).status, 404);
+        assert_eq!(c.get("/small.txt?q=1", &[]).status, 200);
+        // Buffered: written out within a second or so.
+        let t0 = Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() >= 3 || t0.elapsed() > Duration::from_secs(3) {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{b}: {text}");
+        assert!(
+            lines[0].contains("\"GET /small.txt\" 200 11"),
+            "{b}: {}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("\"GET /nope\" 404 0"),
+            "{b}: {}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("\"GET /small.txt?q=1\" 200 11"),
+            "{b}: {}",
+            lines[2]
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
