@@ -10,12 +10,14 @@ use ringport_http::{
     request_path, response_head, FileCache, Method, RangeSpec, Request, Status,
 };
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A body up to this size is read into the head's buffer and goes out in
@@ -74,6 +76,41 @@ pub struct Ctx {
     spare: RefCell<Vec<Vec<u8>>>,
     date: RefCell<(i64, String)>,
     log: Option<Rc<AccessLog>>,
+    watches: Rc<RefCell<Vec<Weak<Watch>>>>,
+}
+
+/// The receive deadline of one connection, kept by the thread's sweeper
+/// rather than by a timer per connection (a timer op and its future cost
+/// an idle connection more memory than everything else it holds). When a
+/// waiting receive passes its deadline, the sweeper marks it expired and
+/// wakes its task, which drops the receive (the runtime cancels the op).
+struct Watch {
+    deadline: Cell<Instant>,
+    armed: Cell<bool>,
+    expired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// Every `every`, ends the waiting receives whose deadline has passed.
+async fn sweep(watches: Rc<RefCell<Vec<Weak<Watch>>>>, every: Duration) {
+    loop {
+        if ringport::sleep(every).await.is_err() {
+            return;
+        }
+        let now = Instant::now();
+        watches.borrow_mut().retain(|w| {
+            let Some(w) = w.upgrade() else {
+                return false;
+            };
+            if w.armed.get() && !w.expired.get() && now >= w.deadline.get() {
+                w.expired.set(true);
+                if let Some(waker) = w.waker.borrow_mut().take() {
+                    waker.wake();
+                }
+            }
+            true
+        });
+    }
 }
 
 impl Ctx {
@@ -110,13 +147,18 @@ impl Ctx {
             }
             None => None,
         };
+        let idle = Duration::from_secs(args.idle_secs);
+        let watches = Rc::new(RefCell::new(Vec::new()));
+        let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        ringport::spawn(sweep(watches.clone(), every));
         Ok(Ctx {
             dir,
+            watches,
             cache: RefCell::new(FileCache::new(
                 CACHE_ENTRIES,
                 Duration::from_millis(args.cache_ms),
             )),
-            idle: Duration::from_secs(args.idle_secs),
+            idle,
             pool: BufPool::new(POOL_BUFS, POOL_BUF_SIZE)?,
             spare: RefCell::new(Vec::new()),
             date: RefCell::new((i64::MIN, String::new())),
@@ -276,27 +318,52 @@ impl AccessLog {
 }
 
 /// Waits for more of a request: a pooled receive (no buffer held while it
-/// waits) until `deadline`. `Ok(false)` at end of stream.
+/// waits) until `deadline`, which the sweeper enforces. `Ok(false)` at end
+/// of stream.
 async fn receive(
     conn: &TcpStream,
     ctx: &Ctx,
+    watch: &Watch,
     pending: &mut Vec<u8>,
     deadline: Instant,
 ) -> io::Result<bool> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match ringport::timeout(left, conn.recv_pooled(&ctx.pool)).await {
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-            Ok(Ok(Some(buf))) => {
+        if watch.expired.get() || Instant::now() >= deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        watch.deadline.set(deadline);
+        watch.armed.set(true);
+        let mut rx = std::pin::pin!(conn.recv_pooled(&ctx.pool));
+        let r = std::future::poll_fn(|cx| {
+            if watch.expired.get() {
+                return Poll::Ready(None);
+            }
+            let mut w = watch.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            drop(w);
+            rx.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        watch.armed.set(false);
+        // No waker kept past the wait (it would tie the task to itself).
+        watch.waker.borrow_mut().take();
+        let Some(r) = r else {
+            // Dropping `rx` (on return) cancels the receive.
+            return Err(io::ErrorKind::TimedOut.into());
+        };
+        match r {
+            Ok(Some(buf)) => {
                 pending.extend_from_slice(&buf);
                 return Ok(true);
             }
-            Ok(Ok(None)) => return Ok(false),
-            Ok(Err(e)) if ringport::bufpool::is_pool_exhausted(&e) => {
+            Ok(None) => return Ok(false),
+            Err(e) if ringport::bufpool::is_pool_exhausted(&e) => {
                 // Every buffer is being copied out right now: try again soon.
                 ringport::sleep(Duration::from_millis(1)).await?;
             }
-            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -321,6 +388,13 @@ async fn send(conn: &TcpStream, ctx: &Ctx, buf: Vec<u8>) -> io::Result<()> {
 /// Serves one connection: requests in order (pipelined ones included) until
 /// the client closes, asks to close, errs, or stays idle too long.
 pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<()> {
+    let watch = Rc::new(Watch {
+        deadline: Cell::new(Instant::now()),
+        armed: Cell::new(false),
+        expired: Cell::new(false),
+        waker: RefCell::new(None),
+    });
+    ctx.watches.borrow_mut().push(Rc::downgrade(&watch));
     let mut pending: Vec<u8> = Vec::new();
     let mut head_started: Option<Instant> = None;
     let mut last_activity = Instant::now();
@@ -361,7 +435,7 @@ pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<(
             None => last_activity + ctx.idle,
         };
         let was_empty = pending.is_empty();
-        match receive(&conn, ctx, &mut pending, deadline).await {
+        match receive(&conn, ctx, &watch, &mut pending, deadline).await {
             Ok(false) => break,
             Ok(true) => {
                 if was_empty {
