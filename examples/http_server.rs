@@ -19,7 +19,9 @@
 //! io_uring). Bounds: a request head, an idle connection and every write
 //! (a client that stops reading) get `--idle-secs`; beyond `--max-conns` a
 //! new connection is closed at once; a waiting receive holds no buffer (a
-//! pooled receive). The request handling itself lives in `ringport-http`.
+//! pooled receive) and no timer (one sweeper per thread ends the receives
+//! whose deadline passed). The request handling itself lives in
+//! `ringport-http`; the connection logic in `http_server/serve.rs`.
 
 use clap::Parser;
 use ringport::{Backend, Runtime, TcpListener};

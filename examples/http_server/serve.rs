@@ -533,6 +533,7 @@ async fn respond(conn: &TcpStream, ctx: &Ctx, req: &Request) -> io::Result<(bool
     }
     if len <= SMALL_BODY {
         // Head and body in one send.
+        b.reserve(len as usize);
         let end = b.len() + len as usize;
         let mut pos = start;
         while b.len() < end {
