@@ -1,13 +1,28 @@
 //! A static file server on ringport.
 //!
-//! `cargo run --release --example http_server -- --addr 127.0.0.1:8080 --root DIR [--backend X] [--threads N]`
+//! `cargo run --release --example http_server -- --addr 127.0.0.1:8080 --root DIR [--backend X]
+//! [--threads N] [--idle-secs S] [--max-conns N] [--cache-ms MS] [--access-log FILE]
+//! [--drain-secs S]`
 //!
 //! HTTP/1.1 keep-alive and pipelining, GET and HEAD, single byte ranges,
 //! Content-Type by extension, an index.html for directories (403 without),
-//! 400/404/405/414/431 answers, a deadline for an idle connection and for a
-//! request head that trickles in. Files stream in 64 KiB chunks through one
-//! buffer per connection, so memory stays bounded whatever the file size.
-//! The request handling itself lives in the `ringport-http` crate.
+//! `ETag`, `Last-Modified`, `Date`, 304 for `If-None-Match` /
+//! `If-Modified-Since`, 400/403/404/405/414/431 answers.
+//!
+//! Every request is served by ops through the driver, none blocking the
+//! runtime thread: the path opens with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS)` from the root's directory fd (the kernel keeps it
+//! under the root, with no check-then-open race), non-blocking so a FIFO
+//! cannot stall anything; only a regular file (checked on the opened fd) is
+//! served, anything else gets 403. Open files are cached (fd, size, mtime,
+//! ETag) and revalidated at most every `--cache-ms`. A small body goes out
+//! with its head in one send; a large one with `send_file` (splice on
+//! io_uring). Bounds: a request head, an idle connection and every write
+//! (a client that stops reading) get `--idle-secs`; beyond `--max-conns` a
+//! new connection is closed at once; a waiting receive holds no buffer (a
+//! pooled receive) and no timer (one sweeper per thread ends the receives
+//! whose deadline passed). The request handling itself lives in
+//! `ringport-http`; the connection logic in `http_server/serve.rs`.
 //!
 //! On SIGTERM or SIGINT it stops accepting, answers every request already
 //! begun (with `Connection: close`), closes idle connections, and exits 0;
@@ -15,16 +30,17 @@
 
 use clap::Parser;
 use ringport::signal::SignalKind;
-use ringport::{Backend, File, IoBuf, Runtime, ShutdownToken, TcpListener, TcpStream};
-use ringport_http::{
-    content_type, error_response, parse_range, parse_request, resolve, Method, RangeSpec, Request,
-    Status, MAX_HEAD,
-};
+use ringport::{Backend, Runtime, TcpListener};
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+#[path = "http_server/serve.rs"]
+mod serve;
+use serve::{ConnSlot, Ctx};
 
 /// A static file server on ringport.
 #[derive(Parser, Debug, Clone)]
@@ -41,16 +57,26 @@ struct Args {
     /// Runtimes (threads) sharing the port through SO_REUSEPORT.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Seconds an idle keep-alive connection may stay open, and a request
-    /// head may take to arrive.
+    /// Seconds an idle keep-alive connection may stay open, a request head
+    /// may take to arrive, and a write may wait for a client that does not
+    /// read.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
+    /// Open connections at most (all threads together); beyond it a new
+    /// connection is closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_conns: usize,
+    /// Milliseconds an open file is served from the cache before its path
+    /// is opened and checked again (0: no cache).
+    #[arg(long, default_value_t = 1000)]
+    cache_ms: u64,
+    /// Append an access log line per request to FILE (buffered; off by default).
+    #[arg(long)]
+    access_log: Option<PathBuf>,
     /// Seconds requests in flight may take to finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 5)]
     drain_secs: u64,
 }
-
-const CHUNK: usize = 64 * 1024;
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
@@ -63,19 +89,21 @@ fn main() -> io::Result<()> {
     let addr = first.local_addr()?;
     let mut threads = Vec::new();
     let mut first = Some(first);
+    let conns = Arc::new(AtomicUsize::new(0));
     // Each runtime says when it listens for signals; the address is printed
     // once all do, so a signal sent after that line reaches every runtime.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let n = args.threads.max(1);
     for _ in 0..n {
-        let (args, root, ready) = (args.clone(), root.clone(), ready_tx.clone());
+        let (args, root, conns, ready) =
+            (args.clone(), root.clone(), conns.clone(), ready_tx.clone());
         let listener = match first.take() {
             Some(l) => l,
             None => bind_reuse_port(addr)?,
         };
         let fd = std::os::fd::IntoRawFd::into_raw_fd(listener);
         threads.push(std::thread::spawn(move || {
-            let res = run(args, root, fd, &ready);
+            let res = run(args, root, fd, conns, &ready);
             if let Err(e) = &res {
                 // Tells main, if it still waits for this runtime to be ready.
                 let _ = ready.send(Err(e.to_string()));
@@ -132,6 +160,7 @@ fn run(
     args: Args,
     root: PathBuf,
     fd: i32,
+    conns: Arc<AtomicUsize>,
     ready: &std::sync::mpsc::Sender<Result<(), String>>,
 ) -> io::Result<()> {
     // SAFETY: fd is the listening socket bound in main, owned by this thread now.
@@ -141,249 +170,32 @@ fn run(
         Some(b) => Runtime::with_backend(b)?,
         None => Runtime::new()?,
     };
-    let idle = Duration::from_secs(args.idle_secs);
     let token = rt.shutdown_token();
     rt.block_on(async {
         let listener = TcpListener::from_std(std_listener)?;
+        let ctx = Rc::new(Ctx::open(&root, &args, token.clone()).await?);
         token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
         let _ = ready.send(Ok(()));
-        let root = Rc::new(root);
-        while let Some((conn, _)) = listener.accept_until(&token).await? {
+        while let Some((conn, peer)) = listener.accept_until(&token).await? {
+            // Beyond --max-conns the connection is dropped (closed) at once.
+            let Some(slot) = ConnSlot::take(&conns, args.max_conns) else {
+                drop(conn);
+                continue;
+            };
             // Responses are written whole; do not let Nagle hold the last part.
             conn.set_nodelay(true)?;
-            let (root, token) = (root.clone(), token.clone());
+            let ctx = ctx.clone();
             ringport::spawn(async move {
-                let _ = serve(conn, &root, idle, &token).await;
+                let _ = serve::serve(conn, peer, &ctx).await;
+                drop(slot);
             });
         }
         // Stop accepting: the listener closes, the connections go on.
         listener.close().await
     })?;
-    let left = rt.shutdown_timeout(Duration::from_secs(args.drain_secs))?;
+    let left = rt.shutdown_timeout(std::time::Duration::from_secs(args.drain_secs))?;
     if left > 0 {
         eprintln!("closed {left} connections still open after the drain time");
     }
     Ok(())
-}
-
-/// Serves one connection: requests in order (pipelined ones included) until
-/// the client closes, asks to close, errs, or stays idle too long. Once
-/// `token` fires, a request already begun is answered with
-/// `Connection: close`, and an idle connection is closed.
-async fn serve(
-    conn: TcpStream,
-    root: &Path,
-    idle: Duration,
-    token: &ShutdownToken,
-) -> io::Result<()> {
-    let mut pending: Vec<u8> = Vec::with_capacity(MAX_HEAD);
-    let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK);
-    let mut head_started: Option<Instant> = None;
-    let mut last_activity = Instant::now();
-    // Set once a shutdown found a request begun: it is read to its end.
-    let mut last_request = false;
-    loop {
-        match parse_request(&pending) {
-            Ok(Some(req)) => {
-                pending.drain(..req.head_len);
-                head_started = None;
-                let keep = req.keep_alive && !token.is_triggered();
-                let (keep, c) = respond(&conn, root, &req, keep, chunk).await?;
-                chunk = c;
-                if !keep {
-                    break;
-                }
-                last_activity = Instant::now();
-                continue;
-            }
-            Ok(None) => {}
-            Err(status) => {
-                let (r, _) = conn.write_all(error_response(status, false)).await;
-                r?;
-                break;
-            }
-        }
-        // A new request's head must arrive within `idle` of its first byte;
-        // a quiet keep-alive connection closes after `idle`.
-        let deadline = match head_started {
-            Some(t) => t + idle,
-            None => last_activity + idle,
-        };
-        chunk.clear();
-        let (r, c) = if pending.is_empty() && !last_request {
-            // Between requests: a shutdown ends the wait, unless the next
-            // request has begun (its bytes wait in the socket): that one
-            // is still answered, with Connection: close.
-            match token.run_until(conn.read_deadline(chunk, deadline)).await {
-                Some(rc) => rc,
-                None if bytes_waiting(&conn) => {
-                    last_request = true;
-                    chunk = Vec::with_capacity(CHUNK);
-                    continue;
-                }
-                None => break,
-            }
-        } else {
-            conn.read_deadline(chunk, deadline).await
-        };
-        chunk = c;
-        match r {
-            Ok(0) => break,
-            Ok(n) => {
-                if pending.is_empty() {
-                    head_started = Some(Instant::now());
-                }
-                pending.extend_from_slice(&chunk[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                if !pending.is_empty() {
-                    let (r, _) = conn
-                        .write_all(error_response(Status::RequestTimeout, false))
-                        .await;
-                    r?;
-                }
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let _ = conn.shutdown(std::net::Shutdown::Write).await;
-    // Read what the client still sends until it closes (briefly): closing
-    // with unread bytes would reset the connection under the last answer.
-    let linger = Instant::now() + Duration::from_secs(1);
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        let (r, b) = conn.read_deadline(buf, linger).await;
-        buf = b;
-        if !matches!(r, Ok(n) if n > 0) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Whether bytes the server has not read yet wait in the socket.
-fn bytes_waiting(conn: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut b = 0u8;
-    // SAFETY: a one-byte peek into a local; MSG_DONTWAIT never blocks and
-    // MSG_PEEK leaves the byte in the socket for the next read.
-    let n = unsafe {
-        libc::recv(
-            conn.as_raw_fd(),
-            &mut b as *mut u8 as *mut libc::c_void,
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n > 0
-}
-
-/// Answers one request; returns whether to keep the connection, and the
-/// chunk buffer back.
-async fn respond(
-    conn: &TcpStream,
-    root: &Path,
-    req: &Request,
-    keep: bool,
-    chunk: Vec<u8>,
-) -> io::Result<(bool, Vec<u8>)> {
-    if req.method == Method::Other {
-        let resp = ringport_http::response_head(
-            Status::MethodNotAllowed,
-            0,
-            keep,
-            &[("Allow", "GET, HEAD")],
-        );
-        let (r, _) = conn.write_all(resp).await;
-        r?;
-        return Ok((keep, chunk));
-    }
-    let path = match resolve(root, &req.target) {
-        Ok(p) => p,
-        Err(status) => {
-            let (r, _) = conn.write_all(error_response(status, keep)).await;
-            r?;
-            return Ok((keep, chunk));
-        }
-    };
-    let file = match File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            let status = if e.kind() == io::ErrorKind::NotFound {
-                Status::NotFound
-            } else {
-                Status::Forbidden
-            };
-            let (r, _) = conn.write_all(error_response(status, keep)).await;
-            r?;
-            return Ok((keep, chunk));
-        }
-    };
-    let size = file.metadata().await?.size;
-    let ctype = content_type(&path);
-    let (status, start, len, range_hdr) = match parse_range(req.range.as_deref(), size) {
-        RangeSpec::Full => (Status::Ok, 0, size, None),
-        RangeSpec::Part { start, end } => (
-            Status::PartialContent,
-            start,
-            end - start + 1,
-            Some(format!("bytes {start}-{end}/{size}")),
-        ),
-        RangeSpec::Unsatisfiable => {
-            let cr = format!("bytes */{size}");
-            let head = ringport_http::response_head(
-                Status::RangeNotSatisfiable,
-                0,
-                keep,
-                &[("Content-Range", &cr)],
-            );
-            let (r, _) = conn.write_all(head).await;
-            r?;
-            return Ok((keep, chunk));
-        }
-    };
-    let mut extra = vec![("Content-Type", ctype), ("Accept-Ranges", "bytes")];
-    if let Some(cr) = &range_hdr {
-        extra.push(("Content-Range", cr));
-    }
-    let head = ringport_http::response_head(status, len, keep, &extra);
-    let mut chunk = chunk;
-    chunk.clear();
-    chunk.extend_from_slice(&head);
-    if req.method == Method::Get {
-        // The head goes out with the first chunk of the file: one write for
-        // a small file.
-        let mut pos = start;
-        let end = start + len;
-        loop {
-            let at = chunk.len();
-            let want = ((end - pos) as usize).min(CHUNK.saturating_sub(at).max(1));
-            if pos < end {
-                let (r, c) = file.read_at(chunk.slice(at..at + want), pos).await;
-                chunk = c.into_inner();
-                let n = r?;
-                if n == 0 {
-                    // The file shrank under us: the promised length cannot
-                    // be kept, so the connection must end.
-                    return Ok((false, chunk));
-                }
-                pos += n as u64;
-            }
-            let (r, c) = conn.write_all(chunk).await;
-            chunk = c;
-            r?;
-            chunk.clear();
-            if pos >= end {
-                break;
-            }
-        }
-    } else {
-        let (r, c) = conn.write_all(chunk).await;
-        chunk = c;
-        r?;
-    }
-    file.close().await?;
-    Ok((keep, chunk))
 }

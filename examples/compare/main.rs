@@ -14,6 +14,7 @@
 mod blocking;
 mod epoll_client;
 mod file;
+mod http_file;
 mod measure;
 mod models;
 mod net;
@@ -35,8 +36,10 @@ use std::time::{Duration, Instant};
 
 const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
 /// Workloads run only when named (not part of `all`, so `--quick` stays
-/// short): `echo-scale`, the scale curve.
-const EXTRA_WORKLOADS: [&str; 2] = ["echo-scale", "blocking"];
+/// short): `echo-scale`, the scale curve; `blocking`, echo p99 with
+/// blocking jobs running; `http-file`, static files against nginx (needs wrk;
+/// see http_file.rs).
+const EXTRA_WORKLOADS: [&str; 3] = ["echo-scale", "blocking", http_file::WORKLOAD];
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -584,6 +587,7 @@ fn baseline_of(workload: &str) -> &'static str {
         "nop" => BASELINES[0],
         "file-randread" => BASELINES[1],
         "file-write" => BASELINES[2],
+        http_file::WORKLOAD => http_file::BASELINE,
         _ => BASELINES[3],
     }
 }
@@ -753,6 +757,7 @@ fn suite(cli: Cli) -> io::Result<()> {
             "nop" => plan_nop(&mut plan, &avail),
             "file-randread" => plan_randread(&mut plan, &avail, fio),
             "file-write" => plan_write(&mut plan, &avail),
+            http_file::WORKLOAD => http_file::plan(&mut plan, &avail),
             "echo" => plan_net(
                 &mut plan,
                 &avail,

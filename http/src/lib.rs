@@ -1,15 +1,22 @@
 //! ringport-http: the request handling of ringport's static file server
 //! (`examples/http_server.rs`), as a library so it can be tested and fuzzed
 //! on its own: parsing a request head (with `httparse`) under size limits,
-//! resolving its path under a root it can never leave, single byte ranges,
-//! content types, and response heads.
+//! turning its target into a relative path for `openat2` beneath the root,
+//! single byte ranges, content types, validators (`ETag`, HTTP dates,
+//! 304 decisions), response heads, and a bounded open-file cache.
 //!
-//! Nothing here performs I/O except [`resolve`], which looks at the file
-//! system to follow symlinks; nothing here panics on any input.
+//! Nothing here performs I/O (the server opens files with `openat2`
+//! `RESOLVE_BENEATH`, so the kernel, not a check here, keeps it under the
+//! root); nothing here panics on any input.
 #![warn(missing_docs)]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+mod cache;
+mod date;
+pub use cache::FileCache;
+pub use date::{http_date, parse_http_date};
 
 /// The largest request head accepted (request line plus headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -23,6 +30,8 @@ pub enum Status {
     Ok,
     /// 206
     PartialContent,
+    /// 304
+    NotModified,
     /// 400
     BadRequest,
     /// 403
@@ -51,6 +60,7 @@ impl Status {
         match self {
             Status::Ok => 200,
             Status::PartialContent => 206,
+            Status::NotModified => 304,
             Status::BadRequest => 400,
             Status::Forbidden => 403,
             Status::NotFound => 404,
@@ -68,6 +78,7 @@ impl Status {
         match self {
             Status::Ok => "OK",
             Status::PartialContent => "Partial Content",
+            Status::NotModified => "Not Modified",
             Status::BadRequest => "Bad Request",
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
@@ -104,6 +115,10 @@ pub struct Request {
     pub keep_alive: bool,
     /// The `Range` header, if any.
     pub range: Option<String>,
+    /// The `If-None-Match` header, if any.
+    pub if_none_match: Option<String>,
+    /// The `If-Modified-Since` header, if any.
+    pub if_modified_since: Option<String>,
     /// How many bytes of the input the head took (the next request starts there).
     pub head_len: usize,
 }
@@ -153,6 +168,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Status> {
     let version = req.version.unwrap_or(1);
     let mut keep_alive = version >= 1;
     let mut range = None;
+    let mut if_none_match = None;
+    let mut if_modified_since = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
@@ -163,6 +180,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Status> {
             }
         } else if h.name.eq_ignore_ascii_case("range") {
             range = Some(String::from_utf8_lossy(h.value).into_owned());
+        } else if h.name.eq_ignore_ascii_case("if-none-match") {
+            if_none_match = Some(String::from_utf8_lossy(h.value).into_owned());
+        } else if h.name.eq_ignore_ascii_case("if-modified-since") {
+            if_modified_since = Some(String::from_utf8_lossy(h.value).into_owned());
         } else if h.name.eq_ignore_ascii_case("content-length")
             || h.name.eq_ignore_ascii_case("transfer-encoding")
         {
@@ -179,6 +200,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Status> {
         target,
         keep_alive,
         range,
+        if_none_match,
+        if_modified_since,
         head_len,
     }))
 }
@@ -215,45 +238,57 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Resolves a request target to a file under `root` (which must be
-/// canonical). Query and fragment are ignored. `..` segments, escapes that
-/// decode to them, absolute paths and symlinks that lead outside `root` are
-/// all refused; a directory resolves to its `index.html`, or 403 without one.
-pub fn resolve(root: &Path, target: &str) -> Result<PathBuf, Status> {
+/// Turns a request target into a path relative to the served root, for
+/// `openat2(RESOLVE_BENEATH)` from the root's directory fd: query and
+/// fragment dropped, `%XX` decoded, empty and `.` segments skipped. A `..`
+/// segment (also when escaped) is refused with 403 before the kernel sees
+/// it, a target that is not an absolute path with 400. The root itself is
+/// `"."`. No file system access: the kernel refuses whatever would leave the
+/// root (an absolute symlink, a symlink through `..`, a magic link).
+pub fn request_path(target: &str) -> Result<PathBuf, Status> {
     use std::os::unix::ffi::OsStrExt;
     let path = target.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
         return Err(Status::BadRequest);
     }
     let decoded = percent_decode(path).ok_or(Status::BadRequest)?;
-    let mut full = root.to_path_buf();
+    let mut rel = PathBuf::new();
     for seg in decoded.split(|&c| c == b'/') {
         match seg {
             b"" | b"." => {}
             b".." => return Err(Status::Forbidden),
-            s => full.push(std::ffi::OsStr::from_bytes(s)),
+            s => rel.push(std::ffi::OsStr::from_bytes(s)),
         }
     }
-    let real = match full.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Status::NotFound),
-        Err(_) => return Err(Status::Forbidden),
-    };
-    if !real.starts_with(root) {
-        return Err(Status::Forbidden);
+    if rel.as_os_str().is_empty() {
+        rel.push(".");
     }
-    if real.is_dir() {
-        let index = real.join("index.html");
-        return match index.canonicalize() {
-            Ok(p) if p.starts_with(root) && p.is_file() => Ok(p),
-            _ => Err(Status::Forbidden),
-        };
+    Ok(rel)
+}
+
+/// A strong entity tag for a file version: size, modification time (to the
+/// nanosecond) and inode, in hex, quoted.
+pub fn etag(size: u64, mtime_sec: i64, mtime_nsec: u32, ino: u64) -> String {
+    format!("\"{size:x}-{mtime_sec:x}.{mtime_nsec:x}-{ino:x}\"")
+}
+
+/// Whether a GET or HEAD for a file with `etag` and modification second
+/// `mtime_sec` gets 304 Not Modified (RFC 9110 13.2.2): `If-None-Match`
+/// decides when present (`*` or any listed tag, weak comparison);
+/// otherwise `If-Modified-Since`, when it is a valid date no earlier than
+/// the modification time. An unparsable date is ignored.
+pub fn not_modified(req: &Request, etag: &str, mtime_sec: i64) -> bool {
+    if let Some(inm) = &req.if_none_match {
+        let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        let mine = bare(etag);
+        return inm.split(',').any(|t| t.trim() == "*" || bare(t) == mine);
     }
-    if real.is_file() {
-        Ok(real)
-    } else {
-        Err(Status::Forbidden)
+    if let Some(ims) = &req.if_modified_since {
+        if let Some(t) = parse_http_date(ims) {
+            return mtime_sec <= t;
+        }
     }
+    false
 }
 
 /// What a `Range` header asks of a file of `size` bytes.
@@ -342,8 +377,8 @@ pub fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// A response head: status line, the given headers, `Content-Length`,
-/// `Connection`, and the blank line.
+/// A response head: status line, the given headers, `Content-Length`
+/// (left out for 304, which has no body), `Connection`, and the blank line.
 pub fn response_head(
     status: Status,
     content_length: u64,
@@ -356,7 +391,9 @@ pub fn response_head(
     for (k, v) in extra {
         let _ = write!(s, "{k}: {v}\r\n");
     }
-    let _ = write!(s, "Content-Length: {content_length}\r\n");
+    if status != Status::NotModified {
+        let _ = write!(s, "Content-Length: {content_length}\r\n");
+    }
     s.push_str(if keep_alive {
         "Connection: keep-alive\r\n\r\n"
     } else {
@@ -442,31 +479,43 @@ mod tests {
     }
 
     #[test]
-    fn paths_never_escape_the_root() {
-        let dir = std::env::temp_dir().join(format!("ringport-http-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub/a.txt"), b"a").unwrap();
-        let root = dir.canonicalize().unwrap();
-        assert_eq!(resolve(&root, "/sub/a.txt?x=1"), Ok(root.join("sub/a.txt")));
-        assert_eq!(resolve(&root, "/sub/%61.txt"), Ok(root.join("sub/a.txt")));
-        assert_eq!(resolve(&root, "/../etc/passwd"), Err(Status::Forbidden));
+    fn request_paths_stay_relative() {
+        let p = |t: &str| request_path(t).map(|p| p.to_string_lossy().into_owned());
+        assert_eq!(p("/sub/a.txt?x=1"), Ok("sub/a.txt".into()));
+        assert_eq!(p("/sub/%61.txt"), Ok("sub/a.txt".into()));
+        assert_eq!(p("/"), Ok(".".into()));
+        assert_eq!(p("//./sub//"), Ok("sub".into()));
+        assert_eq!(p("/../etc/passwd"), Err(Status::Forbidden));
+        assert_eq!(p("/%2e%2e/%2e%2e/etc/passwd"), Err(Status::Forbidden));
+        assert_eq!(p("/sub/%00"), Err(Status::BadRequest));
+        assert_eq!(p("http://x/etc/passwd"), Err(Status::BadRequest));
         assert_eq!(
-            resolve(&root, "/%2e%2e/%2e%2e/etc/passwd"),
-            Err(Status::Forbidden)
+            p("/%2fetc/passwd"),
+            Ok("etc/passwd".into()),
+            "never absolute"
         );
-        assert_eq!(resolve(&root, "/sub/%00"), Err(Status::BadRequest));
-        assert_eq!(
-            resolve(&root, "http://x/etc/passwd"),
-            Err(Status::BadRequest)
+    }
+
+    #[test]
+    fn conditional_requests() {
+        let tag = etag(4096, 1_700_000_000, 5, 42);
+        let mut r = parse_request(b"GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(!not_modified(&r, &tag, 1_700_000_000));
+        r.if_none_match = Some(format!("\"x\", {tag}"));
+        assert!(not_modified(&r, &tag, 1_700_000_000));
+        r.if_none_match = Some(format!("W/{tag}"));
+        assert!(not_modified(&r, &tag, 1_700_000_000));
+        r.if_none_match = Some("\"other\"".into());
+        r.if_modified_since = Some(http_date(1_800_000_000));
+        assert!(
+            !not_modified(&r, &tag, 1_700_000_000),
+            "If-None-Match decides"
         );
-        assert_eq!(resolve(&root, "/missing"), Err(Status::NotFound));
-        assert_eq!(
-            resolve(&root, "/sub"),
-            Err(Status::Forbidden),
-            "no index.html"
-        );
-        std::os::unix::fs::symlink("/etc", dir.join("out")).unwrap();
-        assert_eq!(resolve(&root, "/out/passwd"), Err(Status::Forbidden));
-        std::fs::remove_dir_all(&dir).unwrap();
+        r.if_none_match = None;
+        assert!(not_modified(&r, &tag, 1_700_000_000));
+        r.if_modified_since = Some(http_date(1_600_000_000));
+        assert!(!not_modified(&r, &tag, 1_700_000_000));
+        r.if_modified_since = Some("yesterday".into());
+        assert!(!not_modified(&r, &tag, 1_700_000_000));
     }
 }
