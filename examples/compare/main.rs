@@ -11,6 +11,7 @@
 //! Without `--features peers` the tokio, monoio and compio rows are shown as
 //! "n/a" (the peers are optional so that `cargo test` does not build them).
 
+mod chart;
 mod epoll_client;
 mod file;
 mod measure;
@@ -71,7 +72,10 @@ struct Cli {
     /// Writes every record as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Writes an SVG bar chart (throughput per backend per workload).
+    /// Writes the charts, PNG or SVG by this file's extension: bars of
+    /// throughput per backend per workload here, and the scale curve (when
+    /// echo-scale ran) beside it as `NAME-scale.EXT` (or here, when it is
+    /// all that ran).
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Runs nothing: draws the `--chart` from a JSON file written by
@@ -193,7 +197,7 @@ impl Plan {
 /// The model of a backend for sockets: aio hands them to its epoll shim.
 fn net_model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring => Model::Asynchronous,
+        Backend::Uring => Model::AsyncUring,
         Backend::Sigio => Model::SignalDriven,
         _ => Model::Multiplexing,
     }
@@ -202,7 +206,8 @@ fn net_model_of(b: Backend) -> Model {
 /// The model of a backend for files.
 fn model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring | Backend::Aio => Model::Asynchronous,
+        Backend::Uring => Model::AsyncUring,
+        Backend::Aio => Model::AsyncAio,
         Backend::Sigio => Model::SignalDriven,
         _ => Model::Multiplexing,
     }
@@ -224,7 +229,7 @@ fn plan_nop(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
     const W: &str = "nop";
     for batch in [1usize, 32] {
         let v = format!("batch {batch}");
-        p.job(W, &v, "raw io-uring", Model::Asynchronous, move |c| {
+        p.job(W, &v, "raw io-uring", Model::AsyncUring, move |c| {
             nop::raw_uring(batch, c.warmup, c.dur)
         });
         for (b, ok) in avail {
@@ -324,10 +329,10 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 Model::Blocking,
                 move |c| peers::tokio_blocking_randread(c.tf()?, qd, c.warmup, c.dur),
             );
-            p.job(W, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
+            p.job(W, &v, "monoio (io_uring)", Model::AsyncUring, move |c| {
                 peers::monoio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
-            p.job(W, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
+            p.job(W, &v, "compio (io_uring)", Model::AsyncUring, move |c| {
                 peers::compio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
         }
@@ -337,7 +342,7 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                     W,
                     &v,
                     &format!("fio {engine}"),
-                    Model::Asynchronous,
+                    file::fio_model(engine),
                     move |c| file::fio_randread(c.tf()?, engine, qd, c.warmup, c.dur),
                 );
             }
@@ -348,7 +353,7 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
             p.na(
                 W,
                 &format!("fio {engine}"),
-                Model::Asynchronous,
+                file::fio_model(engine),
                 "fio not installed".into(),
             );
         }
@@ -360,8 +365,8 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
         &[
             ("tokio::fs seek+read", Model::Blocking),
             ("tokio spawn_blocking(pread)", Model::Blocking),
-            ("monoio (io_uring)", Model::Asynchronous),
-            ("compio (io_uring)", Model::Asynchronous),
+            ("monoio (io_uring)", Model::AsyncUring),
+            ("compio (io_uring)", Model::AsyncUring),
         ],
     );
 }
@@ -390,10 +395,10 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         p.job(W, v, "tokio::fs", Model::Blocking, |c| {
             peers::tokio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "monoio (io_uring)", Model::Asynchronous, |c| {
+        p.job(W, v, "monoio (io_uring)", Model::AsyncUring, |c| {
             peers::monoio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "compio (io_uring)", Model::Asynchronous, |c| {
+        p.job(W, v, "compio (io_uring)", Model::AsyncUring, |c| {
             peers::compio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
     }
@@ -403,8 +408,8 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         W,
         &[
             ("tokio::fs", Model::Blocking),
-            ("monoio (io_uring)", Model::Asynchronous),
-            ("compio (io_uring)", Model::Asynchronous),
+            ("monoio (io_uring)", Model::AsyncUring),
+            ("compio (io_uring)", Model::AsyncUring),
         ],
     );
 }
@@ -457,7 +462,7 @@ fn plan_net(
                     Model::Multiplexing,
                     move |c| net::run(peers::tokio_server(), &load(c)),
                 );
-                p.job(w, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
+                p.job(w, &v, "monoio (io_uring)", Model::AsyncUring, move |c| {
                     net::run(peers::monoio_uring_server(), &load(c))
                 });
                 p.job(
@@ -467,7 +472,7 @@ fn plan_net(
                     Model::Multiplexing,
                     move |c| net::run(peers::monoio_legacy_server(), &load(c)),
                 );
-                p.job(w, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
+                p.job(w, &v, "compio (io_uring)", Model::AsyncUring, move |c| {
                     net::run(peers::compio_server(), &load(c))
                 });
             }
@@ -558,9 +563,9 @@ fn plan_net(
         w,
         &[
             ("tokio current_thread", Model::Multiplexing),
-            ("monoio (io_uring)", Model::Asynchronous),
+            ("monoio (io_uring)", Model::AsyncUring),
             ("monoio (legacy epoll)", Model::Multiplexing),
-            ("compio (io_uring)", Model::Asynchronous),
+            ("compio (io_uring)", Model::AsyncUring),
         ],
     );
 }
@@ -677,10 +682,11 @@ fn main() -> ExitCode {
         };
     }
     if let Some(p) = &cli.chart {
-        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !ext.eq_ignore_ascii_case("png") && !ext.eq_ignore_ascii_case("svg") {
             eprintln!(
-                "compare: --chart writes SVG; PNG needs a plotting crate this build does not \
-                 have (give a .svg path)"
+                "compare: --chart {}: give a .png or .svg path (the format follows the extension)",
+                p.display()
             );
             return ExitCode::FAILURE;
         }
@@ -689,12 +695,9 @@ fn main() -> ExitCode {
         let drawn = std::fs::read_to_string(from)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
             .and_then(|t| report::records_from_json(&t))
-            .and_then(|recs| report::write_svg(to, &recs, "ringport compare"));
+            .and_then(|recs| write_charts(to, &recs, "ringport compare"));
         return match drawn {
-            Ok(()) => {
-                eprintln!("compare: wrote {}", to.display());
-                ExitCode::SUCCESS
-            }
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("compare: {e}");
                 ExitCode::FAILURE
@@ -1002,8 +1005,31 @@ fn suite(cli: Cli) -> io::Result<()> {
         eprintln!("compare: wrote {}", p.display());
     }
     if let Some(p) = &cli.chart {
-        report::write_svg(p, &records, &format!("ringport compare — {machine}"))?;
-        eprintln!("compare: wrote {}", p.display());
+        write_charts(p, &records, &format!("ringport compare — {machine}"))?;
+    }
+    Ok(())
+}
+
+/// The bar chart at `path` (when any row but the scale curve's was
+/// measured) and the scale curve beside it (`X-scale.png`) when the records
+/// have one; each file written is named on stderr.
+fn write_charts(path: &std::path::Path, recs: &[Record], title: &str) -> io::Result<()> {
+    let scale = chart::has_scale(recs);
+    let bars = recs
+        .iter()
+        .any(|r| r.result.is_some() && r.workload != "echo-scale");
+    if bars || !scale {
+        chart::write_bars(path, recs, title)?;
+        eprintln!("compare: wrote {}", path.display());
+    }
+    if scale {
+        let sp = if bars {
+            chart::scale_path(path)
+        } else {
+            path.to_path_buf()
+        };
+        chart::write_scale(&sp, recs, title)?;
+        eprintln!("compare: wrote {}", sp.display());
     }
     Ok(())
 }
