@@ -14,6 +14,7 @@
 mod chart;
 mod epoll_client;
 mod file;
+mod http;
 mod measure;
 mod models;
 mod net;
@@ -33,10 +34,20 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
-/// Workloads run only when named (not part of `all`, so `--quick` stays
-/// short): `echo-scale`, the scale curve.
-const EXTRA_WORKLOADS: [&str; 1] = ["echo-scale"];
+const WORKLOADS: [&str; 7] = [
+    "nop",
+    "file-randread",
+    "file-write",
+    "echo",
+    "accept",
+    "echo-scale",
+    "http-hello",
+];
+
+/// Whether a workload's rows are a server under a load client.
+fn is_net(w: &str) -> bool {
+    matches!(w, "echo" | "accept" | "echo-scale" | "http-hello")
+}
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -48,8 +59,10 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Workloads to run, comma-separated: nop, file-randread, file-write,
-    /// echo, accept, or all; and echo-scale (the scale curve: 1 to 1,000
-    /// connections, 50 active + 1,000 idle), which `all` does not include.
+    /// echo, accept, echo-scale (the scale curve: echo at 1 to 10,000
+    /// connections and 50 active + 1,000 idle; two points with --quick),
+    /// http-hello (hyper, 4 KiB body, keep-alive, on ringport and tokio), or
+    /// all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workload: Vec<String>,
     /// Only rows whose backend/peer name contains one of these
@@ -178,7 +191,7 @@ impl Plan {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
-            net: matches!(workload, "echo" | "accept" | "echo-scale"),
+            net: is_net(workload),
             client: None,
             run: Box::new(run),
         });
@@ -441,6 +454,7 @@ fn plan_net(
             net::Mode::Echo if size >= 1024 => format!("c{conns} {}KiB", size / 1024),
             net::Mode::Echo => format!("c{conns} {size}B"),
             net::Mode::Accept => format!("c{conns} connect+close"),
+            net::Mode::Http => format!("c{conns} 4KiB keep-alive"),
         };
         for &client in clients {
             let start = p.jobs.len();
@@ -511,6 +525,29 @@ fn plan_net(
                 Model::Nonblocking,
                 move |c| net::run(models::nonblocking_server(), &load(c)),
             );
+            // POSIX aio on sockets: glibc runs every request as a blocking
+            // read or write on one of its (20) threads, so idle connections
+            // would hold them all; the accept storm has no aio op.
+            if mode == net::Mode::Echo {
+                let name = "POSIX aio (glibc) on sockets";
+                if idle > 0 {
+                    let mut r = Record::missing(
+                        w,
+                        &v,
+                        name,
+                        Model::AsyncAio,
+                        "n/a: glibc's aio blocks one of its 20 threads in read(2) per pending \
+                         read, and 1,000 idle connections would hold every thread"
+                            .into(),
+                    );
+                    r.client = client.name().to_string();
+                    p.missing.push(r);
+                } else {
+                    p.job(w, &v, name, Model::AsyncAio, move |c| {
+                        net::run(models::posix_aio_server(), &load(c))
+                    });
+                }
+            }
             p.job(
                 w,
                 &v,
@@ -523,6 +560,10 @@ fn plan_net(
                     continue;
                 }
                 let b = *b;
+                // aio hands sockets to its epoll shim: the epoll line is its line.
+                if w == "echo-scale" && b == Backend::Aio {
+                    continue;
+                }
                 if b == Backend::Select && conns + idle > SELECT_FDS {
                     let mut r = Record::missing(
                         w,
@@ -545,7 +586,7 @@ fn plan_net(
                 // The same echo through the tokio-trait adapter (the
                 // ecosystem bridges' ratio).
                 #[cfg(feature = "tokio-io")]
-                if matches!(mode, net::Mode::Echo) {
+                if matches!(mode, net::Mode::Echo) && w == "echo" {
                     let name = format!("ringport/{b} tokio-traits");
                     p.job(w, &v, &name, net_model_of(b), move |c| {
                         net::run(net::ringport_tokio_traits_server(b), &load(c))
@@ -570,6 +611,46 @@ fn plan_net(
     );
 }
 
+/// The `http-hello` rows: hyper serving a 4 KiB body with keep-alive, on
+/// ringport/uring and ringport/epoll through ringport's hyper bridge, and on
+/// tokio current_thread (the baseline), at each connection count under each
+/// client.
+fn plan_http(p: &mut Plan, conns: &[usize], clients: &[net::Client]) {
+    const W: &str = "http-hello";
+    for &n in conns {
+        let v = format!("c{n} 4KiB keep-alive");
+        for &client in clients {
+            let start = p.jobs.len();
+            let load = move |c: &Ctx| net::Load {
+                mode: net::Mode::Http,
+                client,
+                conns: n,
+                size: http::BODY_LEN,
+                idle: 0,
+                warmup: c.warmup,
+                dur: c.dur,
+            };
+            p.job(W, &v, HTTP_BASE, Model::Multiplexing, move |c| {
+                net::run(http::tokio_server(), &load(c))
+            });
+            for (b, m) in [
+                (Backend::Uring, Model::AsyncUring),
+                (Backend::Epoll, Model::Multiplexing),
+            ] {
+                p.job(W, &v, &format!("hyper/ringport-{b}"), m, move |c| {
+                    net::run(http::ringport_server(b), &load(c))
+                });
+            }
+            for j in &mut p.jobs[start..] {
+                j.client = Some(client);
+            }
+        }
+    }
+}
+
+/// The baseline of `http-hello`.
+const HTTP_BASE: &str = "hyper/tokio current_thread";
+
 const BASELINES: [&str; 6] = [
     "raw io-uring",
     "std pread loop",
@@ -587,6 +668,7 @@ fn baseline_of(workload: &str) -> &'static str {
         "nop" => BASELINES[0],
         "file-randread" => BASELINES[1],
         "file-write" => BASELINES[2],
+        "http-hello" => HTTP_BASE,
         _ => BASELINES[3],
     }
 }
@@ -645,6 +727,7 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
     let mode = match mode.as_str() {
         "echo" => net::Mode::Echo,
         "accept" => net::Mode::Accept,
+        "http" => net::Mode::Http,
         m => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -713,6 +796,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises this process's open-file limit (and so its load clients') to the
+/// hard limit: the scale curve's 10,000 connections need more than the usual
+/// soft limit of 1,024 on each side.
+fn raise_nofile() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: rl is a valid rlimit for the kernel to fill and then read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                eprintln!(
+                    "compare: cannot raise the open-file limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
     let mut out = Vec::new();
     for w in &cli.workload {
@@ -720,15 +825,14 @@ fn selected(cli: &Cli) -> io::Result<Vec<&'static str>> {
         if w == "all" {
             return Ok(WORKLOADS.to_vec());
         }
-        match WORKLOADS.iter().chain(&EXTRA_WORKLOADS).find(|x| **x == w) {
+        match WORKLOADS.iter().find(|x| **x == w) {
             Some(x) => out.push(*x),
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "unknown workload {w:?} (expected {}, {} or all)",
-                        WORKLOADS.join(", "),
-                        EXTRA_WORKLOADS.join(", ")
+                        "unknown workload {w:?} (expected {} or all)",
+                        WORKLOADS.join(", ")
                     ),
                 ))
             }
@@ -743,6 +847,9 @@ fn suite(cli: Cli) -> io::Result<()> {
     if cli.no_syscalls {
         usage::COUNT_SYSCALLS.store(false, std::sync::atomic::Ordering::Relaxed);
     }
+    if workloads.contains(&"echo-scale") {
+        raise_nofile();
+    }
     let avail = backends();
     let fio = file::fio_available();
     let mut plan = Plan {
@@ -754,12 +861,17 @@ fn suite(cli: Cli) -> io::Result<()> {
             "nop" => plan_nop(&mut plan, &avail),
             "file-randread" => plan_randread(&mut plan, &avail, fio),
             "file-write" => plan_write(&mut plan, &avail),
+            // --quick keeps the two shapes the targets name.
             "echo" => plan_net(
                 &mut plan,
                 &avail,
                 "echo",
                 net::Mode::Echo,
-                &[(50, 128, 0), (50, 4096, 0), (500, 128, 0), (500, 4096, 0)],
+                if cli.quick {
+                    &[(50, 128, 0), (500, 128, 0)]
+                } else {
+                    &[(50, 128, 0), (50, 4096, 0), (500, 128, 0), (500, 4096, 0)]
+                },
                 &net::Client::ALL,
             ),
             "accept" => plan_net(
@@ -770,27 +882,35 @@ fn suite(cli: Cli) -> io::Result<()> {
                 &[(64, 0, 0)],
                 &net::Client::ALL,
             ),
-            // The scale curve: echo 128 B at 1 .. 1,000 connections and 50
-            // active among 1,000 idle, under the io_uring client.
+            // The scale curve: echo 128 B at 1 .. 10,000 connections and 50
+            // active among 1,000 idle, under the io_uring client; --quick
+            // measures two points of it.
             "echo-scale" => plan_net(
                 &mut plan,
                 &avail,
                 "echo-scale",
                 net::Mode::Echo,
-                &[
-                    (1, 128, 0),
-                    (10, 128, 0),
-                    (100, 128, 0),
-                    (1000, 128, 0),
-                    (50, 128, 1000),
-                ],
+                if cli.quick {
+                    &[(10, 128, 0), (1000, 128, 0)]
+                } else {
+                    &[
+                        (1, 128, 0),
+                        (10, 128, 0),
+                        (100, 128, 0),
+                        (1000, 128, 0),
+                        (10000, 128, 0),
+                        (50, 128, 1000),
+                    ]
+                },
                 &[net::Client::Uring],
             ),
+            "http-hello" => plan_http(&mut plan, &[50, 500], &net::Client::ALL),
             _ => {}
         }
-        for (b, ok) in &avail {
+        // http-hello names its two ringport backends (uring, epoll) itself.
+        for (b, ok) in avail.iter().filter(|_| *w != "http-hello") {
             if let Err(why) = ok {
-                let m = if matches!(*w, "echo" | "accept" | "echo-scale") {
+                let m = if is_net(w) {
                     net_model_of(*b)
                 } else {
                     model_of(*b)
@@ -803,7 +923,7 @@ fn suite(cli: Cli) -> io::Result<()> {
         let want: Vec<String> = cli.backend.iter().map(|s| s.to_lowercase()).collect();
         let keep = |w: &str, name: &str| {
             name == baseline_of(w)
-                || (matches!(w, "echo" | "accept" | "echo-scale") && name == FALLBACK_NET_BASE)
+                || (is_net(w) && name == FALLBACK_NET_BASE)
                 || want.iter().any(|x| name.to_lowercase().contains(x))
         };
         plan.jobs.retain(|j| keep(j.workload, &j.backend));
@@ -984,7 +1104,7 @@ fn suite(cli: Cli) -> io::Result<()> {
                 .iter()
                 .any(|r| r.workload == *w && r.backend == b && r.result.is_some())
         };
-        if !has(base) && matches!(*w, "echo" | "accept" | "echo-scale") && has(FALLBACK_NET_BASE) {
+        if !has(base) && is_net(w) && has(FALLBACK_NET_BASE) {
             base = FALLBACK_NET_BASE;
         }
         report::set_ratios(&mut records, w, base);
