@@ -997,7 +997,8 @@ fn suite(cli: Cli) -> io::Result<()> {
     let current: Arc<Mutex<Option<(Instant, String)>>> = Arc::new(Mutex::new(None));
     {
         let current = current.clone();
-        let limit = warmup + dur + Duration::from_secs(60);
+        // 10,000 connections may take their client a while to open.
+        let limit = warmup + dur + Duration::from_secs(60) + net::connect_time(10_000);
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(500));
             let g = current.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,7 +10,7 @@ use crate::net::{transient, Mode, ServeFn, ServerCtx};
 use ringport::{Backend, CompletionPort, GetError};
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,9 @@ const CONN_STACK: usize = 64 * 1024;
 /// The echo buffer of the servers here.
 const ECHO_BUF: usize = 16 * 1024;
 
-fn echo_blocking(mut s: TcpStream) {
+fn echo_blocking(s: Arc<TcpStream>) {
     let _ = s.set_nodelay(true);
+    let mut s: &TcpStream = &s;
     let mut buf = vec![0u8; ECHO_BUF];
     loop {
         match s.read(&mut buf) {
@@ -41,9 +42,11 @@ fn echo_blocking(mut s: TcpStream) {
 /// `read` then `write_all` (threads inherit the server's CPU).
 pub fn blocking_server() -> ServeFn {
     Box::new(|ctx: &ServerCtx| {
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         ctx.ready(l.local_addr()?.port());
-        let mut conns: Vec<(TcpStream, std::thread::JoinHandle<()>)> = Vec::new();
+        // The server keeps a handle on each connection (one fd, shared with
+        // its thread) to shut it down at the end.
+        let mut conns: Vec<(Arc<TcpStream>, std::thread::JoinHandle<()>)> = Vec::new();
         let res = loop {
             let s = match l.accept() {
                 Ok((s, _)) => s,
@@ -56,7 +59,8 @@ pub fn blocking_server() -> ServeFn {
             match ctx.mode {
                 Mode::Accept | Mode::Http => drop(s),
                 Mode::Echo => {
-                    let keep = s.try_clone()?;
+                    let s = Arc::new(s);
+                    let keep = s.clone();
                     let t = std::thread::Builder::new()
                         .stack_size(CONN_STACK)
                         .spawn(move || echo_blocking(s))?;
@@ -90,7 +94,7 @@ struct PollConn {
 /// was ready ends in `sched_yield`.
 pub fn nonblocking_server() -> ServeFn {
     Box::new(|ctx: &ServerCtx| {
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         l.set_nonblocking(true)?;
         ctx.ready(l.local_addr()?.port());
         let mut conns: Vec<PollConn> = Vec::new();
@@ -164,7 +168,7 @@ const ACCEPTS: usize = 16;
 pub fn iocp_server(workers: usize) -> ServeFn {
     Box::new(move |ctx: &ServerCtx| {
         let port = Arc::new(CompletionPort::with_backend(workers, Backend::Auto)?);
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         let lport = l.local_addr()?.port();
         let lfd = l.into_raw_fd();
         let open: Arc<Mutex<HashSet<RawFd>>> = Arc::default();
@@ -490,7 +494,7 @@ fn aio_wait(conns: &[Box<AioConn>], list: &mut Vec<*const libc::aiocb>, ms: i64)
 /// `write`).
 pub fn posix_aio_server() -> ServeFn {
     Box::new(|ctx: &ServerCtx| {
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         l.set_nonblocking(true)?;
         ctx.ready(l.local_addr()?.port());
         let mut conns: Vec<Box<AioConn>> = Vec::new();

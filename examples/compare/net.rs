@@ -89,6 +89,26 @@ impl ServerCtx {
 /// A server: runs on its own (pinned) thread until `ctx.stop` is set.
 pub type ServeFn = Box<dyn FnOnce(&ServerCtx) -> io::Result<()> + Send>;
 
+/// A std listener on a loopback port with a deep accept queue (4,096, as
+/// `somaxconn` allows): the scale curve's client opens 10,000 connections
+/// one after another, and a full queue drops SYNs that come back only after
+/// a second.
+pub fn std_listener() -> io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    // SAFETY: listen on our own listening socket; a second listen only
+    // changes its backlog.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
+/// How long the load client may take to open `n` connections (the slowest
+/// servers at 10,000 accept one per scan of every descriptor).
+pub fn connect_time(n: usize) -> Duration {
+    Duration::from_secs(10 + n as u64 / 1000)
+}
+
 /// Whether an accept error is transient (the loop goes on).
 pub fn transient(e: &io::Error) -> bool {
     matches!(
@@ -255,7 +275,11 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
             }
         }
     });
-    let limit = Instant::now() + load.warmup + load.dur + Duration::from_secs(20);
+    let limit = Instant::now()
+        + load.warmup
+        + load.dur
+        + Duration::from_secs(10)
+        + connect_time(load.conns + load.idle);
     let next = |what: &str| -> io::Result<String> {
         loop {
             let left = limit.saturating_duration_since(Instant::now());
@@ -506,7 +530,7 @@ struct Conn {
 
 pub fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
     let mut fds = Vec::with_capacity(n);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + connect_time(n);
     while fds.len() < n {
         match std::net::TcpStream::connect(addr) {
             Ok(s) => {
