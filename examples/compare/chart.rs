@@ -414,6 +414,7 @@ fn draw_scale<DB: DrawingBackend>(
             .map_err(s)?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
             .x_desc("connections (log)")
             .y_desc(if k == 0 {
                 "ops/s (log)"

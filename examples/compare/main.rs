@@ -1110,6 +1110,7 @@ fn suite(cli: Cli) -> io::Result<()> {
         }
         report::set_ratios(&mut records, w, base);
     }
+    report::note_p99_ratios(&mut records, "http-hello");
     // Rows of a workload in order of variant (as planned), n/a rows last.
     let table = report::table(&records);
     println!("{table}");

@@ -163,6 +163,38 @@ pub fn set_ratios(recs: &mut [Record], workload: &str, base: &str) {
     }
 }
 
+/// Adds `p99 X × baseline's` to the note of every measured row of
+/// `workload` (its latency target is a p99 ratio), from the ratios' baseline
+/// in the same variant and client.
+pub fn note_p99_ratios(recs: &mut [Record], workload: &str) {
+    let p99_of = |recs: &[Record], r: &Record| {
+        recs.iter()
+            .find(|b| {
+                b.workload == r.workload
+                    && b.variant == r.variant
+                    && b.client == r.client
+                    && b.backend == r.baseline
+            })
+            .and_then(|b| b.result.as_ref()?.p99_us)
+    };
+    let notes: Vec<Option<String>> = recs
+        .iter()
+        .map(|r| {
+            if r.workload != workload || r.is_baseline {
+                return None;
+            }
+            let mine = r.result.as_ref()?.p99_us?;
+            let base = p99_of(recs, r)?;
+            (base > 0.0).then(|| format!("p99 {:.2} × the baseline's", mine / base))
+        })
+        .collect();
+    for (r, n) in recs.iter_mut().zip(notes) {
+        if let Some(n) = n {
+            crate::measure::add_note(&mut r.note, &n);
+        }
+    }
+}
+
 fn fmt_ops(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
