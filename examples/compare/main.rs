@@ -947,6 +947,10 @@ fn suite(cli: Cli) -> io::Result<()> {
             .collect();
         plan.jobs
             .retain(|j| wanted(j) || (is_base(j) && need_base.contains(&j.workload)));
+        // n/a rows of other variants go too (those of no variant stay).
+        plan.missing.retain(|r| {
+            r.variant == "-" || cli.variant.iter().any(|v| r.variant.contains(v.as_str()))
+        });
     }
     let repeat = cli.repeat.max(1);
     let dur = match cli.duration {
