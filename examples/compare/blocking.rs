@@ -132,7 +132,8 @@ pub fn plan(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         }
         let b = *b;
         let model = match b {
-            Backend::Uring => Model::Asynchronous,
+            Backend::Uring => Model::AsyncUring,
+            Backend::Aio => Model::AsyncAio,
             Backend::Sigio => Model::SignalDriven,
             _ => Model::Multiplexing,
         };

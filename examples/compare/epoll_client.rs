@@ -94,7 +94,8 @@ pub fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let _idle = connect_all(addr, load.idle)?;
     crate::net::ready_wait();
     let ep = Epoll::new()?;
-    let payload: Vec<u8> = (0..load.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let payload: Vec<u8> = load.mode.request(load.size);
+    let room = load.mode.reply_room(load.size);
     let now = Instant::now();
     let mut conns: Vec<EConn> = Vec::with_capacity(fds.len());
     for (i, &fd) in fds.iter().enumerate() {
@@ -105,7 +106,7 @@ pub fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
             sending: true,
             done: 0,
             started: now,
-            buf: vec![0u8; load.size.max(1)],
+            buf: vec![0u8; room],
             dead: false,
         });
     }
@@ -147,7 +148,7 @@ pub fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
                     }
                     continue;
                 }
-                let want = load.size - c.done;
+                let want = c.buf.len() - c.done;
                 // SAFETY: buf has room for `want` bytes past c.done.
                 let n = unsafe { libc::read(c.fd, c.buf[c.done..].as_mut_ptr().cast(), want) };
                 if n < 0 {
@@ -161,8 +162,10 @@ pub fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
                     break Err(io::Error::other("the server closed"));
                 }
                 c.done += n as usize;
-                if c.done < load.size {
-                    continue;
+                match load.mode.reply_done(load.size, &c.buf[..c.done]) {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(why) => break Err(io::Error::other(format!("a bad reply: {why}"))),
                 }
                 let t = Instant::now();
                 if phases.measuring {

@@ -348,6 +348,15 @@ pub fn fio_available() -> bool {
 /// glibc's POSIX aio (the reference for the aio backend).
 pub const FIO_ENGINES: [&str; 2] = ["io_uring", "posixaio"];
 
+/// The model of a fio engine's row.
+pub fn fio_model(engine: &str) -> crate::report::Model {
+    if engine == "posixaio" {
+        crate::report::Model::AsyncAio
+    } else {
+        crate::report::Model::AsyncUring
+    }
+}
+
 /// Runs fio's `engine` on the same file (random 4 KiB reads, page cache,
 /// `--invalidate=0`) and reads its JSON output: IOPS, the completion-latency
 /// percentiles and its CPU share.

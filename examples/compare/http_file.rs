@@ -40,7 +40,7 @@ pub fn plan(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
                 continue;
             }
             let model = if b == Backend::Uring {
-                Model::Asynchronous
+                Model::AsyncUring
             } else {
                 Model::Multiplexing
             };

@@ -12,8 +12,10 @@
 //! "n/a" (the peers are optional so that `cargo test` does not build them).
 
 mod blocking;
+mod chart;
 mod epoll_client;
 mod file;
+mod http;
 mod http_file;
 mod measure;
 mod models;
@@ -34,12 +36,25 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WORKLOADS: [&str; 5] = ["nop", "file-randread", "file-write", "echo", "accept"];
+const WORKLOADS: [&str; 7] = [
+    "nop",
+    "file-randread",
+    "file-write",
+    "echo",
+    "accept",
+    "echo-scale",
+    "http-hello",
+];
+
+/// Whether a workload's rows are a server under a load client.
+fn is_net(w: &str) -> bool {
+    matches!(w, "echo" | "accept" | "echo-scale" | "http-hello")
+}
+
 /// Workloads run only when named (not part of `all`, so `--quick` stays
-/// short): `echo-scale`, the scale curve; `blocking`, echo p99 with
-/// blocking jobs running; `http-file`, static files against nginx (needs wrk;
-/// see http_file.rs).
-const EXTRA_WORKLOADS: [&str; 3] = ["echo-scale", "blocking", http_file::WORKLOAD];
+/// short): `blocking`, echo p99 with blocking jobs running; `http-file`,
+/// static files against nginx (needs wrk; see http_file.rs).
+const EXTRA_WORKLOADS: [&str; 2] = ["blocking", http_file::WORKLOAD];
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -51,9 +66,11 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Workloads to run, comma-separated: nop, file-randread, file-write,
-    /// echo, accept, or all; and echo-scale (the scale curve: 1 to 1,000
-    /// connections, 50 active + 1,000 idle), which `all` does not include;
-    /// and blocking (echo p99 while 1,000 × 10 ms `spawn_blocking` jobs run).
+    /// echo, accept, echo-scale (the scale curve: echo at 1 to 10,000
+    /// connections and 50 active + 1,000 idle; two points with --quick),
+    /// http-hello (hyper, 4 KiB body, keep-alive, on ringport and tokio), or
+    /// all; and, only when named, blocking (echo p99 while 1,000 × 10 ms
+    /// `spawn_blocking` jobs run) and http-file (static files against nginx).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workload: Vec<String>,
     /// Only rows whose backend/peer name contains one of these
@@ -76,7 +93,10 @@ struct Cli {
     /// Writes every record as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Writes an SVG bar chart (throughput per backend per workload).
+    /// Writes the charts, PNG or SVG by this file's extension: bars of
+    /// throughput per backend per workload here, and the scale curve (when
+    /// echo-scale ran) beside it as `NAME-scale.EXT` (or here, when it is
+    /// all that ran).
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Runs nothing: draws the `--chart` from a JSON file written by
@@ -179,7 +199,7 @@ impl Plan {
             variant: variant.to_string(),
             backend: backend.to_string(),
             model,
-            net: matches!(workload, "echo" | "accept" | "echo-scale"),
+            net: is_net(workload),
             client: None,
             run: Box::new(run),
         });
@@ -198,7 +218,7 @@ impl Plan {
 /// The model of a backend for sockets: aio hands them to its epoll shim.
 fn net_model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring => Model::Asynchronous,
+        Backend::Uring => Model::AsyncUring,
         Backend::Sigio => Model::SignalDriven,
         _ => Model::Multiplexing,
     }
@@ -207,7 +227,8 @@ fn net_model_of(b: Backend) -> Model {
 /// The model of a backend for files.
 fn model_of(b: Backend) -> Model {
     match b {
-        Backend::Uring | Backend::Aio => Model::Asynchronous,
+        Backend::Uring => Model::AsyncUring,
+        Backend::Aio => Model::AsyncAio,
         Backend::Sigio => Model::SignalDriven,
         _ => Model::Multiplexing,
     }
@@ -229,7 +250,7 @@ fn plan_nop(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
     const W: &str = "nop";
     for batch in [1usize, 32] {
         let v = format!("batch {batch}");
-        p.job(W, &v, "raw io-uring", Model::Asynchronous, move |c| {
+        p.job(W, &v, "raw io-uring", Model::AsyncUring, move |c| {
             nop::raw_uring(batch, c.warmup, c.dur)
         });
         for (b, ok) in avail {
@@ -329,10 +350,10 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 Model::Blocking,
                 move |c| peers::tokio_blocking_randread(c.tf()?, qd, c.warmup, c.dur),
             );
-            p.job(W, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
+            p.job(W, &v, "monoio (io_uring)", Model::AsyncUring, move |c| {
                 peers::monoio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
-            p.job(W, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
+            p.job(W, &v, "compio (io_uring)", Model::AsyncUring, move |c| {
                 peers::compio_randread(c.tf()?, qd, c.warmup, c.dur)
             });
         }
@@ -342,7 +363,7 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                     W,
                     &v,
                     &format!("fio {engine}"),
-                    Model::Asynchronous,
+                    file::fio_model(engine),
                     move |c| file::fio_randread(c.tf()?, engine, qd, c.warmup, c.dur),
                 );
             }
@@ -353,7 +374,7 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
             p.na(
                 W,
                 &format!("fio {engine}"),
-                Model::Asynchronous,
+                file::fio_model(engine),
                 "fio not installed".into(),
             );
         }
@@ -365,8 +386,8 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
         &[
             ("tokio::fs seek+read", Model::Blocking),
             ("tokio spawn_blocking(pread)", Model::Blocking),
-            ("monoio (io_uring)", Model::Asynchronous),
-            ("compio (io_uring)", Model::Asynchronous),
+            ("monoio (io_uring)", Model::AsyncUring),
+            ("compio (io_uring)", Model::AsyncUring),
         ],
     );
 }
@@ -395,10 +416,10 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         p.job(W, v, "tokio::fs", Model::Blocking, |c| {
             peers::tokio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "monoio (io_uring)", Model::Asynchronous, |c| {
+        p.job(W, v, "monoio (io_uring)", Model::AsyncUring, |c| {
             peers::monoio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
-        p.job(W, v, "compio (io_uring)", Model::Asynchronous, |c| {
+        p.job(W, v, "compio (io_uring)", Model::AsyncUring, |c| {
             peers::compio_write(&c.write_path, c.write_size, c.warmup, c.dur)
         });
     }
@@ -408,8 +429,8 @@ fn plan_write(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         W,
         &[
             ("tokio::fs", Model::Blocking),
-            ("monoio (io_uring)", Model::Asynchronous),
-            ("compio (io_uring)", Model::Asynchronous),
+            ("monoio (io_uring)", Model::AsyncUring),
+            ("compio (io_uring)", Model::AsyncUring),
         ],
     );
 }
@@ -441,6 +462,7 @@ fn plan_net(
             net::Mode::Echo if size >= 1024 => format!("c{conns} {}KiB", size / 1024),
             net::Mode::Echo => format!("c{conns} {size}B"),
             net::Mode::Accept => format!("c{conns} connect+close"),
+            net::Mode::Http => format!("c{conns} 4KiB keep-alive"),
         };
         for &client in clients {
             let start = p.jobs.len();
@@ -462,7 +484,7 @@ fn plan_net(
                     Model::Multiplexing,
                     move |c| net::run(peers::tokio_server(), &load(c)),
                 );
-                p.job(w, &v, "monoio (io_uring)", Model::Asynchronous, move |c| {
+                p.job(w, &v, "monoio (io_uring)", Model::AsyncUring, move |c| {
                     net::run(peers::monoio_uring_server(), &load(c))
                 });
                 p.job(
@@ -472,7 +494,7 @@ fn plan_net(
                     Model::Multiplexing,
                     move |c| net::run(peers::monoio_legacy_server(), &load(c)),
                 );
-                p.job(w, &v, "compio (io_uring)", Model::Asynchronous, move |c| {
+                p.job(w, &v, "compio (io_uring)", Model::AsyncUring, move |c| {
                     net::run(peers::compio_server(), &load(c))
                 });
             }
@@ -511,6 +533,29 @@ fn plan_net(
                 Model::Nonblocking,
                 move |c| net::run(models::nonblocking_server(), &load(c)),
             );
+            // POSIX aio on sockets: glibc runs every request as a blocking
+            // read or write on one of its (20) threads, so idle connections
+            // would hold them all; the accept storm has no aio op.
+            if mode == net::Mode::Echo {
+                let name = "POSIX aio (glibc) on sockets";
+                if idle > 0 {
+                    let mut r = Record::missing(
+                        w,
+                        &v,
+                        name,
+                        Model::AsyncAio,
+                        "n/a: glibc's aio blocks one of its 20 threads in read(2) per pending \
+                         read, and 1,000 idle connections would hold every thread"
+                            .into(),
+                    );
+                    r.client = client.name().to_string();
+                    p.missing.push(r);
+                } else {
+                    p.job(w, &v, name, Model::AsyncAio, move |c| {
+                        net::run(models::posix_aio_server(), &load(c))
+                    });
+                }
+            }
             p.job(
                 w,
                 &v,
@@ -523,6 +568,10 @@ fn plan_net(
                     continue;
                 }
                 let b = *b;
+                // aio hands sockets to its epoll shim: the epoll line is its line.
+                if w == "echo-scale" && b == Backend::Aio {
+                    continue;
+                }
                 if b == Backend::Select && conns + idle > SELECT_FDS {
                     let mut r = Record::missing(
                         w,
@@ -545,7 +594,7 @@ fn plan_net(
                 // The same echo through the tokio-trait adapter (the
                 // ecosystem bridges' ratio).
                 #[cfg(feature = "tokio-io")]
-                if matches!(mode, net::Mode::Echo) {
+                if matches!(mode, net::Mode::Echo) && w == "echo" {
                     let name = format!("ringport/{b} tokio-traits");
                     p.job(w, &v, &name, net_model_of(b), move |c| {
                         net::run(net::ringport_tokio_traits_server(b), &load(c))
@@ -563,12 +612,52 @@ fn plan_net(
         w,
         &[
             ("tokio current_thread", Model::Multiplexing),
-            ("monoio (io_uring)", Model::Asynchronous),
+            ("monoio (io_uring)", Model::AsyncUring),
             ("monoio (legacy epoll)", Model::Multiplexing),
-            ("compio (io_uring)", Model::Asynchronous),
+            ("compio (io_uring)", Model::AsyncUring),
         ],
     );
 }
+
+/// The `http-hello` rows: hyper serving a 4 KiB body with keep-alive, on
+/// ringport/uring and ringport/epoll through ringport's hyper bridge, and on
+/// tokio current_thread (the baseline), at each connection count under each
+/// client.
+fn plan_http(p: &mut Plan, conns: &[usize], clients: &[net::Client]) {
+    const W: &str = "http-hello";
+    for &n in conns {
+        let v = format!("c{n} 4KiB keep-alive");
+        for &client in clients {
+            let start = p.jobs.len();
+            let load = move |c: &Ctx| net::Load {
+                mode: net::Mode::Http,
+                client,
+                conns: n,
+                size: http::BODY_LEN,
+                idle: 0,
+                warmup: c.warmup,
+                dur: c.dur,
+            };
+            p.job(W, &v, HTTP_BASE, Model::Multiplexing, move |c| {
+                net::run(http::tokio_server(), &load(c))
+            });
+            for (b, m) in [
+                (Backend::Uring, Model::AsyncUring),
+                (Backend::Epoll, Model::Multiplexing),
+            ] {
+                p.job(W, &v, &format!("hyper/ringport-{b}"), m, move |c| {
+                    net::run(http::ringport_server(b), &load(c))
+                });
+            }
+            for j in &mut p.jobs[start..] {
+                j.client = Some(client);
+            }
+        }
+    }
+}
+
+/// The baseline of `http-hello`.
+const HTTP_BASE: &str = "hyper/tokio current_thread";
 
 const BASELINES: [&str; 6] = [
     "raw io-uring",
@@ -588,6 +677,7 @@ fn baseline_of(workload: &str) -> &'static str {
         "file-randread" => BASELINES[1],
         "file-write" => BASELINES[2],
         http_file::WORKLOAD => http_file::BASELINE,
+        "http-hello" => HTTP_BASE,
         _ => BASELINES[3],
     }
 }
@@ -646,6 +736,7 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
     let mode = match mode.as_str() {
         "echo" => net::Mode::Echo,
         "accept" => net::Mode::Accept,
+        "http" => net::Mode::Http,
         m => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -683,10 +774,11 @@ fn main() -> ExitCode {
         };
     }
     if let Some(p) = &cli.chart {
-        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !ext.eq_ignore_ascii_case("png") && !ext.eq_ignore_ascii_case("svg") {
             eprintln!(
-                "compare: --chart writes SVG; PNG needs a plotting crate this build does not \
-                 have (give a .svg path)"
+                "compare: --chart {}: give a .png or .svg path (the format follows the extension)",
+                p.display()
             );
             return ExitCode::FAILURE;
         }
@@ -695,12 +787,9 @@ fn main() -> ExitCode {
         let drawn = std::fs::read_to_string(from)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
             .and_then(|t| report::records_from_json(&t))
-            .and_then(|recs| report::write_svg(to, &recs, "ringport compare"));
+            .and_then(|recs| write_charts(to, &recs, "ringport compare"));
         return match drawn {
-            Ok(()) => {
-                eprintln!("compare: wrote {}", to.display());
-                ExitCode::SUCCESS
-            }
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("compare: {e}");
                 ExitCode::FAILURE
@@ -712,6 +801,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("compare: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises this process's open-file limit (and so its load clients') to the
+/// hard limit: the scale curve's 10,000 connections need more than the usual
+/// soft limit of 1,024 on each side.
+fn raise_nofile() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: rl is a valid rlimit for the kernel to fill and then read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                eprintln!(
+                    "compare: cannot raise the open-file limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
         }
     }
 }
@@ -746,6 +857,9 @@ fn suite(cli: Cli) -> io::Result<()> {
     if cli.no_syscalls {
         usage::COUNT_SYSCALLS.store(false, std::sync::atomic::Ordering::Relaxed);
     }
+    if workloads.contains(&"echo-scale") {
+        raise_nofile();
+    }
     let avail = backends();
     let fio = file::fio_available();
     let mut plan = Plan {
@@ -758,12 +872,17 @@ fn suite(cli: Cli) -> io::Result<()> {
             "file-randread" => plan_randread(&mut plan, &avail, fio),
             "file-write" => plan_write(&mut plan, &avail),
             http_file::WORKLOAD => http_file::plan(&mut plan, &avail),
+            // --quick keeps the two shapes the targets name.
             "echo" => plan_net(
                 &mut plan,
                 &avail,
                 "echo",
                 net::Mode::Echo,
-                &[(50, 128, 0), (50, 4096, 0), (500, 128, 0), (500, 4096, 0)],
+                if cli.quick {
+                    &[(50, 128, 0), (500, 128, 0)]
+                } else {
+                    &[(50, 128, 0), (50, 4096, 0), (500, 128, 0), (500, 4096, 0)]
+                },
                 &net::Client::ALL,
             ),
             "accept" => plan_net(
@@ -774,28 +893,36 @@ fn suite(cli: Cli) -> io::Result<()> {
                 &[(64, 0, 0)],
                 &net::Client::ALL,
             ),
-            // The scale curve: echo 128 B at 1 .. 1,000 connections and 50
-            // active among 1,000 idle, under the io_uring client.
+            // The scale curve: echo 128 B at 1 .. 10,000 connections and 50
+            // active among 1,000 idle, under the io_uring client; --quick
+            // measures two points of it.
             "echo-scale" => plan_net(
                 &mut plan,
                 &avail,
                 "echo-scale",
                 net::Mode::Echo,
-                &[
-                    (1, 128, 0),
-                    (10, 128, 0),
-                    (100, 128, 0),
-                    (1000, 128, 0),
-                    (50, 128, 1000),
-                ],
+                if cli.quick {
+                    &[(10, 128, 0), (1000, 128, 0)]
+                } else {
+                    &[
+                        (1, 128, 0),
+                        (10, 128, 0),
+                        (100, 128, 0),
+                        (1000, 128, 0),
+                        (10000, 128, 0),
+                        (50, 128, 1000),
+                    ]
+                },
                 &[net::Client::Uring],
             ),
             "blocking" => blocking::plan(&mut plan, &avail),
+            "http-hello" => plan_http(&mut plan, &[50, 500], &net::Client::ALL),
             _ => {}
         }
-        for (b, ok) in &avail {
+        // http-hello names its two ringport backends (uring, epoll) itself.
+        for (b, ok) in avail.iter().filter(|_| *w != "http-hello") {
             if let Err(why) = ok {
-                let m = if matches!(*w, "echo" | "accept" | "echo-scale") {
+                let m = if is_net(w) {
                     net_model_of(*b)
                 } else {
                     model_of(*b)
@@ -808,7 +935,7 @@ fn suite(cli: Cli) -> io::Result<()> {
         let want: Vec<String> = cli.backend.iter().map(|s| s.to_lowercase()).collect();
         let keep = |w: &str, name: &str| {
             name == baseline_of(w)
-                || (matches!(w, "echo" | "accept" | "echo-scale") && name == FALLBACK_NET_BASE)
+                || (is_net(w) && name == FALLBACK_NET_BASE)
                 || want.iter().any(|x| name.to_lowercase().contains(x))
         };
         plan.jobs.retain(|j| keep(j.workload, &j.backend));
@@ -832,6 +959,10 @@ fn suite(cli: Cli) -> io::Result<()> {
             .collect();
         plan.jobs
             .retain(|j| wanted(j) || (is_base(j) && need_base.contains(&j.workload)));
+        // n/a rows of other variants go too (those of no variant stay).
+        plan.missing.retain(|r| {
+            r.variant == "-" || cli.variant.iter().any(|v| r.variant.contains(v.as_str()))
+        });
     }
     let repeat = cli.repeat.max(1);
     let dur = match cli.duration {
@@ -882,7 +1013,8 @@ fn suite(cli: Cli) -> io::Result<()> {
     let current: Arc<Mutex<Option<(Instant, String)>>> = Arc::new(Mutex::new(None));
     {
         let current = current.clone();
-        let limit = warmup + dur + Duration::from_secs(60);
+        // 10,000 connections may take their client a while to open.
+        let limit = warmup + dur + Duration::from_secs(60) + net::connect_time(10_000);
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(500));
             let g = current.lock().unwrap_or_else(|e| e.into_inner());
@@ -989,11 +1121,12 @@ fn suite(cli: Cli) -> io::Result<()> {
                 .iter()
                 .any(|r| r.workload == *w && r.backend == b && r.result.is_some())
         };
-        if !has(base) && matches!(*w, "echo" | "accept" | "echo-scale") && has(FALLBACK_NET_BASE) {
+        if !has(base) && is_net(w) && has(FALLBACK_NET_BASE) {
             base = FALLBACK_NET_BASE;
         }
         report::set_ratios(&mut records, w, base);
     }
+    report::note_p99_ratios(&mut records, "http-hello");
     // Rows of a workload in order of variant (as planned), n/a rows last.
     let table = report::table(&records);
     println!("{table}");
@@ -1010,8 +1143,31 @@ fn suite(cli: Cli) -> io::Result<()> {
         eprintln!("compare: wrote {}", p.display());
     }
     if let Some(p) = &cli.chart {
-        report::write_svg(p, &records, &format!("ringport compare — {machine}"))?;
-        eprintln!("compare: wrote {}", p.display());
+        write_charts(p, &records, &format!("ringport compare — {machine}"))?;
+    }
+    Ok(())
+}
+
+/// The bar chart at `path` (when any row but the scale curve's was
+/// measured) and the scale curve beside it (`X-scale.png`) when the records
+/// have one; each file written is named on stderr.
+fn write_charts(path: &std::path::Path, recs: &[Record], title: &str) -> io::Result<()> {
+    let scale = chart::has_scale(recs);
+    let bars = recs
+        .iter()
+        .any(|r| r.result.is_some() && r.workload != "echo-scale");
+    if bars || !scale {
+        chart::write_bars(path, recs, title)?;
+        eprintln!("compare: wrote {}", path.display());
+    }
+    if scale {
+        let sp = if bars {
+            chart::scale_path(path)
+        } else {
+            path.to_path_buf()
+        };
+        chart::write_scale(&sp, recs, title)?;
+        eprintln!("compare: wrote {}", sp.display());
     }
     Ok(())
 }

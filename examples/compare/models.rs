@@ -10,7 +10,7 @@ use crate::net::{transient, Mode, ServeFn, ServerCtx};
 use ringport::{Backend, CompletionPort, GetError};
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,9 @@ const CONN_STACK: usize = 64 * 1024;
 /// The echo buffer of the servers here.
 const ECHO_BUF: usize = 16 * 1024;
 
-fn echo_blocking(mut s: TcpStream) {
+fn echo_blocking(s: Arc<TcpStream>) {
     let _ = s.set_nodelay(true);
+    let mut s: &TcpStream = &s;
     let mut buf = vec![0u8; ECHO_BUF];
     loop {
         match s.read(&mut buf) {
@@ -41,9 +42,11 @@ fn echo_blocking(mut s: TcpStream) {
 /// `read` then `write_all` (threads inherit the server's CPU).
 pub fn blocking_server() -> ServeFn {
     Box::new(|ctx: &ServerCtx| {
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         ctx.ready(l.local_addr()?.port());
-        let mut conns: Vec<(TcpStream, std::thread::JoinHandle<()>)> = Vec::new();
+        // The server keeps a handle on each connection (one fd, shared with
+        // its thread) to shut it down at the end.
+        let mut conns: Vec<(Arc<TcpStream>, std::thread::JoinHandle<()>)> = Vec::new();
         let res = loop {
             let s = match l.accept() {
                 Ok((s, _)) => s,
@@ -54,9 +57,10 @@ pub fn blocking_server() -> ServeFn {
                 break Ok(());
             }
             match ctx.mode {
-                Mode::Accept => drop(s),
+                Mode::Accept | Mode::Http => drop(s),
                 Mode::Echo => {
-                    let keep = s.try_clone()?;
+                    let s = Arc::new(s);
+                    let keep = s.clone();
                     let t = std::thread::Builder::new()
                         .stack_size(CONN_STACK)
                         .spawn(move || echo_blocking(s))?;
@@ -90,7 +94,7 @@ struct PollConn {
 /// was ready ends in `sched_yield`.
 pub fn nonblocking_server() -> ServeFn {
     Box::new(|ctx: &ServerCtx| {
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         l.set_nonblocking(true)?;
         ctx.ready(l.local_addr()?.port());
         let mut conns: Vec<PollConn> = Vec::new();
@@ -100,7 +104,7 @@ pub fn nonblocking_server() -> ServeFn {
                 match l.accept() {
                     Ok((s, _)) => {
                         progress = true;
-                        if ctx.mode == Mode::Accept {
+                        if ctx.mode != Mode::Echo {
                             continue;
                         }
                         s.set_nonblocking(true)?;
@@ -164,7 +168,7 @@ const ACCEPTS: usize = 16;
 pub fn iocp_server(workers: usize) -> ServeFn {
     Box::new(move |ctx: &ServerCtx| {
         let port = Arc::new(CompletionPort::with_backend(workers, Backend::Auto)?);
-        let l = TcpListener::bind("127.0.0.1:0")?;
+        let l = crate::net::std_listener()?;
         let lport = l.local_addr()?.port();
         let lfd = l.into_raw_fd();
         let open: Arc<Mutex<HashSet<RawFd>>> = Arc::default();
@@ -234,7 +238,7 @@ fn iocp_worker(
                 };
                 let fd = fd as RawFd;
                 let _ = port.accept(lfd, OP_ACCEPT);
-                if mode == Mode::Accept {
+                if mode != Mode::Echo {
                     // SAFETY: the accepted socket is ours and not associated.
                     unsafe { libc::close(fd) };
                     continue;
@@ -385,4 +389,190 @@ pub fn pread_pool(
             .map_err(|_| io::Error::other("a pread thread panicked"))??;
     }
     Ok(m)
+}
+
+/// One connection of the POSIX aio server. Boxed: the kernel-facing
+/// `aiocb` and `buf` stay at one address while a request is in flight.
+struct AioConn {
+    cb: libc::aiocb,
+    buf: Vec<u8>,
+    s: TcpStream,
+    /// Writing `buf[sent..len]` back; else reading.
+    writing: bool,
+    sent: usize,
+    len: usize,
+    /// A request of this connection is in flight (glibc owns `cb`, `buf`).
+    busy: bool,
+    dead: bool,
+}
+
+impl AioConn {
+    /// Starts the connection's next request: the rest of the echo, or a read.
+    fn submit(&mut self) -> io::Result<()> {
+        // SAFETY: an all-zero aiocb is its documented initial state.
+        self.cb = unsafe { std::mem::zeroed() };
+        self.cb.aio_fildes = self.s.as_raw_fd();
+        self.cb.aio_sigevent.sigev_notify = libc::SIGEV_NONE;
+        let r = if self.writing {
+            self.cb.aio_buf = self.buf[self.sent..].as_mut_ptr().cast();
+            self.cb.aio_nbytes = self.len - self.sent;
+            // SAFETY: cb and the bytes it points at live in this boxed
+            // connection, which is not freed or moved while `busy`.
+            unsafe { libc::aio_write(&mut self.cb) }
+        } else {
+            self.cb.aio_buf = self.buf.as_mut_ptr().cast();
+            self.cb.aio_nbytes = self.buf.len();
+            // SAFETY: as above.
+            unsafe { libc::aio_read(&mut self.cb) }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.busy = true;
+        Ok(())
+    }
+    /// Takes the result of a finished request and starts the next one; a
+    /// request still running is left alone. Returns whether it finished.
+    fn reap(&mut self) -> bool {
+        // SAFETY: cb was submitted and is still owned by this connection.
+        if unsafe { libc::aio_error(&self.cb) } == libc::EINPROGRESS {
+            return false;
+        }
+        // SAFETY: the request finished; aio_return is called once for it.
+        let n = unsafe { libc::aio_return(&mut self.cb) };
+        self.busy = false;
+        if n <= 0 || self.dead {
+            self.dead = true;
+            return true;
+        }
+        let n = n as usize;
+        if self.writing {
+            self.sent += n;
+            if self.sent == self.len {
+                self.writing = false;
+            }
+        } else {
+            self.writing = true;
+            self.sent = 0;
+            self.len = n;
+        }
+        if self.submit().is_err() {
+            self.dead = true;
+        }
+        true
+    }
+}
+
+/// Waits (`aio_suspend`) at most `ms` for one of `conns`' requests.
+fn aio_wait(conns: &[Box<AioConn>], list: &mut Vec<*const libc::aiocb>, ms: i64) {
+    list.clear();
+    list.extend(
+        conns
+            .iter()
+            .filter(|c| c.busy)
+            .map(|c| &c.cb as *const libc::aiocb),
+    );
+    if list.is_empty() {
+        std::thread::sleep(Duration::from_millis(ms as u64));
+        return;
+    }
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: ms * 1_000_000,
+    };
+    // SAFETY: list holds pointers to submitted aiocbs that stay alive (their
+    // connections are boxed and kept while busy) for the call.
+    unsafe { libc::aio_suspend(list.as_ptr(), list.len() as i32, &ts) };
+}
+
+/// Asynchronous I/O with POSIX aio on sockets: one thread submits an
+/// `aio_read` per connection and, when it completes, an `aio_write` of what
+/// came; it waits in `aio_suspend` over every pending request (1 ms at most,
+/// to see new connections on the non-blocking listener) and scans them with
+/// `aio_error` (it looks for new connections once a millisecond). glibc serves each request on one of its worker threads with a
+/// blocking `pread` (ESPIPE on a socket) and then `read` (or `pwrite`, then
+/// `write`).
+pub fn posix_aio_server() -> ServeFn {
+    Box::new(|ctx: &ServerCtx| {
+        let l = crate::net::std_listener()?;
+        l.set_nonblocking(true)?;
+        ctx.ready(l.local_addr()?.port());
+        let mut conns: Vec<Box<AioConn>> = Vec::new();
+        let mut list: Vec<*const libc::aiocb> = Vec::new();
+        let mut last_accept: Option<Instant> = None;
+        let res = loop {
+            if ctx.stopped() {
+                break Ok(());
+            }
+            // New connections are looked for once a millisecond (the load
+            // client connects before its warm-up), not on every wake-up.
+            if last_accept.is_some_and(|t| t.elapsed() < Duration::from_millis(1)) {
+                aio_wait(&conns, &mut list, 1);
+                for c in conns.iter_mut().filter(|c| c.busy) {
+                    c.reap();
+                }
+                conns.retain(|c| c.busy || !c.dead);
+                continue;
+            }
+            last_accept = Some(Instant::now());
+            let accepted = loop {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        if ctx.mode != Mode::Echo {
+                            continue;
+                        }
+                        let _ = s.set_nodelay(true);
+                        // The request's own read blocks a glibc thread, not us.
+                        s.set_nonblocking(false)?;
+                        let mut c = Box::new(AioConn {
+                            // SAFETY: an all-zero aiocb is its initial state.
+                            cb: unsafe { std::mem::zeroed() },
+                            buf: vec![0u8; ECHO_BUF],
+                            s,
+                            writing: false,
+                            sent: 0,
+                            len: 0,
+                            busy: false,
+                            dead: false,
+                        });
+                        c.submit()?;
+                        conns.push(c);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                    Err(e) if transient(&e) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            if let Err(e) = accepted {
+                break Err(e);
+            }
+            aio_wait(&conns, &mut list, 1);
+            for c in conns.iter_mut().filter(|c| c.busy) {
+                c.reap();
+            }
+            // Dead and idle: no request of glibc's refers to it any more.
+            conns.retain(|c| c.busy || !c.dead);
+        };
+        // Every socket shut down, so every pending read returns; wait for
+        // them (a bounded time) before their buffers are freed.
+        for c in conns.iter_mut() {
+            c.dead = true;
+            let _ = c.s.shutdown(Shutdown::Both);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns.iter().any(|c| c.busy) {
+            if Instant::now() > deadline {
+                // Never free what glibc may still write into.
+                std::mem::forget(conns);
+                return Err(io::Error::other(
+                    "POSIX aio requests still pending 5 s after every socket was shut down",
+                ));
+            }
+            aio_wait(&conns, &mut list, 10);
+            for c in conns.iter_mut().filter(|c| c.busy) {
+                c.reap();
+            }
+        }
+        res
+    })
 }

@@ -25,6 +25,46 @@ pub enum Mode {
     Echo,
     /// Close it at once (the accept storm).
     Accept,
+    /// HTTP/1.1 keep-alive (`http-hello`): served by the hyper servers of
+    /// `http.rs`; the other servers close such a connection.
+    Http,
+}
+
+impl Mode {
+    /// The name on the load client's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Accept => "accept",
+            Mode::Http => "http",
+        }
+    }
+    /// What a connection sends each round.
+    pub fn request(self, size: usize) -> Vec<u8> {
+        match self {
+            Mode::Http => crate::http::REQUEST.to_vec(),
+            _ => (0..size).map(|i| b'a' + (i % 26) as u8).collect(),
+        }
+    }
+    /// The receive buffer a round needs.
+    pub fn reply_room(self, size: usize) -> usize {
+        match self {
+            Mode::Http => crate::http::RESPONSE_ROOM,
+            _ => size.max(1),
+        }
+    }
+    /// Whether the bytes received this round (`got`) are its whole reply:
+    /// Ok(false) when more must come, Err when they are wrong.
+    pub fn reply_done(self, size: usize, got: &[u8]) -> Result<bool, String> {
+        match self {
+            Mode::Http => match crate::http::reply(got) {
+                crate::http::Reply::More => Ok(false),
+                crate::http::Reply::Done => Ok(true),
+                crate::http::Reply::Bad(why) => Err(why),
+            },
+            _ => Ok(got.len() >= size),
+        }
+    }
 }
 
 /// What a server implementation is handed.
@@ -48,6 +88,26 @@ impl ServerCtx {
 
 /// A server: runs on its own (pinned) thread until `ctx.stop` is set.
 pub type ServeFn = Box<dyn FnOnce(&ServerCtx) -> io::Result<()> + Send>;
+
+/// A std listener on a loopback port with a deep accept queue (4,096, as
+/// `somaxconn` allows): the scale curve's client opens 10,000 connections
+/// one after another, and a full queue drops SYNs that come back only after
+/// a second.
+pub fn std_listener() -> io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    // SAFETY: listen on our own listening socket; a second listen only
+    // changes its backlog.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
+/// How long the load client may take to open `n` connections (the slowest
+/// servers at 10,000 accept one per scan of every descriptor).
+pub fn connect_time(n: usize) -> Duration {
+    Duration::from_secs(10 + n as u64 / 1000)
+}
 
 /// Whether an accept error is transient (the loop goes on).
 pub fn transient(e: &io::Error) -> bool {
@@ -188,13 +248,7 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
     let mut cmd = Command::new(exe);
     cmd.arg("load-client")
         .arg(format!("--port={port}"))
-        .arg(format!(
-            "--mode={}",
-            match load.mode {
-                Mode::Echo => "echo",
-                Mode::Accept => "accept",
-            }
-        ))
+        .arg(format!("--mode={}", load.mode.name()))
         .arg(format!("--client={}", load.client.name()))
         .arg(format!("--idle={}", load.idle))
         .arg(format!("--conns={}", load.conns))
@@ -221,7 +275,11 @@ fn drive_client(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<Measur
             }
         }
     });
-    let limit = Instant::now() + load.warmup + load.dur + Duration::from_secs(20);
+    let limit = Instant::now()
+        + load.warmup
+        + load.dur
+        + Duration::from_secs(10)
+        + connect_time(load.conns + load.idle);
     let next = |what: &str| -> io::Result<String> {
         loop {
             let left = limit.saturating_duration_since(Instant::now());
@@ -353,10 +411,13 @@ pub fn client_main(port: u16, load: &Load, cpu: Option<usize>) -> io::Result<()>
         let _ = pin_thread(c);
     }
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    if load.mode == Mode::Http {
+        crate::http::validate(addr)?;
+    }
     let (ops, secs, lat, errors, cpu) = match (load.client, load.mode) {
-        (Client::Uring, Mode::Echo) => echo_client(addr, load)?,
+        (Client::Uring, Mode::Echo | Mode::Http) => echo_client(addr, load)?,
         (Client::Uring, Mode::Accept) => accept_client(addr, load)?,
-        (Client::Epoll, Mode::Echo) => crate::epoll_client::echo_client(addr, load)?,
+        (Client::Epoll, Mode::Echo | Mode::Http) => crate::epoll_client::echo_client(addr, load)?,
         (Client::Epoll, Mode::Accept) => crate::epoll_client::accept_client(addr, load)?,
     };
     let q = |x: f64| lat.quantile_us(x).map(|u| u * 1000.0).unwrap_or(0.0);
@@ -469,7 +530,7 @@ struct Conn {
 
 pub fn connect_all(addr: SocketAddrV4, n: usize) -> io::Result<Vec<RawFd>> {
     let mut fds = Vec::with_capacity(n);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + connect_time(n);
     while fds.len() < n {
         match std::net::TcpStream::connect(addr) {
             Ok(s) => {
@@ -497,8 +558,8 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
     let entries = (load.conns.next_power_of_two() as u32).clamp(64, 4096);
     let mut ring = new_ring(entries)?;
     // Never freed (ManuallyDrop): requests may be in flight on any exit.
-    let payload: ManuallyDrop<Vec<u8>> =
-        ManuallyDrop::new((0..load.size).map(|i| b'a' + (i % 26) as u8).collect());
+    let payload: ManuallyDrop<Vec<u8>> = ManuallyDrop::new(load.mode.request(load.size));
+    let room = load.mode.reply_room(load.size);
     let now = Instant::now();
     let mut conns: ManuallyDrop<Vec<Conn>> = ManuallyDrop::new(
         fds.iter()
@@ -507,7 +568,7 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
                 phase: Phase::Send,
                 done: 0,
                 started: now,
-                buf: vec![0u8; load.size],
+                buf: vec![0u8; room],
             })
             .collect(),
     );
@@ -528,10 +589,17 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
             .build(),
             Phase::Dead => return Ok(()),
         };
+        let e = e.user_data(i as u64);
         // SAFETY: the payload and the connection's buffer are never freed
         // (ManuallyDrop), so they outlive every request.
-        unsafe { ring.submission().push(&e.user_data(i as u64)) }
-            .map_err(|_| io::Error::other("submission queue full"))
+        if unsafe { ring.submission().push(&e) }.is_err() {
+            // More connections than entries (10,000): submit what is queued.
+            ring.submit()?;
+            // SAFETY: as above.
+            unsafe { ring.submission().push(&e) }
+                .map_err(|_| io::Error::other("submission queue full"))?;
+        }
+        Ok(())
     };
     for (i, c) in conns.iter_mut().enumerate() {
         push_op(&mut ring, c, i)?;
@@ -558,13 +626,27 @@ fn echo_client(addr: SocketAddrV4, load: &Load) -> io::Result<ClientOut> {
                 continue;
             }
             c.done += res as usize;
+            let whole = match c.phase {
+                Phase::Recv => match load.mode.reply_done(load.size, &c.buf[..c.done]) {
+                    Ok(w) => w,
+                    Err(why) => {
+                        if errors == 0 {
+                            eprintln!("load-client: a bad reply: {why}");
+                        }
+                        errors += 1;
+                        c.phase = Phase::Dead;
+                        continue;
+                    }
+                },
+                _ => false,
+            };
             match c.phase {
-                Phase::Send if c.done < load.size => {}
+                Phase::Send if c.done < payload.len() => {}
                 Phase::Send => {
                     c.phase = Phase::Recv;
                     c.done = 0;
                 }
-                Phase::Recv if c.done < load.size => {}
+                Phase::Recv if !whole => {}
                 Phase::Recv => {
                     if phases.measuring {
                         ops += 1;
@@ -711,7 +793,7 @@ pub fn ringport_server(b: ringport::Backend) -> ServeFn {
                     return Ok(());
                 }
                 match ctx.mode {
-                    Mode::Accept => drop(s),
+                    Mode::Accept | Mode::Http => drop(s),
                     Mode::Echo => {
                         ringport::spawn(async move {
                             let _ = s.set_nodelay(true);

@@ -177,7 +177,7 @@ pub fn tokio_server() -> ServeFn {
                     return Ok(());
                 }
                 match ctx.mode {
-                    Mode::Accept => drop(s),
+                    Mode::Accept | Mode::Http => drop(s),
                     Mode::Echo => {
                         tokio::spawn(async move {
                             let _ = s.set_nodelay(true);
@@ -311,7 +311,7 @@ async fn monoio_serve(ctx: &ServerCtx) -> io::Result<()> {
             return Ok(());
         }
         match ctx.mode {
-            Mode::Accept => drop(s),
+            Mode::Accept | Mode::Http => drop(s),
             Mode::Echo => {
                 monoio::spawn(async move {
                     let _ = s.set_nodelay(true);
@@ -460,7 +460,7 @@ pub fn compio_server() -> ServeFn {
                     return Ok(());
                 }
                 match ctx.mode {
-                    Mode::Accept => drop(s),
+                    Mode::Accept | Mode::Http => drop(s),
                     Mode::Echo => {
                         compio::runtime::spawn(async move {
                             let _ = s.set_nodelay(true);

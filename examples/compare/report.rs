@@ -1,4 +1,4 @@
-//! Records, the table, the JSON file and the SVG chart.
+//! Records, the table and the JSON file (the charts are in `chart.rs`).
 
 use crate::measure::Measured;
 use std::fmt::Write as _;
@@ -6,7 +6,8 @@ use std::io;
 use std::path::Path;
 
 /// The I/O model a row stands for: the five Unix models of the classic
-/// taxonomy, plus IOCP.
+/// taxonomy (the asynchronous one in its two Unix forms, POSIX aio and
+/// io_uring), plus IOCP: seven in all.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 pub enum Model {
     /// Blocking syscalls: on this thread, one thread per connection, or a
@@ -19,32 +20,25 @@ pub enum Model {
     Multiplexing,
     /// Signal-driven I/O (`O_ASYNC`, SIGIO).
     SignalDriven,
-    /// Asynchronous I/O: POSIX aio, io_uring.
-    Asynchronous,
+    /// Asynchronous I/O with POSIX aio (`aio_read`/`aio_write`).
+    AsyncAio,
+    /// Asynchronous I/O with io_uring.
+    AsyncUring,
     /// ringport's `CompletionPort` (IOCP semantics) with worker threads.
     Iocp,
 }
 
 impl Model {
     /// Every model, in the taxonomy's order.
-    pub const ALL: [Model; 6] = [
+    pub const ALL: [Model; 7] = [
         Model::Blocking,
         Model::Nonblocking,
         Model::Multiplexing,
         Model::SignalDriven,
-        Model::Asynchronous,
+        Model::AsyncAio,
+        Model::AsyncUring,
         Model::Iocp,
     ];
-    fn color(self) -> &'static str {
-        match self {
-            Model::Blocking => "#7f7f7f",
-            Model::Nonblocking => "#b2182b",
-            Model::Multiplexing => "#e08214",
-            Model::SignalDriven => "#8073ac",
-            Model::Asynchronous => "#2b7bba",
-            Model::Iocp => "#1b7837",
-        }
-    }
     /// The name in the table and the JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -52,7 +46,8 @@ impl Model {
             Model::Nonblocking => "nonblocking",
             Model::Multiplexing => "multiplexing",
             Model::SignalDriven => "signal-driven",
-            Model::Asynchronous => "asynchronous",
+            Model::AsyncAio => "asynchronous (aio)",
+            Model::AsyncUring => "asynchronous (io_uring)",
             Model::Iocp => "IOCP",
         }
     }
@@ -164,6 +159,38 @@ pub fn set_ratios(recs: &mut [Record], workload: &str, base: &str) {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                 _ => None,
             };
+        }
+    }
+}
+
+/// Adds `p99 X × baseline's` to the note of every measured row of
+/// `workload` (its latency target is a p99 ratio), from the ratios' baseline
+/// in the same variant and client.
+pub fn note_p99_ratios(recs: &mut [Record], workload: &str) {
+    let p99_of = |recs: &[Record], r: &Record| {
+        recs.iter()
+            .find(|b| {
+                b.workload == r.workload
+                    && b.variant == r.variant
+                    && b.client == r.client
+                    && b.backend == r.baseline
+            })
+            .and_then(|b| b.result.as_ref()?.p99_us)
+    };
+    let notes: Vec<Option<String>> = recs
+        .iter()
+        .map(|r| {
+            if r.workload != workload || r.is_baseline {
+                return None;
+            }
+            let mine = r.result.as_ref()?.p99_us?;
+            let base = p99_of(recs, r)?;
+            (base > 0.0).then(|| format!("p99 {:.2} × the baseline's", mine / base))
+        })
+        .collect();
+    for (r, n) in recs.iter_mut().zip(notes) {
+        if let Some(n) = n {
+            crate::measure::add_note(&mut r.note, &n);
         }
     }
 }
@@ -384,7 +411,7 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
             "    {{\"workload\": {}, \"variant\": {}, \"backend\": {}, \"model\": {}, \
              \"client\": {}, \"ops_per_sec\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
              \"cpu_s_per_mop\": {}, \"user_us_per_op\": {}, \"sys_us_per_op\": {}, \
-             \"vcsw_per_op\": {}, \"ivcsw_per_op\": {}, \"syscalls_per_op\": {}, \
+             \"vcsw_per_op\": {}, \"ivcsw_per_op\": {}, \"csw_per_op\": {}, \"syscalls_per_op\": {}, \
              \"syscalls_by_kind\": {}, \"syscalls_note\": {}, \"ratio\": {}, \"baseline\": {}, \"note\": {}}}",
             json_str(r.workload),
             json_str(&r.variant),
@@ -400,6 +427,7 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
             json_num(u.map(|u| u.sys_us)),
             json_num(u.map(|u| u.vcsw)),
             json_num(u.map(|u| u.ivcsw)),
+            json_num(u.map(|u| u.vcsw + u.ivcsw)),
             json_num(u.and_then(|u| u.syscalls)),
             match u {
                 Some(u) => format!(
@@ -427,141 +455,6 @@ pub fn write_json(path: &Path, recs: &[Record], machine: &str, command: &str) ->
         s.push_str(if i + 1 < recs.len() { ",\n" } else { "\n" });
     }
     s.push_str("  ]\n}\n");
-    std::fs::write(path, s)
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A hand-made SVG: one panel per (workload, variant), one horizontal bar per
-/// backend or peer (its own scale per panel), coloured by I/O model.
-pub fn write_svg(path: &Path, recs: &[Record], title: &str) -> io::Result<()> {
-    let mut panels: Vec<(String, Vec<&Record>)> = Vec::new();
-    for r in recs.iter().filter(|r| r.result.is_some()) {
-        let key = if r.client == "-" {
-            format!("{} — {}", r.workload, r.variant)
-        } else {
-            format!("{} — {} — {} client", r.workload, r.variant, r.client)
-        };
-        match panels.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => v.push(r),
-            None => panels.push((key, vec![r])),
-        }
-    }
-    // A panel without its baseline (the pread loop runs at qd1 only) shows
-    // the workload's baseline row as a reference bar.
-    for (_, rows) in panels.iter_mut() {
-        if rows.iter().any(|r| r.is_baseline) {
-            continue;
-        }
-        let w = rows[0].workload;
-        if let Some(b) = recs
-            .iter()
-            .find(|r| r.workload == w && r.is_baseline && r.result.is_some())
-        {
-            rows.push(b);
-        }
-    }
-    let (pw, label_w, bar_w, row_h) = (560.0, 210.0, 250.0, 18.0);
-    let cols = 2usize;
-    let heights: Vec<f64> = panels
-        .iter()
-        .map(|(_, v)| 30.0 + v.len() as f64 * row_h + 12.0)
-        .collect();
-    let mut col_y = vec![70.0f64; cols];
-    let mut placed = Vec::new();
-    for h in &heights {
-        let c = if col_y[0] <= col_y[1] { 0 } else { 1 };
-        placed.push((c as f64 * (pw + 20.0) + 10.0, col_y[c]));
-        col_y[c] += h + 14.0;
-    }
-    let width = cols as f64 * (pw + 20.0) + 10.0;
-    let height = col_y.iter().cloned().fold(0.0, f64::max) + 10.0;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
-         font-family=\"sans-serif\" font-size=\"11\">"
-    );
-    let _ = writeln!(
-        s,
-        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>",
-        xml(title)
-    );
-    let mut lx = 10.0;
-    for m in Model::ALL {
-        let _ = writeln!(
-            s,
-            "<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{}\"/>\
-             <text x=\"{}\" y=\"44\">{}</text>",
-            m.color(),
-            lx + 16.0,
-            m.name()
-        );
-        lx += 110.0;
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{lx}\" y=\"44\" fill=\"#444\">bar = ops/s (each panel its own scale); \
-         dark outline = the baseline; bold = ringport</text>"
-    );
-    for ((key, rows), (x, y)) in panels.iter().zip(&placed) {
-        let max = rows
-            .iter()
-            .filter_map(|r| r.ops())
-            .fold(0.0f64, f64::max)
-            .max(1.0);
-        let h = 30.0 + rows.len() as f64 * row_h;
-        let _ = writeln!(
-            s,
-            "<g transform=\"translate({x},{y})\"><rect width=\"{pw}\" height=\"{h}\" \
-             fill=\"#fafafa\" stroke=\"#ccc\"/><text x=\"6\" y=\"18\" font-weight=\"bold\">{}</text>",
-            xml(key)
-        );
-        for (i, r) in rows.iter().enumerate() {
-            let ops = r.ops().unwrap_or(0.0);
-            let by = 28.0 + i as f64 * row_h;
-            let bw = (ops / max * bar_w).max(1.0);
-            let stroke = if r.is_baseline {
-                " stroke=\"#000\" stroke-width=\"1.5\""
-            } else {
-                ""
-            };
-            let ratio = r.ratio.map(|x| format!(" ({x:.2}×)")).unwrap_or_default();
-            let weight = if r.backend.starts_with("ringport/") {
-                " font-weight=\"bold\""
-            } else {
-                ""
-            };
-            let label = if r.variant != rows[0].variant {
-                format!("{} ({})", r.backend, r.variant)
-            } else {
-                r.backend.clone()
-            };
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\"{weight}>{}</text>\
-                 <rect x=\"{label_w}\" y=\"{}\" width=\"{bw:.1}\" height=\"{}\" fill=\"{}\"{stroke}/>\
-                 <text x=\"{}\" y=\"{}\">{}{}</text>",
-                label_w - 6.0,
-                by + 12.0,
-                xml(&label),
-                by + 2.0,
-                row_h - 4.0,
-                r.model.color(),
-                label_w + bw + 4.0,
-                by + 12.0,
-                fmt_ops(ops),
-                ratio
-            );
-        }
-        s.push_str("</g>\n");
-    }
-    s.push_str("</svg>\n");
     std::fs::write(path, s)
 }
 

@@ -18,16 +18,18 @@ pub static COUNT_SYSCALLS: AtomicBool = AtomicBool::new(true);
 
 /// The syscalls counted by kind (any other is only in the total).
 /// The most telling first: with many threads only a prefix is counted.
-const KINDS: [&str; 22] = [
+const KINDS: [&str; 24] = [
     "read",
     "write",
     "recvfrom",
     "sendto",
+    "writev",
     "futex",
     "sched_yield",
     "io_uring_enter",
     "epoll_wait",
     "pread64",
+    "pwrite64",
     "preadv2",
     "recvmsg",
     "sendmsg",
