@@ -80,7 +80,9 @@ pub struct Slot<X> {
     /// The op; `None` only while a worker thread holds it (the backend puts
     /// it back before the op finishes).
     pub op: Option<Op>,
-    fd: Option<RawFd>,
+    /// The op's fd, or [`NO_FD`] (kept as a plain number so the slot stays
+    /// small; [`Slot::fd`] gives the `Option`).
+    fd: RawFd,
     dir: Option<Direction>,
     is_close: bool,
     stage: Stage,
@@ -106,7 +108,7 @@ impl<X> Slot<X> {
     }
     /// The op's fd, if it has one.
     pub fn fd(&self) -> Option<RawFd> {
-        self.fd
+        (self.fd != NO_FD).then_some(self.fd)
     }
     /// The op's stream direction, if it is ordered with others on its fd.
     pub fn direction(&self) -> Option<Direction> {
@@ -129,6 +131,9 @@ impl<X> Slot<X> {
         self.op.as_mut().expect("the op is with a worker")
     }
 }
+
+/// `Slot::fd` of an op without an fd (validated fds are never negative).
+const NO_FD: RawFd = -1;
 
 #[derive(Default)]
 struct FdState {
@@ -242,7 +247,7 @@ impl<X> InFlight<X> {
             generation,
             token,
             op: Some(op),
-            fd,
+            fd: fd.unwrap_or(NO_FD),
             dir,
             is_close,
             stage: Stage::Running,
@@ -286,7 +291,7 @@ impl<X> InFlight<X> {
     /// backend refused before it ran (it is then as if never submitted).
     pub fn retract(&mut self, key: usize) -> Op {
         let slot = self.slots.remove(key);
-        if let Some(fd) = slot.fd {
+        if let Some(fd) = slot.fd() {
             let st = self.fd_state(fd);
             if slot.is_close {
                 st.closing = None;
@@ -324,8 +329,10 @@ impl<X> InFlight<X> {
             .take()
             .expect("a finished op is back from its worker");
         // Results nobody took go now (their fds are closed).
-        for s in slot.shots.take().into_iter().flat_map(|q| q.into_iter()) {
-            drop_shot(&op, s);
+        if let Some(q) = slot.shots.take() {
+            for s in *q {
+                drop_shot(&op, s);
+            }
         }
         Some(Completion {
             id,
@@ -478,7 +485,7 @@ impl<X> InFlight<X> {
         let was = slot.stage;
         slot.stage = Stage::Done;
         slot.outcome = Some(result);
-        let (fd, dir, is_close) = (slot.fd, slot.dir, slot.is_close);
+        let (fd, dir, is_close) = (slot.fd(), slot.dir, slot.is_close);
         self.ready.push(Ready {
             id,
             token: slot.token,
@@ -547,7 +554,7 @@ impl<X> InFlight<X> {
         let keys: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.fd == Some(fd) && !s.is_close && s.stage != Stage::Done)
+            .filter(|(_, s)| s.fd == fd && !s.is_close && s.stage != Stage::Done)
             .map(|(k, _)| k)
             .collect();
         for &k in &keys {
@@ -655,14 +662,14 @@ impl<X> InFlight<X> {
         for k in keys {
             let s = self.slots.remove(k);
             if s.stage == Stage::Parked {
-                parked.extend(s.fd);
+                parked.extend(s.fd());
             }
         }
         // A close that was due but not started yet is parked too.
         while let Some(k) = self.next_start() {
             let s = self.slots.remove(k);
             if s.is_close {
-                parked.extend(s.fd);
+                parked.extend(s.fd());
             }
         }
         self.cancels.clear();

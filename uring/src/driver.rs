@@ -37,8 +37,6 @@ const DROP_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct InRing {
     extra: Option<Box<Extra>>,
     polling: bool,
-    /// A zero-copy send's count, kept until its notification comes.
-    zc_sent: Option<i32>,
 }
 
 impl InRing {
@@ -309,10 +307,11 @@ impl UringDriver {
             // A zero-copy send ends with two CQEs: the count (with MORE if a
             // notification follows), then the notification, after which the
             // kernel no longer reads the buffer. Only then may it go on.
+            let e = slot.extra.extra.get_or_insert_with(Box::default);
             if io_uring::cqueue::notif(flags) {
-                slot.extra.zc_sent.take().unwrap_or(0)
+                e.zc_sent.take().unwrap_or(0)
             } else if io_uring::cqueue::more(flags) {
-                slot.extra.zc_sent = Some(res);
+                e.zc_sent = Some(res);
                 return;
             } else {
                 res
@@ -472,7 +471,6 @@ impl Driver for UringDriver {
                 })
             }),
             polling: false,
-            zc_sent: None,
         };
         let (id, key, admitted) = self
             .life

@@ -40,6 +40,8 @@ pub(crate) struct Extra {
     pub(crate) scratch: Scratch,
     /// The per-op deadline (an absolute CLOCK_MONOTONIC time) for a linked timeout.
     pub(crate) deadline: Option<types::Timespec>,
+    /// A zero-copy send's count, kept until its notification comes.
+    pub(crate) zc_sent: Option<i32>,
 }
 
 // SAFETY: the raw pointers inside point into the op's own heap memory (its
