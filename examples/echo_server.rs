@@ -1,10 +1,16 @@
 //! A TCP echo server on ringport.
 //!
-//! `cargo run --release --example echo_server -- --addr 127.0.0.1:7000 [--backend X] [--threads N]`
+//! `cargo run --release --example echo_server -- --addr 127.0.0.1:7000 [--backend X] [--threads N]
+//! [--buffer BYTES] [--pool-bufs N] [--no-pool] [--drain-secs S]`
 //!
-//! Each connection owns one buffer: read into it, write it all back, repeat.
-//! A client that sends and never reads stalls only its own connection (the
-//! write waits), so memory stays bounded. On end of stream the server shuts
+//! Reads are pooled by default: each runtime has a `BufPool`, and a
+//! connection takes a buffer only when bytes arrive (io_uring picks it from a
+//! provided-buffer ring), writes it back, and returns it — an idle connection
+//! holds no buffer. When the pool is empty at that moment, that one read goes
+//! through a buffer of its own instead. `--no-pool` gives every connection
+//! its own buffer for its whole life (the old path, for comparison). A client
+//! that sends and never reads stalls only its own connection (the write
+//! waits), so memory stays bounded. On end of stream the server shuts
 //! down its side too (half-close); a reset just ends the connection.
 //! `--threads N` runs N single-threaded runtimes, each with its own listener
 //! on the same port (SO_REUSEPORT): thread-per-core.
@@ -14,8 +20,9 @@
 //! `--drain-secs` (default 5) it closes the connections left and exits 0.
 
 use clap::Parser;
+use ringport::bufpool::is_pool_exhausted;
 use ringport::signal::SignalKind;
-use ringport::{Backend, Runtime, TcpListener, TcpStream};
+use ringport::{Backend, BufPool, Runtime, TcpListener, TcpStream};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
@@ -32,9 +39,15 @@ struct Args {
     /// Runtimes (threads) sharing the port.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Bytes per connection buffer.
+    /// Bytes per buffer (a pool buffer, or a connection's own with --no-pool).
     #[arg(long, default_value_t = 16 * 1024)]
     buffer: usize,
+    /// Buffers in each runtime's pool.
+    #[arg(long, default_value_t = 256)]
+    pool_bufs: usize,
+    /// Give every connection its own buffer instead of reading from a pool.
+    #[arg(long)]
+    no_pool: bool,
     /// Seconds connections may take to finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 5)]
     drain_secs: u64,
@@ -106,13 +119,26 @@ fn serve(
     let _ = port_tx.send(Ok(listener.local_addr()?));
     let token = rt.shutdown_token();
     let backend = rt.backend();
+    let pool = if args.no_pool {
+        None
+    } else {
+        Some(
+            BufPool::new(args.pool_bufs, args.buffer)
+                .map_err(|e| io::Error::new(e.kind(), format!("--pool-bufs/--buffer: {e}")))?,
+        )
+    };
     rt.block_on(async {
         token.trigger_on(&[SignalKind::terminate(), SignalKind::interrupt()])?;
         let _ = ready_tx.send(Ok(backend));
         while let Some((conn, _)) = listener.accept_until(&token).await? {
             let size = args.buffer;
+            let pool = pool.clone();
             ringport::spawn(async move {
-                if let Err(e) = echo(conn, size).await {
+                let r = match pool {
+                    Some(p) => echo_pooled(conn, &p, size).await,
+                    None => echo(conn, size).await,
+                };
+                if let Err(e) = r {
                     log_conn_error(&e);
                 }
             });
@@ -137,6 +163,34 @@ fn log_conn_error(e: &io::Error) {
     }
 }
 
+/// Echoes through the pool: a buffer only while bytes are on their way back.
+async fn echo_pooled(conn: TcpStream, pool: &BufPool, size: usize) -> io::Result<()> {
+    loop {
+        match conn.recv_pooled(pool).await {
+            Ok(Some(buf)) => {
+                let (r, _back_to_the_pool) = conn.write_all(buf).await;
+                r?;
+            }
+            Ok(None) => break,
+            Err(e) if is_pool_exhausted(&e) => {
+                // Every pool buffer is in use: this read gets its own.
+                let (r, b) = conn.read(Vec::with_capacity(size)).await;
+                match r {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let (r, _) = conn.write_all(b).await;
+                        r?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    conn.shutdown(Shutdown::Write).await
+}
+
+/// Echoes through one buffer the connection owns (`--no-pool`).
 async fn echo(conn: TcpStream, size: usize) -> io::Result<()> {
     let mut buf = Vec::with_capacity(size);
     loop {

@@ -8,7 +8,7 @@
 //! (push, enter, reap) in `ring.rs`.
 
 use crate::bufring;
-use crate::ops::{self, Extra, Scratch};
+use crate::ops::{self, Extra};
 use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
 use io_uring::{opcode, types, IoUring};
@@ -228,20 +228,23 @@ impl UringDriver {
     /// Gives slot `key`'s op to the kernel.
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
-        if let Some(
-            Op::RecvPooled { pool, .. } | Op::ReadPooled { pool, .. } | Op::RecvMulti { pool, .. },
-        ) = &self.life.slot(key).op
-        {
-            let pool = pool.clone();
-            let g = self.pool_group(&pool)?;
-            *ops::scratch(&mut self.life.slot_mut(key).extra.extra) = Scratch::Group(g);
-        }
+        let bgid = match &self.life.slot(key).op {
+            Some(
+                Op::RecvPooled { pool, .. }
+                | Op::ReadPooled { pool, .. }
+                | Op::RecvMulti { pool, .. },
+            ) => {
+                let pool = pool.clone();
+                self.pool_group(&pool)?
+            }
+            _ => 0,
+        };
         let ud = self.life.id_of(key).to_u64();
         let slot = self.life.slot_mut(key);
         slot.extra.polling = false;
         let progress = slot.progress;
         let op = slot.op.as_mut().expect("a uring op never leaves its slot");
-        let e = ops::prepare(op, &mut slot.extra.extra, progress).user_data(ud);
+        let e = ops::prepare(op, &mut slot.extra.extra, progress, bgid).user_data(ud);
         let ts = slot.extra.deadline_ptr();
         self.push(e, ts)
     }

@@ -28,8 +28,6 @@ pub(crate) enum Scratch {
     Msg(libc::msghdr, libc::iovec),
     Statx(libc::statx),
     Time(types::Timespec),
-    /// The provided-buffer group a pooled read picks from.
-    Group(u16),
     OpenHow(types::OpenHow),
     Splice(Box<splice::SpliceState>),
 }
@@ -48,15 +46,6 @@ pub(crate) struct Extra {
 // buffers and boxes) or into this box, which travel with the op.
 unsafe impl Send for Extra {}
 
-/// The buffer group the driver put in a pooled read's scratch before
-/// preparing it.
-fn group(extra: &Option<Box<Extra>>) -> u16 {
-    match extra.as_deref().map(|e| &e.scratch) {
-        Some(Scratch::Group(g)) => *g,
-        _ => unreachable!("a pooled read is prepared after its pool is registered"),
-    }
-}
-
 pub(super) fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {
     &mut extra.get_or_insert_with(Box::default).scratch
 }
@@ -72,7 +61,9 @@ pub(crate) enum Step {
     Fail(io::Error),
 }
 
-/// The SQE for `op`, with `progress` bytes of a stream write already done.
+/// The SQE for `op`, with `progress` bytes of a stream write already done;
+/// `bgid` is the provided-buffer group of a pooled read (the driver
+/// registers its pool first; other ops ignore it).
 ///
 /// Unknown-to-uring ops never get here: `submit` refuses them first.
 #[inline]
@@ -80,6 +71,7 @@ pub(crate) fn prepare(
     op: &mut Op,
     extra: &mut Option<Box<Extra>>,
     progress: usize,
+    bgid: u16,
 ) -> squeue::Entry {
     match op {
         Op::Nop => ctl::nop(),
@@ -90,17 +82,17 @@ pub(crate) fn prepare(
         Op::Recv { fd, buf, flags } => net::recv(*fd, buf, *flags),
         Op::RecvPooled {
             fd, pool, flags, ..
-        } => net::recv_pooled(*fd, pool, *flags, group(extra)),
+        } => net::recv_pooled(*fd, pool, *flags, bgid),
         Op::ReadPooled {
             fd, offset, pool, ..
-        } => rw::read_pooled(*fd, *offset, pool, group(extra)),
+        } => rw::read_pooled(*fd, *offset, pool, bgid),
         Op::Send { fd, buf, flags } => net::send(*fd, buf, *flags, progress),
         Op::SendZc { fd, buf, flags } => net::send_zc(*fd, buf, *flags, progress),
         Op::RecvFrom { fd, buf, addr } => net::recvfrom(*fd, buf, addr, extra),
         Op::SendTo { fd, buf, addr } => net::sendto(*fd, buf, addr, extra),
         Op::Accept { fd, addr } => net::accept(*fd, addr),
         Op::AcceptMulti { fd } => net::accept_multi(*fd),
-        Op::RecvMulti { fd, .. } => net::recv_multi(*fd, group(extra)),
+        Op::RecvMulti { fd, .. } => net::recv_multi(*fd, bgid),
         Op::Connect { fd, addr } => net::connect(*fd, addr),
         Op::Shutdown { fd, how } => net::shutdown(*fd, *how),
         Op::Close { fd } => ctl::close(*fd),
