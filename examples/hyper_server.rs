@@ -186,9 +186,16 @@ async fn handle(
     let resp = if path == "/" {
         Response::new(Full::new(Bytes::from_static(&BODY)))
     } else if let Some(rest) = path.strip_prefix("/file/") {
-        match ringport_http::resolve(&root, &format!("/{rest}")) {
-            Ok(file) => match read_file(&file).await {
+        match ringport_http::request_path(&format!("/{rest}")) {
+            Ok(rel) => match read_file(&root, &rel).await {
                 Ok(data) => Response::new(Full::new(Bytes::from(data))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    status(StatusCode::NOT_FOUND, "not found")
+                }
+                // Outside the root (EXDEV), a symlink loop, not a file.
+                Err(e) if e.raw_os_error().is_some() => {
+                    status(StatusCode::FORBIDDEN, "cannot serve that path")
+                }
                 Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
             Err(s) => status(
@@ -209,9 +216,18 @@ fn status(code: StatusCode, text: &str) -> Response<Full<Bytes>> {
 }
 
 /// The whole file, read through ringport.
-async fn read_file(path: &Path) -> io::Result<Vec<u8>> {
-    let f = File::open(path).await?;
-    let size = f.metadata().await?.size as usize;
+/// Reads `rel` beneath `root` (openat2 with RESOLVE_BENEATH, through the
+/// driver: nothing outside the root, no blocking call on the runtime
+/// thread); only a regular file.
+async fn read_file(root: &Path, rel: &Path) -> io::Result<Vec<u8>> {
+    let dir = ringport::fs::Dir::open(root).await?;
+    let f = File::open_beneath(&dir, rel).await?;
+    let _ = dir.close().await;
+    let meta = f.metadata().await?;
+    if !meta.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    let size = meta.size as usize;
     let mut data = Vec::with_capacity(size);
     while data.len() < size {
         let rest = Vec::with_capacity(size - data.len());
