@@ -551,6 +551,10 @@ impl<X> InFlight<X> {
 
     /// Asks every op on `fd` (not a pending close) to end; returns how many.
     pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
+        if fd < 0 {
+            // No op has a negative fd (ops without one are kept as NO_FD).
+            return 0;
+        }
         let keys: Vec<usize> = self
             .slots
             .iter()
