@@ -549,6 +549,14 @@ impl<X> InFlight<X> {
         }
     }
 
+    /// `Driver::cancel` for a table-based driver: asks op `id` to end
+    /// (`NotFound` if it is not in flight); the caller then pumps.
+    pub fn cancel_id(&mut self, id: OpId) -> io::Result<()> {
+        let key = self.lookup(id).ok_or_else(not_in_flight)?;
+        self.cancel(key, Ending::Cancelled);
+        Ok(())
+    }
+
     /// Asks every op on `fd` (not a pending close) to end; returns how many.
     pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
         if fd < 0 {

@@ -580,11 +580,7 @@ impl Driver for ShimDriver {
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
-        let key = self
-            .life
-            .lookup(id)
-            .ok_or_else(ringport_core::driver::not_in_flight)?;
-        self.life.cancel(key, Ending::Cancelled);
+        self.life.cancel_id(id)?;
         self.pump();
         Ok(())
     }

@@ -519,11 +519,7 @@ impl Driver for UringDriver {
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
-        let key = self
-            .lookup(id)
-            .ok_or_else(ringport_core::driver::not_in_flight)?;
-        self.life
-            .cancel(key, ringport_core::lifecycle::Ending::Cancelled);
+        self.life.cancel_id(id)?;
         self.pump();
         Ok(())
     }
