@@ -1,19 +1,28 @@
-//! The [`Driver`] impl: submit (routing files to aio and everything else to
-//! the delegate), wait, cancel, close, and drop.
+//! The [`Driver`] impl: submit (regular-file reads, writes and fsyncs to
+//! aio, everything else to the delegate), wait, cancel, close, and drop.
 //!
-//! This module must never free or reuse an `aiocb` (or its buffer) before
-//! glibc is done with it: not before its signal arrived or a sweep saw it
-//! finished under glibc's lock. `Drop` leaks what it cannot prove finished.
+//! The ops kept here live in one [`InFlight`] table, by the lifecycle's
+//! rules (close protocol, cancellation, deadlines, drop); this file supplies
+//! only the mechanism: an `aiocb` per request, batched into `lio_listio`,
+//! found finished by polling or by a signal. Ops aio does not perform go
+//! straight to the delegate and live in its table; their ids carry a mark
+//! ([`passed_id`]) and `take` reaches them there. Every close goes through
+//! this table, so an fd's aio requests end before the delegate closes it and
+//! no op is routed by a kind cached for an fd number that was closed.
+//!
+//! This module must never free or reuse an `aiocb` before glibc is done
+//! with it: not before its status was seen final and glibc's lock was taken
+//! since (the quarantine). `Drop` leaks what it cannot prove finished.
 
 use crate::notify::{self, Notifier};
 use crate::ops::{self, set_error_code, AioReq, AioState, NOT_QUEUED};
 use crate::AioBuilder;
 use ringport_core::driver::{
-    admit, cancelled, deadline_passed, Capabilities, Completion, Driver, DriverWaker, Parking,
-    Ready, SubmitError, Support,
+    admit, cancelled, Capabilities, Completion, Driver, DriverWaker, Ready, Shot, SubmitError,
+    Support,
 };
+use ringport_core::lifecycle::{Admitted, Ending, InFlight};
 use ringport_core::op::{CancelTarget, Offset, Op, OpId, OpKind};
-use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
@@ -21,11 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Token of the delegate's poll on our eventfd (told apart by its id).
-const POLL_TOKEN: u64 = u64::MAX;
 /// The bit that marks an id as the delegate's own: an op handed straight
 /// on keeps the delegate's id (with this bit) and the caller's token, and
-/// no entry here. (Slab keys never reach it.)
+/// no slot here. (Table keys stay below 2^24: see `max_in_flight`.)
 const PASSED: u32 = 1 << 31;
 
 /// The id the caller sees for an op handed straight to the delegate.
@@ -50,29 +57,25 @@ const MAX_ARMED_FDS: usize = 16;
 const SPARES: usize = 256;
 /// How long `Drop` waits for outstanding requests before leaking them.
 const DROP_GRACE: Duration = Duration::from_secs(2);
+/// Token of the delegate's poll on our eventfd (told apart by its id).
+const POLL_TOKEN: u64 = u64::MAX;
 
-enum Route {
-    /// Performed here through aio.
+/// The backend's state of an op in this driver's table.
+pub(crate) enum Req {
+    /// Admitted, not started yet.
+    Starting,
+    /// An aio request.
     Aio(Box<AioReq>),
-    /// Handed to the delegate, which gave it this id (always a real one: an
-    /// entry gets this route only once the delegate accepted the op).
-    Delegate(OpId),
-    /// A cancel-by-fd handed to the delegate (its id there), plus the aio
-    /// ops it reached here.
-    CancelFd(OpId, usize),
-    /// Kept here: a close waiting for the fd's aio requests to end, or an op
-    /// whose completion is made here.
-    Held(Op),
-    /// Being handed to the delegate (only inside `forward`).
-    Forwarding,
+    /// A close or a cancel-by-fd handed to the delegate (its id there is in
+    /// `AioDriver::delegated`); `here` counts the aio requests a
+    /// cancel-by-fd reached.
+    Forwarded { here: usize },
+    /// Finished (an aio request's record went to the quarantine).
+    Over,
 }
 
-struct Entry {
-    generation: u32,
-    token: u64,
-    route: Route,
-}
-
+/// How ops on an fd are routed: found with `fstat` once per fd, forgotten
+/// when a close of the fd completes.
 #[derive(Copy, Clone, PartialEq, Eq, Default)]
 enum FdKind {
     #[default]
@@ -81,33 +84,18 @@ enum FdKind {
     Other,
 }
 
-/// What the driver keeps per fd number. It never outlives the fd: a close
-/// resets it once the close is handed on, and it is indexed only by fds
-/// `Op::validate` accepted (below the open-file limit).
-#[derive(Copy, Clone, Default)]
-struct FdState {
-    /// How to route ops: found with `fstat` once per fd.
-    kind: FdKind,
-    /// aio requests on the fd that glibc holds.
-    aio: u32,
-    /// A close is parked here until the fd's aio requests end: new ops on
-    /// the fd are refused.
-    close_parked: bool,
-    /// Closes of this number handed to the delegate and not yet completed:
-    /// whether the fd is still the old one is known to the delegate only, so
-    /// every op on it goes there (never to aio) until they complete.
-    closes_forwarded: u32,
-}
-
 /// The POSIX aio [`Driver`].
 pub struct AioDriver {
     delegate: Box<dyn Driver>,
-    entries: Slab<Entry>,
-    next_generation: u32,
+    /// The ops kept here: aio requests, closes, cancels.
+    life: InFlight<Req>,
     notifier: Notifier,
-    /// Per-fd state, indexed by fd (see [`FdState`]).
-    fds: Vec<FdState>,
+    /// Per-fd routing, indexed by fds `Op::validate` accepted (below the
+    /// open-file limit); reset when a close of the fd completes.
+    kinds: Vec<FdKind>,
+    /// Requests accepted since the last flush.
     batch: Vec<usize>,
+    /// Requests waiting for room under `max_in_flight`.
     waiting: VecDeque<usize>,
     /// The requests glibc holds (state `InFlight`); each knows its place.
     out: Vec<usize>,
@@ -118,22 +106,22 @@ pub struct AioDriver {
     /// Scratch for `flush`: one `lio_listio` list and its keys.
     list: Vec<*mut libc::aiocb>,
     list_keys: Vec<usize>,
-    /// aio requests with a deadline (`expire_deadlines` runs only then).
-    aio_deadlines: usize,
-    in_glibc: usize,
+    /// Scratch for deadlines that passed.
+    expired: Vec<usize>,
     max_in_flight: usize,
-    ready: Vec<Completion>,
-    /// Completions announced by `wait_ready`, until taken.
-    parking: Parking,
-    delegate_out: Vec<Completion>,
+    /// Finished ops not yet announced, in the order they finished: the
+    /// delegate's (handed straight on, their ids marked) and this table's
+    /// (moved here from the table before each of the delegate's is added).
+    ready: Vec<Ready>,
+    /// What the delegate announced, being sorted out.
+    delegate_ready: Vec<Ready>,
+    /// Scratch for `Driver::wait`.
+    scratch: Vec<Ready>,
     signalled: Vec<(usize, u32)>,
     poll_armed: bool,
     /// The delegate's id of the eventfd poll while it is armed.
     poll_id: Option<OpId>,
-    /// Ops handed straight to the delegate (no entry) and not yet complete.
-    passed: usize,
-    /// The delegate's ids of ops that have an entry here (forwarded closes,
-    /// cancels by fd, cancels of those), with the entry's key.
+    /// The delegate's ids of ops forwarded from this table, with their keys.
     delegated: Vec<(OpId, usize)>,
     last_sweep: Instant,
     caps: Capabilities,
@@ -152,7 +140,7 @@ pub struct AioDriver {
     /// `lio_listio`, an `aio_fsync` or `glibc_barrier`), then spares.
     #[allow(clippy::vec_box)] // boxed: glibc may still read an aiocb, which must not move
     quarantine: Vec<Box<AioReq>>,
-    /// Request records to reuse (their ops are `Nop`).
+    /// Request records to reuse.
     #[allow(clippy::vec_box)] // boxed: reused as they are, by the next requests
     spare: Vec<Box<AioReq>>,
     /// How long a wait polls for a completion before it blocks.
@@ -166,8 +154,8 @@ pub struct AioDriver {
     test_listio_queues: Option<usize>,
 }
 
-// SAFETY: the aiocbs hold raw pointers into buffers owned by the same boxed
-// request; everything moves together with the driver.
+// SAFETY: the aiocbs hold raw pointers into buffers owned by ops in the same
+// table; everything moves together with the driver.
 unsafe impl Send for AioDriver {}
 
 impl AioDriver {
@@ -200,19 +188,18 @@ impl AioDriver {
         // Status 0: finished, so aio_cancel only takes glibc's lock for it.
         set_error_code(&mut barrier_cb, 0);
         let mut caps = delegate.capabilities().clone();
-        // Multishot results come from the delegate's own table, which this
-        // driver's completion list does not reach: refused here.
-        caps.set(OpKind::AcceptMulti, Support::Unsupported);
-        caps.set(OpKind::RecvMulti, Support::Unsupported);
         for k in [OpKind::Read, OpKind::Write, OpKind::Fsync] {
             caps.set(k, Support::Native);
         }
+        let mut life = InFlight::with_capacity(256);
+        // Generations continue where the index's previous owner stopped, so
+        // a late signal of its requests never matches one of ours.
+        life.set_next_generation(notifier.first_generation());
         Ok(AioDriver {
             delegate,
-            entries: Slab::with_capacity(256),
-            next_generation: notifier.first_generation(),
+            life,
             notifier,
-            fds: Vec::new(),
+            kinds: Vec::new(),
             batch: Vec::new(),
             waiting: VecDeque::new(),
             out: Vec::new(),
@@ -220,16 +207,14 @@ impl AioDriver {
             finished: Vec::new(),
             list: Vec::new(),
             list_keys: Vec::new(),
-            aio_deadlines: 0,
-            in_glibc: 0,
+            expired: Vec::new(),
             max_in_flight,
             ready: Vec::new(),
-            parking: Parking::default(),
-            delegate_out: Vec::new(),
+            delegate_ready: Vec::new(),
+            scratch: Vec::new(),
             signalled: Vec::new(),
             poll_armed: false,
             poll_id: None,
-            passed: 0,
             delegated: Vec::new(),
             last_sweep: Instant::now(),
             caps,
@@ -248,91 +233,259 @@ impl AioDriver {
         })
     }
 
-    fn next_gen(&mut self) -> u32 {
-        let g = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        g
-    }
-
-    /// The state of `fd`, which `Op::validate` accepted (so the table is
-    /// bounded by the open-file limit).
-    fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
-        let i = fd as usize;
-        if i >= self.fds.len() {
-            self.fds.resize(i + 1, FdState::default());
-        }
-        &mut self.fds[i]
-    }
-
+    /// How ops on `fd` (which `Op::validate` accepted) are routed.
     fn fd_kind(&mut self, fd: RawFd) -> FdKind {
-        let st = self.fd_state(fd);
-        if st.closes_forwarded > 0 {
-            // The delegate alone knows whether the fd is still the old one.
-            return FdKind::Other;
+        let i = fd as usize;
+        if i >= self.kinds.len() {
+            self.kinds.resize(i + 1, FdKind::Unknown);
         }
-        if st.kind == FdKind::Unknown {
+        if self.kinds[i] == FdKind::Unknown {
             // SAFETY: fstat writes one stat struct; a bad fd just fails.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
-            let kind = if unsafe { libc::fstat(fd, &mut st) } == 0 {
-                let t = st.st_mode & libc::S_IFMT;
-                if t == libc::S_IFREG || t == libc::S_IFBLK {
-                    FdKind::File
-                } else {
-                    FdKind::Other
-                }
-            } else {
+            if unsafe { libc::fstat(fd, &mut st) } != 0 {
                 // Unknown fd: the delegate reports its error in the completion.
                 return FdKind::Other;
+            }
+            let t = st.st_mode & libc::S_IFMT;
+            self.kinds[i] = if t == libc::S_IFREG || t == libc::S_IFBLK {
+                FdKind::File
+            } else {
+                FdKind::Other
             };
-            self.fd_state(fd).kind = kind;
         }
-        self.fd_state(fd).kind
+        self.kinds[i]
     }
 
-    fn fd_aio(&mut self, fd: RawFd) -> &mut u32 {
-        &mut self.fd_state(fd).aio
-    }
-
-    /// Whether `op` goes to aio.
-    fn is_aio(&mut self, op: &Op) -> bool {
+    /// Whether `op` (valid) is kept in this driver's table: a positional
+    /// read or write, or an fsync, of a regular file (aio's ops), any close
+    /// and any cancel not aimed at an op of the delegate's.
+    fn is_kept_here(&mut self, op: &Op) -> bool {
         match *op {
             Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. } => {
                 offset != Offset::Current && self.fd_kind(fd) == FdKind::File
             }
             Op::Fsync { fd, .. } => self.fd_kind(fd) == FdKind::File,
+            Op::Close { .. } | Op::Cancel { .. } => true,
             _ => false,
         }
     }
 
-    fn id_of(&self, key: usize) -> OpId {
-        OpId::new(key as u32, self.entries[key].generation)
-    }
-
-    fn lookup(&self, id: OpId) -> Option<usize> {
-        match self.entries.get(id.slot()) {
-            Some(e) if e.generation == id.generation() => Some(id.slot()),
-            _ => None,
+    /// Starts op `key` (admitted, or its turn came).
+    fn start(&mut self, key: usize) {
+        let op = self.life.slot(key).op.as_ref().expect("a starting op");
+        match *op {
+            Op::Close { .. } => self.forward(key, 0),
+            Op::Cancel {
+                target: CancelTarget::Fd(fd),
+            } => {
+                // This table's ops on the fd end here; the delegate's there.
+                let here = self.life.cancel_fd(fd);
+                self.forward(key, here);
+            }
+            Op::Cancel { target } => self.life.run_cancel_op(key, target),
+            _ => {
+                let req = AioReq {
+                    // SAFETY: aiocb is plain data; filled in at flush.
+                    cb: unsafe { std::mem::zeroed() },
+                    state: AioState::Batched,
+                    cancel_requested: false,
+                    signals: false,
+                    armed: false,
+                    seq: 0,
+                    pos: 0,
+                };
+                let boxed = match self.spare.pop() {
+                    Some(mut b) => {
+                        *b = req;
+                        b
+                    }
+                    None => Box::new(req),
+                };
+                self.life.slot_mut(key).extra = Req::Aio(boxed);
+                self.batch.push(key);
+            }
         }
     }
 
+    /// Stops op `key`, which the table asked to end (a cancel, a deadline,
+    /// a close of its fd): a request glibc does not have yet ends now; one
+    /// it has is cancelled there and ends with its own result.
+    fn stop(&mut self, key: usize) {
+        let why = self.life.slot(key).ending().unwrap_or(Ending::Cancelled);
+        match &mut self.life.slot_mut(key).extra {
+            Req::Aio(req) => match req.state {
+                AioState::Batched | AioState::Waiting => {
+                    self.batch.retain(|&k| k != key);
+                    self.waiting.retain(|&k| k != key);
+                    self.complete(key, Err(why.error()));
+                }
+                AioState::InFlight => {
+                    req.cancel_requested = true;
+                    // SAFETY: the aiocb is with glibc and boxed in our table.
+                    // The result (CANCELED / NOTCANCELED / ALLDONE) needs no
+                    // action: each path ends in the request's own
+                    // notification.
+                    unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
+                }
+            },
+            // A close is never cancelled; a cancel-by-fd ends on its own.
+            Req::Forwarded { .. } | Req::Starting | Req::Over => {}
+        }
+    }
+
+    /// Does what the table left to do: starts ops whose turn came and stops
+    /// ops asked to end, until neither is left.
+    fn pump(&mut self) {
+        while self.life.has_work() {
+            if let Some(k) = self.life.next_start() {
+                self.start(k);
+            } else if let Some(k) = self.life.next_cancel() {
+                self.stop(k);
+            }
+        }
+    }
+
+    /// Ends op `key` with `result`: an aio request's record goes to the
+    /// quarantine, a close makes its fd's routing unknown again.
+    fn complete(&mut self, key: usize, result: io::Result<usize>) {
+        let slot = self.life.slot_mut(key);
+        if let Req::Aio(req) = std::mem::replace(&mut slot.extra, Req::Over) {
+            debug_assert!(req.state != AioState::InFlight);
+            self.quarantine.push(req);
+        }
+        if let Some(Op::Close { fd }) = slot.op {
+            if let Some(k) = self.kinds.get_mut(fd as usize) {
+                // The number may now name any new file.
+                *k = FdKind::Unknown;
+            }
+        }
+        self.life.finish(key, result);
+    }
+
+    /// Hands op `key` (a close, or a cancel-by-fd that reached `here` ops of
+    /// this table) to the delegate; it completes when the delegate's does.
+    fn forward(&mut self, key: usize, here: usize) {
+        let op = self.life.slot_mut(key).op.take().expect("a starting op");
+        match self.delegate.submit(op, key as u64, None) {
+            Ok(inner) => {
+                self.life.slot_mut(key).extra = Req::Forwarded { here };
+                match self.delegate.take(inner) {
+                    Some(c) => {
+                        // Done at once (a close of an fd without ops there):
+                        // what the delegate finished before it is announced
+                        // first (the fd's ops end before its close), and the
+                        // fd is free for new ops right away.
+                        self.delegate
+                            .wait_ready(&mut self.delegate_ready, 0, Some(Duration::ZERO))
+                            .ok();
+                        self.take_delegate_completions();
+                        self.end_forwarded(key, c);
+                    }
+                    None => self.delegated.push((inner, key)),
+                }
+            }
+            Err(e) => {
+                self.life.slot_mut(key).op = Some(e.op);
+                let r = match here {
+                    0 => Err(e.error),
+                    n => Ok(n),
+                };
+                self.complete(key, r);
+            }
+        }
+    }
+
+    /// Hands `op` straight to the delegate: no slot here; the caller gets
+    /// the delegate's id (marked) and its completion as the delegate made it.
+    fn pass(&mut self, op: Op, token: u64, deadline: Option<Instant>) -> Result<OpId, SubmitError> {
+        let life = &self.life;
+        if let Err(error) = admit(&op, &self.caps, "aio", |fd| life.is_closing(fd)) {
+            return Err(SubmitError { error, op });
+        }
+        let inner = self.delegate.submit(op, token, deadline)?;
+        Ok(passed_id(inner))
+    }
+
+    /// Sorts out what the delegate announced: our eventfd poll, ops this
+    /// table forwarded (they complete here), and ops handed straight on
+    /// (announced to the caller with their ids marked).
+    fn take_delegate_completions(&mut self) {
+        let mut ready = std::mem::take(&mut self.delegate_ready);
+        for r in ready.drain(..) {
+            if self.poll_id == Some(r.id) {
+                let _ = self.delegate.take(r.id);
+                self.poll_armed = false;
+                self.poll_id = None;
+                self.notifier.clear_eventfd();
+                continue;
+            }
+            let Some(at) = self.delegated.iter().position(|d| d.0 == r.id) else {
+                self.announce_table();
+                self.ready.push(Ready {
+                    id: passed_id(r.id),
+                    token: r.token,
+                });
+                continue;
+            };
+            let Some(c) = self.delegate.take(r.id) else {
+                continue;
+            };
+            let (_, key) = self.delegated.swap_remove(at);
+            self.end_forwarded(key, c);
+        }
+        self.delegate_ready = ready;
+        self.pump();
+    }
+
+    /// Ends forwarded op `key` with the delegate's completion `c` (a
+    /// cancel-by-fd adds the ops it reached here).
+    fn end_forwarded(&mut self, key: usize, c: Completion) {
+        let here = match self.life.slot(key).extra {
+            Req::Forwarded { here } => here,
+            _ => 0,
+        };
+        let result = match c.result {
+            Ok(n) => Ok(n + here),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && here > 0 => Ok(here),
+            Err(e) => Err(e),
+        };
+        let slot = self.life.slot_mut(key);
+        slot.op = Some(c.op);
+        slot.extra = Req::Over;
+        self.complete(key, result);
+    }
+
+    /// Moves this table's finished ops into the announcement list (before a
+    /// later one of the delegate's).
+    fn announce_table(&mut self) {
+        if self.life.ready_len() > 0 {
+            self.life.deliver_ready(&mut self.ready);
+        }
+    }
+
+    /// Finished ops not yet announced.
+    fn ready_count(&self) -> usize {
+        self.life.ready_len() + self.ready.len()
+    }
     /// Fills the aiocb of request `key` for its op. The signal's number and
     /// value are always set; whether glibc sends it (`sigev_notify`) depends
     /// on the mode, and a silent request can be switched over later (see
     /// `arm_signals`).
     fn prepare(&mut self, key: usize) {
-        let generation = self.entries[key].generation;
-        let value = notify::pack(self.notifier.index(), key, generation);
+        let value = notify::pack(self.notifier.index(), key, self.life.slot(key).generation());
         let signals = self.signal_per_request;
-        let Route::Aio(req) = &mut self.entries[key].route else {
+        let slot = self.life.slot_mut(key);
+        let Req::Aio(req) = &mut slot.extra else {
             return;
         };
+        let op = slot.op.as_mut().expect("a request's op is in its slot");
         // SAFETY: aiocb is plain data; all-zero is its documented initial state.
         req.cb = unsafe { std::mem::zeroed() };
         req.signals = signals;
         req.armed = signals;
         let cb = &mut req.cb;
-        ops::fill(cb, &mut req.op);
+        ops::fill(cb, op);
         cb.aio_sigevent.sigev_notify = if signals {
             libc::SIGEV_SIGNAL
         } else {
@@ -356,11 +509,11 @@ impl AioDriver {
         let mut locked = false;
         let batch = std::mem::take(&mut self.batch);
         for &key in &batch {
-            if !self.entries.contains(key) {
+            if req_of(&mut self.life, key).is_none() {
                 continue;
             }
             self.waiting.push_back(key);
-            if let Route::Aio(req) = &mut self.entries[key].route {
+            if let Some(req) = req_of(&mut self.life, key) {
                 req.state = AioState::Waiting;
             }
         }
@@ -370,23 +523,24 @@ impl AioDriver {
         let mut keys = std::mem::take(&mut self.list_keys);
         list.clear();
         keys.clear();
-        while self.in_glibc + list.len() < self.max_in_flight {
+        while self.out.len() + list.len() < self.max_in_flight {
             let Some(key) = self.waiting.pop_front() else {
                 break;
             };
-            if !self.entries.contains(key) {
+            if req_of(&mut self.life, key).is_none() {
                 continue;
             }
             self.prepare(key);
-            let Route::Aio(req) = &mut self.entries[key].route else {
+            let slot = self.life.slot_mut(key);
+            let Req::Aio(req) = &mut slot.extra else {
                 continue;
             };
-            if matches!(req.op, Op::Fsync { .. }) {
+            if let Some(op @ Op::Fsync { .. }) = &slot.op {
                 // SAFETY: the aiocb is boxed in the in-flight table and stays
                 // there until its completion is collected.
-                match unsafe { ops::fs::submit(&mut req.cb, &req.op) } {
+                match unsafe { ops::fs::submit(&mut req.cb, op) } {
                     Ok(()) => self.mark_out(key),
-                    Err(e) => self.finish(key, Err(e)),
+                    Err(e) => self.complete(key, Err(e)),
                 }
                 locked = true;
                 continue;
@@ -419,50 +573,46 @@ impl AioDriver {
             held.append(&mut self.quarantine);
             self.quarantine = held;
         }
+        // Requests that failed here may let a parked close start.
+        self.pump();
     }
 
     /// Request `key` is now with glibc.
     fn mark_out(&mut self, key: usize) {
         let pos = self.out.len();
-        let Route::Aio(req) = &mut self.entries[key].route else {
+        let Some(req) = req_of(&mut self.life, key) else {
             return;
         };
         req.state = AioState::InFlight;
         req.pos = pos;
         req.seq = self.next_seq;
         self.next_seq += 1;
-        let fd = req.cb.aio_fildes;
         if !req.armed {
             self.silent += 1;
         }
         self.out.push(key);
-        self.in_glibc += 1;
-        *self.fd_aio(fd) += 1;
     }
 
     /// Request `key` is no longer with glibc (finished, or never queued);
     /// it is left `Waiting` for the caller to finish or issue again.
     fn mark_back(&mut self, key: usize) {
-        let Route::Aio(req) = &mut self.entries[key].route else {
+        let Some(req) = req_of(&mut self.life, key) else {
             return;
         };
         if req.state != AioState::InFlight {
             return;
         }
         req.state = AioState::Waiting;
-        let (pos, fd, armed) = (req.pos, req.cb.aio_fildes, req.armed);
+        let (pos, armed) = (req.pos, req.armed);
         self.out.swap_remove(pos);
         if let Some(&moved) = self.out.get(pos) {
-            if let Route::Aio(r) = &mut self.entries[moved].route {
+            if let Some(r) = req_of(&mut self.life, moved) {
                 r.pos = pos;
             }
         }
         if !armed {
             self.silent -= 1;
         }
-        self.in_glibc -= 1;
-        let c = self.fd_aio(fd);
-        *c = c.saturating_sub(1);
     }
 
     /// After a failed `lio_listio`: the requests glibc never queued (their
@@ -473,7 +623,7 @@ impl AioDriver {
     fn requeue_unqueued(&mut self, keys: &[usize], error: io::Error) {
         let mut unqueued = Vec::new();
         for &k in keys {
-            let Route::Aio(req) = &self.entries[k].route else {
+            let Some(req) = req_of(&mut self.life, k) else {
                 continue;
             };
             // SAFETY: reads the status of an aiocb we own; glibc does not
@@ -485,7 +635,7 @@ impl AioDriver {
             self.mark_back(k);
             unqueued.push(k);
         }
-        if self.in_glibc == 0 {
+        if self.out.is_empty() {
             let kind = error.kind();
             let raw = error.raw_os_error();
             for k in unqueued {
@@ -493,7 +643,7 @@ impl AioDriver {
                     Some(code) => io::Error::from_raw_os_error(code),
                     None => io::Error::new(kind, error.to_string()),
                 };
-                self.finish(k, Err(e));
+                self.complete(k, Err(e));
             }
             return;
         }
@@ -533,7 +683,8 @@ impl AioDriver {
 
     /// Collects request `key`: `aio_return` exactly once, then its completion.
     fn collect_aio(&mut self, key: usize) {
-        let Route::Aio(req) = &mut self.entries[key].route else {
+        let slot = self.life.slot_mut(key);
+        let Req::Aio(req) = &mut slot.extra else {
             return;
         };
         // SAFETY: the aiocb belongs to a request glibc reported finished.
@@ -543,176 +694,16 @@ impl AioDriver {
         }
         // SAFETY: as above; called once, then the request leaves the table.
         let ret = unsafe { libc::aio_return(&mut req.cb) };
+        // (`ECANCELED` becomes the error of why the op was asked to end:
+        // the table knows.)
         let result = if ret < 0 {
-            if err == libc::ECANCELED && req.timed_out {
-                Err(deadline_passed())
-            } else {
-                Err(io::Error::from_raw_os_error(err))
-            }
+            Err(io::Error::from_raw_os_error(err))
         } else {
-            Ok(ops::complete(&mut req.op, ret as usize))
+            let op = slot.op.as_mut().expect("a request's op is in its slot");
+            Ok(ops::complete(op, ret as usize))
         };
         self.mark_back(key);
-        self.finish(key, result);
-    }
-
-    /// Ends entry `key` with `result`.
-    fn finish(&mut self, key: usize, result: io::Result<usize>) {
-        let id = self.id_of(key);
-        let entry = self.entries.remove(key);
-        let op = match entry.route {
-            Route::Aio(mut req) => {
-                debug_assert!(req.state != AioState::InFlight);
-                let fd = req.cb.aio_fildes;
-                if req.deadline.is_some() {
-                    self.aio_deadlines -= 1;
-                }
-                let op = std::mem::replace(&mut req.op, Op::Nop);
-                self.quarantine.push(req);
-                self.maybe_close(fd);
-                op
-            }
-            Route::Held(op) => {
-                if let Op::Close { fd } = op {
-                    // A close that ends here was never handed on (the
-                    // delegate refused it): the fd's state goes with it.
-                    *self.fd_state(fd) = FdState::default();
-                }
-                op
-            }
-            Route::Delegate(_) | Route::CancelFd(..) | Route::Forwarding => return,
-        };
-        self.ready.push(Completion {
-            id,
-            token: entry.token,
-            result,
-            op,
-        });
-    }
-
-    /// Starts a close parked on `fd` once its aio requests are done.
-    fn maybe_close(&mut self, fd: RawFd) {
-        if *self.fd_aio(fd) > 0 {
-            return;
-        }
-        self.start_parked_close(fd);
-    }
-
-    /// Hands the close parked on `fd` (if any) to the delegate.
-    fn start_parked_close(&mut self, fd: RawFd) {
-        let parked = self.entries.iter().find_map(|(k, e)| match &e.route {
-            Route::Held(Op::Close { fd: f }) if *f == fd => Some(k),
-            _ => None,
-        });
-        if let Some(k) = parked {
-            self.forward(k, None);
-        }
-    }
-
-    /// Hands the op held by entry `key` to the delegate. A close handed on
-    /// releases the fd's state here: from now on the delegate decides for
-    /// that number until the close completes.
-    fn forward(&mut self, key: usize, deadline: Option<Instant>) {
-        let Route::Held(op) = std::mem::replace(&mut self.entries[key].route, Route::Forwarding)
-        else {
-            return;
-        };
-        if let Op::Close { fd } = op {
-            let st = self.fd_state(fd);
-            st.close_parked = false;
-            st.kind = FdKind::Unknown;
-            st.closes_forwarded += 1;
-        }
-        match self.delegate.submit(op, key as u64, deadline) {
-            Ok(inner) => {
-                self.entries[key].route = Route::Delegate(inner);
-                self.delegated.push((inner, key));
-            }
-            Err(e) => {
-                if let Op::Close { fd } = e.op {
-                    let st = self.fd_state(fd);
-                    st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
-                }
-                self.entries[key].route = Route::Held(e.op);
-                self.finish(key, Err(e.error));
-            }
-        }
-    }
-
-    /// Submits `op` to the delegate for a new entry; the entry exists only
-    /// once the delegate accepted it, with the delegate's real id.
-    fn submit_to_delegate(
-        &mut self,
-        op: Op,
-        token: u64,
-        generation: u32,
-        deadline: Option<Instant>,
-        route: impl FnOnce(OpId) -> Route,
-    ) -> Result<OpId, SubmitError> {
-        let key = self.entries.vacant_key();
-        let close_fd = match op {
-            Op::Close { fd } => Some(fd),
-            _ => None,
-        };
-        let inner = self.delegate.submit(op, key as u64, deadline)?;
-        if let Some(fd) = close_fd {
-            let st = self.fd_state(fd);
-            st.kind = FdKind::Unknown;
-            st.closes_forwarded += 1;
-        }
-        let k = self.entries.insert(Entry {
-            generation,
-            token,
-            route: route(inner),
-        });
-        debug_assert_eq!(k, key);
-        self.delegated.push((inner, key));
-        Ok(OpId::new(key as u32, generation))
-    }
-
-    /// Hands `op` straight to the delegate: no entry here; the caller gets
-    /// the delegate's id (marked) and its completion as the delegate made it.
-    fn pass(&mut self, op: Op, token: u64, deadline: Option<Instant>) -> Result<OpId, SubmitError> {
-        let close_fd = match op {
-            Op::Close { fd } => Some(fd),
-            _ => None,
-        };
-        let inner = self.delegate.submit(op, token, deadline)?;
-        if let Some(fd) = close_fd {
-            let st = self.fd_state(fd);
-            st.kind = FdKind::Unknown;
-            st.closes_forwarded += 1;
-        }
-        self.passed += 1;
-        Ok(passed_id(inner))
-    }
-
-    /// Asks glibc to cancel request `key` (it completes on its own), or ends
-    /// it here if glibc does not have it yet.
-    fn cancel_aio(&mut self, key: usize, timed_out: bool) {
-        let Route::Aio(req) = &mut self.entries[key].route else {
-            return;
-        };
-        req.cancel_requested = true;
-        req.timed_out |= timed_out;
-        match req.state {
-            AioState::Batched | AioState::Waiting => {
-                self.batch.retain(|&k| k != key);
-                self.waiting.retain(|&k| k != key);
-                let e = if timed_out {
-                    deadline_passed()
-                } else {
-                    cancelled()
-                };
-                self.finish(key, Err(e));
-            }
-            AioState::InFlight => {
-                // SAFETY: the aiocb is with glibc and boxed in our table. The
-                // result (CANCELED / NOTCANCELED / ALLDONE) needs no action:
-                // each path ends in the request's own notification.
-                unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
-            }
-        }
+        self.complete(key, result);
     }
 
     /// Safety net: collects requests that finished without a notification we
@@ -722,14 +713,9 @@ impl AioDriver {
     fn sweep(&mut self) {
         self.last_sweep = Instant::now();
         let reissued_before = self.reissued;
-        let keys: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.state == AioState::InFlight))
-            .map(|(k, _)| k)
-            .collect();
+        let keys = self.out.clone();
         for key in keys {
-            let Route::Aio(req) = &mut self.entries[key].route else {
+            let Some(req) = req_of(&mut self.life, key) else {
                 continue;
             };
             // SAFETY: reads the status of an aiocb we own and glibc holds.
@@ -752,18 +738,19 @@ impl AioDriver {
         } else {
             SWEEP_EVERY
         };
+        self.pump();
     }
 
     /// Request `key` lost its notification: glibc could not queue the
     /// signal and overwrote the result with -1/`EAGAIN`. It is issued again.
     fn reissue(&mut self, key: usize) {
         self.reissued += 1;
-        if let Route::Aio(req) = &mut self.entries[key].route {
+        if let Some(req) = req_of(&mut self.life, key) {
             // SAFETY: consume the failed status once before reuse.
             unsafe { libc::aio_return(&mut req.cb) };
         }
         self.mark_back(key);
-        if let Route::Aio(req) = &mut self.entries[key].route {
+        if let Some(req) = req_of(&mut self.life, key) {
             req.state = AioState::Batched;
         }
         self.batch.push(key);
@@ -777,21 +764,21 @@ impl AioDriver {
         sig.clear();
         let overflow = self.notifier.drain(&mut sig);
         for &(slot, generation) in &sig {
-            if let Some(e) = self.entries.get(slot) {
-                if e.generation == generation {
-                    if let Route::Aio(r) = &e.route {
-                        if r.state == AioState::InFlight {
-                            self.collect_aio(slot);
-                        }
-                    }
+            if !self.life.is_live(slot, generation) {
+                continue;
+            }
+            if let Req::Aio(r) = &self.life.slot(slot).extra {
+                if r.state == AioState::InFlight {
+                    self.collect_aio(slot);
                 }
             }
         }
         self.signalled = sig;
+        self.pump();
         if !self.signal_per_request {
             self.poll_out();
         }
-        if overflow || (self.in_glibc > 0 && self.last_sweep.elapsed() >= self.sweep_interval) {
+        if overflow || (!self.out.is_empty() && self.last_sweep.elapsed() >= self.sweep_interval) {
             self.sweep();
         }
     }
@@ -815,7 +802,7 @@ impl AioDriver {
         done.clear();
         let mut may_signal = false;
         for &k in &self.out {
-            if let Route::Aio(req) = &self.entries[k].route {
+            if let Some(req) = req_of(&mut self.life, k) {
                 // SAFETY: reads the status of an aiocb we own and glibc holds.
                 if unsafe { libc::aio_error(&req.cb) } != libc::EINPROGRESS {
                     done.push(k);
@@ -828,7 +815,7 @@ impl AioDriver {
             self.glibc_barrier();
         }
         for &k in &done {
-            let Route::Aio(req) = &self.entries[k].route else {
+            let Some(req) = req_of(&mut self.life, k) else {
                 continue;
             };
             // SAFETY: as above.
@@ -840,6 +827,8 @@ impl AioDriver {
             }
         }
         self.finished = done;
+        // A request that ended may let a parked close start.
+        self.pump();
         n
     }
 
@@ -887,7 +876,7 @@ impl AioDriver {
         firsts.clear();
         let mut all = false;
         for &k in &self.out {
-            let Route::Aio(req) = &self.entries[k].route else {
+            let Some(req) = req_of(&mut self.life, k) else {
                 continue;
             };
             let fd = req.cb.aio_fildes;
@@ -924,7 +913,7 @@ impl AioDriver {
     /// request may still signal (its notify step may have read the field
     /// already): `signals` stays set.
     fn arm(&mut self, key: usize, on: bool) -> bool {
-        let Route::Aio(req) = &mut self.entries[key].route else {
+        let Some(req) = req_of(&mut self.life, key) else {
             return false;
         };
         if req.armed == on {
@@ -957,28 +946,15 @@ impl AioDriver {
         }
     }
 
-    /// Cancels aio requests whose deadline passed.
+    /// Asks the ops whose deadline passed to end; the next deadline.
     fn expire_deadlines(&mut self) -> Option<Instant> {
-        let now = Instant::now();
-        let mut next: Option<Instant> = None;
-        let mut expired = Vec::new();
-        for (k, e) in self.entries.iter() {
-            if let Route::Aio(r) = &e.route {
-                if let Some(d) = r.deadline {
-                    if r.timed_out {
-                        continue;
-                    }
-                    if d <= now {
-                        expired.push(k);
-                    } else {
-                        next = Some(next.map_or(d, |n: Instant| n.min(d)));
-                    }
-                }
-            }
+        let mut expired = std::mem::take(&mut self.expired);
+        let next = self.life.expire(Instant::now(), &mut expired);
+        for k in expired.drain(..) {
+            self.life.cancel(k, Ending::DeadlinePassed);
         }
-        for k in expired {
-            self.cancel_aio(k, true);
-        }
+        self.expired = expired;
+        self.pump();
         next
     }
 
@@ -999,56 +975,6 @@ impl AioDriver {
         Ok(())
     }
 
-    /// Maps the delegate's completions to ours.
-    fn take_delegate_completions(&mut self) {
-        let mut out = std::mem::take(&mut self.delegate_out);
-        for c in out.drain(..) {
-            if self.poll_id == Some(c.id) {
-                self.poll_armed = false;
-                self.poll_id = None;
-                self.notifier.clear_eventfd();
-                continue;
-            }
-            if let Op::Close { fd } = c.op {
-                // The close is over: the number may now be any new fd.
-                let st = self.fd_state(fd);
-                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
-                st.kind = FdKind::Unknown;
-            }
-            let Some(at) = self.delegated.iter().position(|d| d.0 == c.id) else {
-                // Handed straight on: the delegate's completion is ours.
-                self.passed = self.passed.saturating_sub(1);
-                self.ready.push(Completion {
-                    id: passed_id(c.id),
-                    ..c
-                });
-                continue;
-            };
-            let (_, key) = self.delegated.swap_remove(at);
-            let Some(entry) = self.entries.get(key) else {
-                continue;
-            };
-            let (id, token) = (OpId::new(key as u32, entry.generation), entry.token);
-            let result = match (&entry.route, c.result) {
-                (Route::CancelFd(_, here), Ok(n)) => Ok(n + here),
-                (Route::CancelFd(_, here), Err(e))
-                    if e.kind() == io::ErrorKind::NotFound && *here > 0 =>
-                {
-                    Ok(*here)
-                }
-                (_, r) => r,
-            };
-            self.entries.remove(key);
-            self.ready.push(Completion {
-                id,
-                token,
-                result,
-                op: c.op,
-            });
-        }
-        self.delegate_out = out;
-    }
-
     /// Polls the requests with glibc for up to `self.spin` (and no longer
     /// than `left`), yielding the core between polls; whether one finished,
     /// the delegate completed something (it is asked without blocking on
@@ -1066,8 +992,8 @@ impl AioDriver {
             }
             if self.delegate_busy() {
                 self.delegate
-                    .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
-                if !self.delegate_out.is_empty() {
+                    .wait_ready(&mut self.delegate_ready, 0, Some(Duration::ZERO))?;
+                if !self.delegate_ready.is_empty() {
                     self.take_delegate_completions();
                     return Ok(true);
                 }
@@ -1093,7 +1019,7 @@ impl AioDriver {
     /// their mark.
     fn wait_passed_only(
         &mut self,
-        out: &mut Vec<Completion>,
+        out: &mut Vec<Ready>,
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
@@ -1103,30 +1029,23 @@ impl AioDriver {
         } else {
             timeout
         };
-        self.delegate.wait(out, min, timeout)?;
+        self.delegate.wait_ready(out, min, timeout)?;
         self.woken.store(false, Ordering::Release);
-        let n = out.len() - start;
-        for c in &mut out[start..] {
-            c.id = passed_id(c.id);
-            if let Op::Close { fd } = c.op {
-                // The close is over: the number may now be any new fd.
-                let st = self.fd_state(fd);
-                st.closes_forwarded = st.closes_forwarded.saturating_sub(1);
-                st.kind = FdKind::Unknown;
-            }
+        for r in &mut out[start..] {
+            r.id = passed_id(r.id);
         }
-        self.passed = self.passed.saturating_sub(n);
-        Ok(n)
+        Ok(out.len() - start)
     }
 
     /// A wait with no aio request out or waiting: the delegate's wait (which
     /// our wake ends too), with what is still needed.
     fn wait_delegate_only(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
-        if self.ready.len() >= min || self.woken.swap(false, Ordering::AcqRel) {
+        let have = self.ready_count();
+        if have >= min || self.woken.swap(false, Ordering::AcqRel) {
             return self.wait_done();
         }
-        let n = min - self.ready.len();
-        self.delegate.wait(&mut self.delegate_out, n, timeout)?;
+        self.delegate
+            .wait_ready(&mut self.delegate_ready, min - have, timeout)?;
         self.take_delegate_completions();
         self.woken.store(false, Ordering::Release);
         Ok(())
@@ -1138,7 +1057,7 @@ impl AioDriver {
     fn wait_done(&mut self) -> io::Result<()> {
         if self.delegate_busy() {
             self.delegate
-                .wait(&mut self.delegate_out, 0, Some(Duration::ZERO))?;
+                .wait_ready(&mut self.delegate_ready, 0, Some(Duration::ZERO))?;
             self.take_delegate_completions();
         }
         Ok(())
@@ -1146,19 +1065,19 @@ impl AioDriver {
 
     fn wait_inner(&mut self, min: usize, timeout: Option<Duration>) -> io::Result<()> {
         self.flush();
-        if self.out.is_empty() && self.waiting.is_empty() && self.aio_deadlines == 0 {
+        if self.out.is_empty() && self.waiting.is_empty() && self.life.next_deadline().is_none() {
             return self.wait_delegate_only(min, timeout);
         }
         let mut end: Option<Option<Instant>> = None;
         loop {
             self.drain_notifications();
-            let next_deadline = if self.aio_deadlines > 0 {
+            let next_deadline = if self.life.next_deadline().is_some() {
                 self.expire_deadlines()
             } else {
                 None
             };
             self.flush();
-            if self.ready.len() >= min
+            if self.ready_count() >= min
                 || timeout == Some(Duration::ZERO)
                 || self.woken.swap(false, Ordering::AcqRel)
             {
@@ -1186,7 +1105,7 @@ impl AioDriver {
                 self.arm_poll()?;
             }
             let mut t = left;
-            if self.in_glibc > 0 {
+            if !self.out.is_empty() {
                 // The safety net: a sweep within a bounded time.
                 let s = self.sweep_interval;
                 t = Some(t.map_or(s, |x| x.min(s)));
@@ -1195,7 +1114,7 @@ impl AioDriver {
                 let dl = d.saturating_duration_since(now);
                 t = Some(t.map_or(dl, |x| x.min(dl)));
             }
-            let r = self.delegate.wait(&mut self.delegate_out, 1, t);
+            let r = self.delegate.wait_ready(&mut self.delegate_ready, 1, t);
             if !self.signal_per_request {
                 // Awake again: the requests still out go back to silent.
                 self.set_armed(false);
@@ -1209,6 +1128,14 @@ impl AioDriver {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Request `key`'s record, if it is an aio request.
+fn req_of(life: &mut InFlight<Req>, key: usize) -> Option<&mut AioReq> {
+    match &mut life.slot_mut(key).extra {
+        Req::Aio(r) => Some(r),
+        _ => None,
     }
 }
 
@@ -1241,128 +1168,44 @@ impl Driver for AioDriver {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        let fds = &self.fds;
-        let closing = |fd: RawFd| fds.get(fd as usize).is_some_and(|s| s.close_parked);
-        if let Err(error) = admit(&op, &self.caps, "aio", closing) {
-            return Err(SubmitError { error, op });
+        if let Op::Cancel {
+            target: CancelTarget::Op(t),
+        } = op
+        {
+            if let Some(inner) = delegate_id(t) {
+                // A cancel of the delegate's op is the delegate's.
+                let op = Op::Cancel {
+                    target: CancelTarget::Op(inner),
+                };
+                return self.pass(op, token, deadline);
+            }
         }
-        if !matches!(
-            op.kind(),
-            OpKind::Read | OpKind::Write | OpKind::Fsync | OpKind::Cancel | OpKind::Close
-        ) {
-            // Nothing aio does and no bookkeeping here: straight on.
+        // Routing looks at the fd (fstat once): only once it is known valid.
+        if op.validate().is_err() || !self.is_kept_here(&op) {
             return self.pass(op, token, deadline);
         }
-        let generation = self.next_gen();
-        let key = self.entries.vacant_key();
-        let id = OpId::new(key as u32, generation);
-        if self.is_aio(&op) {
-            let fd = op.fd().unwrap_or(-1);
-            let req = AioReq {
-                // SAFETY: aiocb is plain data; filled in at flush.
-                cb: unsafe { std::mem::zeroed() },
-                op,
-                state: AioState::Batched,
-                cancel_requested: false,
-                deadline,
-                timed_out: false,
-                signals: false,
-                armed: false,
-                seq: 0,
-                pos: 0,
-            };
-            let boxed = match self.spare.pop() {
-                Some(mut b) => {
-                    *b = req;
-                    b
+        let (id, key, admitted) =
+            self.life
+                .submit(op, token, deadline, Req::Starting, &self.caps, "aio")?;
+        match admitted {
+            Admitted::Start => {
+                if let Some(d) = deadline {
+                    self.life.watch_deadline(key, d);
                 }
-                None => Box::new(req),
-            };
-            self.entries.insert(Entry {
-                generation,
-                token,
-                route: Route::Aio(boxed),
-            });
-            if deadline.is_some() {
-                self.aio_deadlines += 1;
+                self.start(key);
             }
-            if let Route::Aio(r) = &mut self.entries[key].route {
-                r.cb.aio_fildes = fd;
-            }
-            self.batch.push(key);
-            return Ok(id);
-        }
-        match op {
-            Op::Cancel {
-                target: CancelTarget::Op(t),
-            } if delegate_id(t).is_some() => {
-                let op = Op::Cancel {
-                    target: CancelTarget::Op(delegate_id(t).unwrap_or(t)),
-                };
-                self.pass(op, token, deadline)
-            }
-            Op::Cancel {
-                target: CancelTarget::Op(t),
-            } => {
-                let target = self.lookup(t).map(|k| match &self.entries[k].route {
-                    Route::Aio(_) => Ok(k),
-                    Route::Delegate(inner) | Route::CancelFd(inner, _) => Err(Some(*inner)),
-                    Route::Held(_) | Route::Forwarding => Err(None),
-                });
-                match target {
-                    Some(Err(Some(inner))) => {
-                        let op = Op::Cancel {
-                            target: CancelTarget::Op(inner),
-                        };
-                        self.submit_to_delegate(op, token, generation, deadline, Route::Delegate)
-                    }
-                    other => {
-                        // The entry first: ending an aio request below frees
-                        // its slot, which must not become this op's.
-                        self.entries.insert(Entry {
-                            generation,
-                            token,
-                            route: Route::Held(op),
-                        });
-                        let result = match other {
-                            Some(Ok(k)) => {
-                                self.cancel_aio(k, false);
-                                Ok(1)
-                            }
-                            // A parked close: it ends once the fd's aio
-                            // requests end, and is not cancelled.
-                            Some(Err(_)) => Err(close_not_cancellable()),
-                            None => Err(ringport_core::driver::not_in_flight()),
-                        };
-                        self.finish(key, result);
-                        Ok(id)
-                    }
+            Admitted::Parked => {
+                // A close behind the fd's aio requests (asked to end by the
+                // table): the delegate's ops on the fd end now too.
+                if let Some(fd) = self.life.slot(key).fd() {
+                    let _ = self.delegate.cancel_fd(fd);
                 }
             }
-            Op::Cancel {
-                target: CancelTarget::Fd(fd),
-            } => {
-                let here = self.cancel_aio_on(fd);
-                self.submit_to_delegate(op, token, generation, deadline, |inner| {
-                    Route::CancelFd(inner, here)
-                })
-            }
-            Op::Close { fd } if *self.fd_aio(fd) > 0 || self.has_aio_on(fd) => {
-                // Parked first (ending a request frees its slot, which must
-                // not become this op's); it starts once the last aio request
-                // on the fd ends, which may be inside `cancel_aio_on`.
-                self.fd_state(fd).close_parked = true;
-                self.entries.insert(Entry {
-                    generation,
-                    token,
-                    route: Route::Held(op),
-                });
-                self.cancel_aio_on(fd);
-                self.maybe_close(fd);
-                Ok(id)
-            }
-            op => self.pass(op, token, deadline),
+            // aio's ops are positional: never queued behind one another.
+            Admitted::Queued => {}
         }
+        self.pump();
+        Ok(id)
     }
 
     fn wait(
@@ -1371,19 +1214,17 @@ impl Driver for AioDriver {
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        if self.ready.is_empty()
-            && self.batch.is_empty()
-            && self.out.is_empty()
-            && self.waiting.is_empty()
-            && self.aio_deadlines == 0
-            && !self.poll_armed
-            && self.delegated.is_empty()
-        {
-            return self.wait_passed_only(out, min, timeout);
+        let mut ready = std::mem::take(&mut self.scratch);
+        ready.clear();
+        let r = self.wait_ready(&mut ready, min, timeout);
+        let n = out.len();
+        for rd in ready.drain(..) {
+            if let Some(c) = self.take(rd.id) {
+                out.push(c);
+            }
         }
-        let r = self.wait_inner(min, timeout);
-        let n = ringport_core::driver::deliver(out, &mut self.ready);
-        r.map(|_| n)
+        self.scratch = ready;
+        r.map(|_| out.len() - n)
     }
 
     fn wait_ready(
@@ -1392,38 +1233,45 @@ impl Driver for AioDriver {
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        // This driver's table hands out whole completions; they are parked
-        // until taken.
-        let mut parking = std::mem::take(&mut self.parking);
-        let r = parking.wait_ready(out, |got| self.wait(got, min, timeout));
-        self.parking = parking;
-        r
+        if self.life.live() == 0
+            && self.life.ready_len() == 0
+            && self.ready.is_empty()
+            && !self.poll_armed
+        {
+            // Nothing of this table's is out: the delegate's wait as it is.
+            return self.wait_passed_only(out, min, timeout);
+        }
+        let r = self.wait_inner(min, timeout);
+        let n = out.len();
+        self.announce_table();
+        out.append(&mut self.ready);
+        r.map(|_| out.len() - n)
     }
 
     fn take(&mut self, id: OpId) -> Option<Completion> {
-        self.parking.take(id)
+        match delegate_id(id) {
+            Some(inner) => self.delegate.take(inner).map(|c| Completion { id, ..c }),
+            None => self.life.take(id),
+        }
+    }
+
+    fn take_shot(&mut self, id: OpId) -> Option<Shot> {
+        // Multishot ops are the delegate's (this table keeps none).
+        self.delegate.take_shot(delegate_id(id)?)
     }
 
     fn cancel(&mut self, id: OpId) -> io::Result<()> {
         if let Some(inner) = delegate_id(id) {
             return self.delegate.cancel(inner);
         }
-        let key = self
-            .lookup(id)
-            .ok_or_else(ringport_core::driver::not_in_flight)?;
-        match self.entries[key].route {
-            Route::Aio(_) => {
-                self.cancel_aio(key, false);
-                Ok(())
-            }
-            Route::Delegate(inner) | Route::CancelFd(inner, _) => self.delegate.cancel(inner),
-            // Held: a parked close (nothing else stays held).
-            Route::Held(_) | Route::Forwarding => Err(close_not_cancellable()),
-        }
+        self.life.cancel_id(id)?;
+        self.pump();
+        Ok(())
     }
 
     fn cancel_fd(&mut self, fd: RawFd) -> io::Result<usize> {
-        let here = self.cancel_aio_on(fd);
+        let here = self.life.cancel_fd(fd);
+        self.pump();
         Ok(here + self.delegate.cancel_fd(fd).unwrap_or(0))
     }
 
@@ -1435,40 +1283,19 @@ impl Driver for AioDriver {
     }
 
     fn in_flight(&self) -> usize {
-        self.entries.len() + self.passed + self.ready.len() + self.parking.len()
-    }
-}
-
-impl AioDriver {
-    /// Whether a close handed to the delegate has not completed yet.
-    fn closes_out(&self) -> bool {
-        self.fds.iter().any(|st| st.closes_forwarded > 0)
-    }
-
-    fn has_aio_on(&self, fd: RawFd) -> bool {
-        self.entries
-            .iter()
-            .any(|(_, e)| matches!(&e.route, Route::Aio(r) if r.cb.aio_fildes == fd))
-    }
-
-    /// Cancels every aio request on `fd`; returns how many it reached.
-    fn cancel_aio_on(&mut self, fd: RawFd) -> usize {
-        let keys: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.cb.aio_fildes == fd))
-            .map(|(k, _)| k)
-            .collect();
-        for &k in &keys {
-            self.cancel_aio(k, false);
-        }
-        keys.len()
+        // The delegate's own ops, without our eventfd poll and the ops this
+        // table forwarded (counted here).
+        let delegate_own = self
+            .delegate
+            .in_flight()
+            .saturating_sub(usize::from(self.poll_armed) + self.delegated.len());
+        self.life.len() + delegate_own
     }
 }
 
 impl Drop for AioDriver {
     /// Never hangs, closes what it was asked to close, and frees no aiocb or
-    /// buffer glibc may still touch: requests glibc never saw go at once;
+    /// buffer glibc may still touch: requests glibc never saw end at once;
     /// the rest are cancelled and waited for up to `DROP_GRACE` (a request
     /// glibc cannot cancel, a read blocked in a worker, is leaked with its
     /// buffer). Every parked close is then carried out by the delegate: a
@@ -1476,81 +1303,70 @@ impl Drop for AioDriver {
     /// glibc starts nothing new on the fd (the requests queued behind it were
     /// cancelled).
     fn drop(&mut self) {
-        // Requests glibc never saw can go at once.
+        // Requests glibc never saw end now (closes behind them may start).
         let local: Vec<usize> = self
-            .entries
+            .life
             .iter()
-            .filter(|(_, e)| matches!(&e.route, Route::Aio(r) if r.state != AioState::InFlight))
+            .filter(|(_, s)| matches!(&s.extra, Req::Aio(r) if r.state != AioState::InFlight))
             .map(|(k, _)| k)
             .collect();
+        self.batch.clear();
+        self.waiting.clear();
         for k in local {
-            let fd = match &self.entries[k].route {
-                Route::Aio(r) => r.cb.aio_fildes,
-                _ => continue,
-            };
-            self.batch.retain(|&b| b != k);
-            self.waiting.retain(|&w| w != k);
-            self.entries.remove(k);
-            self.maybe_close(fd);
+            self.complete(k, Err(cancelled()));
         }
+        self.pump();
         let start = Instant::now();
-        while self.in_glibc > 0 && start.elapsed() < DROP_GRACE {
-            let keys: Vec<usize> = self.entries.iter().map(|(k, _)| k).collect();
-            for k in keys {
-                if self.entries.contains(k) {
-                    self.cancel_aio(k, false);
+        while !self.out.is_empty() && start.elapsed() < DROP_GRACE {
+            for k in self.out.clone() {
+                if let Some(req) = req_of(&mut self.life, k) {
+                    req.cancel_requested = true;
+                    // SAFETY: the aiocb is with glibc and boxed in our table.
+                    unsafe { libc::aio_cancel(req.cb.aio_fildes, &mut req.cb) };
                 }
             }
             std::thread::sleep(Duration::from_millis(2));
             self.drain_notifications();
             self.sweep();
-            self.ready.clear();
+            self.pump();
         }
-        // Closes still parked behind a request glibc keeps: carried out now.
-        let parked: Vec<RawFd> = self
-            .entries
-            .iter()
-            .filter_map(|(_, e)| match &e.route {
-                Route::Held(Op::Close { fd }) => Some(*fd),
-                _ => None,
-            })
-            .collect();
-        for fd in parked {
-            self.start_parked_close(fd);
+        // Closes still parked behind a request glibc keeps: carried out now
+        // by the delegate. Ops that never started and finished ops nobody
+        // took go (fds the latter made are closed).
+        for fd in self.life.drain_unstarted() {
+            if let Ok(inner) = self.delegate.submit(Op::Close { fd }, 0, None) {
+                self.delegated.push((inner, usize::MAX));
+            }
         }
-        // Let the delegate finish the closes handed to it (bounded).
+        // Let the delegate finish the closes handed to it (bounded). What
+        // else it announces stays in its table, for its own drop.
         let end = Instant::now() + Duration::from_millis(500);
-        while self.closes_out() && Instant::now() < end {
-            if self
+        while !self.delegated.is_empty() && Instant::now() < end {
+            let mut ready = std::mem::take(&mut self.delegate_ready);
+            let r = self
                 .delegate
-                .wait(&mut self.delegate_out, 1, Some(Duration::from_millis(10)))
-                .is_err()
-            {
+                .wait_ready(&mut ready, 1, Some(Duration::from_millis(10)));
+            for rd in ready.drain(..) {
+                if let Some(at) = self.delegated.iter().position(|d| d.0 == rd.id) {
+                    self.delegated.swap_remove(at);
+                    let _ = self.delegate.take(rd.id);
+                }
+            }
+            self.delegate_ready = ready;
+            if r.is_err() {
                 break;
             }
-            self.take_delegate_completions();
-            self.ready.clear();
         }
-        self.notifier.set_next_generation(self.next_generation);
+        self.notifier
+            .set_next_generation(self.life.next_generation());
         // The records of finished requests go once glibc's lock was taken
         // after they were seen finished.
         self.glibc_barrier();
         self.spare.clear();
-        // Whatever glibc may still touch is leaked, never freed early.
-        for e in self.entries.drain() {
-            if matches!(e.route, Route::Aio(_)) {
-                std::mem::forget(e);
-            }
-        }
+        // Whatever is left is with glibc (or a close with the delegate):
+        // leaked, never freed early.
+        self.life.leak_all();
     }
-}
-
-/// The error for cancelling a close parked behind the fd's aio requests.
-fn close_not_cancellable() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "a close cannot be cancelled; it ends once the fd's operations end",
-    )
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ impl<X> InFlight<X> {
     pub fn with_capacity(n: usize) -> InFlight<X> {
         InFlight {
             slots: Slab::with_capacity(n),
-            next_generation: 0,
+            next_generation: 1,
             fds: Vec::new(),
             ready: Vec::with_capacity(n.min(256)),
             done: 0,
@@ -198,6 +198,18 @@ impl<X> InFlight<X> {
             cancels: Vec::new(),
             deadlines: BinaryHeap::new(),
         }
+    }
+
+    /// The generation the next op will get (never 0).
+    pub fn next_generation(&self) -> u32 {
+        self.next_generation
+    }
+
+    /// Makes the next op's generation `g` (0 becomes 1): for a backend whose
+    /// ids must not repeat those of a driver before it (aio's signals carry
+    /// them).
+    pub fn set_next_generation(&mut self, g: u32) {
+        self.next_generation = g.max(1);
     }
 
     /// Whether a close of `fd` is pending (new ops on it are refused).
@@ -242,7 +254,8 @@ impl<X> InFlight<X> {
         let dir = if fd.is_some() { op.direction() } else { None };
         let is_close = matches!(op, Op::Close { .. });
         let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
+        // Generation 0 is never issued (a backend may use it as "empty").
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let key = self.slots.insert(Slot {
             generation,
             token,

@@ -7,7 +7,6 @@ pub(crate) mod fs;
 pub(crate) mod rw;
 
 use ringport_core::op::Op;
-use std::time::Instant;
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 pub(crate) enum AioState {
@@ -19,14 +18,15 @@ pub(crate) enum AioState {
     InFlight,
 }
 
-/// One aio request. Boxed, so the `aiocb` glibc holds never moves.
+/// One aio request: the `aiocb` glibc holds and what the driver knows of
+/// it. Boxed, so the aiocb never moves; the op itself (and its buffer,
+/// whose memory does not move either) stays in the driver's in-flight table.
 pub(crate) struct AioReq {
     pub(crate) cb: libc::aiocb,
-    pub(crate) op: Op,
     pub(crate) state: AioState,
+    /// Whether `aio_cancel` was called for it (a lost notification is then
+    /// not issued again).
     pub(crate) cancel_requested: bool,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) timed_out: bool,
     /// Whether glibc may send this request's completion as a signal: set
     /// at submit in signal-per-request mode, or once the driver armed the
     /// request before it blocked (and never cleared). Only such a request
