@@ -1,8 +1,8 @@
 //! Streams of results from one submission: `TcpListener::incoming()` (a
 //! connection per result) and `TcpStream::recv_stream(&pool)` (a pool buffer
 //! per arrival). Native multishot accept and recv on io_uring, repeated
-//! attempts at readiness on the shim; refused (`Unsupported`) by a backend
-//! whose capabilities say so (aio).
+//! attempts at readiness on the shim (aio hands them to its shim); refused
+//! (`Unsupported`) by a backend whose capabilities say so.
 //!
 //! The op is submitted at the first `next()`; dropping the stream cancels
 //! it, and results nobody took are discarded (accepted sockets closed
