@@ -3,13 +3,15 @@
 //!
 //! - Regular files and block devices (found by `fstat`, once per fd) get
 //!   `aio_read` / `aio_write` / `aio_fsync`; several at once go through one
-//!   `lio_listio(LIO_NOWAIT)`. Each `aiocb` is boxed in the in-flight table and
-//!   stays there until `aio_return` has been called for it, exactly once.
+//!   `lio_listio(LIO_NOWAIT)`. The ops live in core's `InFlight` table
+//!   (`driver.rs`: the lifecycle's close, cancel and deadline rules); each
+//!   `aiocb` is boxed in its op's slot and stays there until `aio_return`
+//!   has been called for it, exactly once (`requests.rs`).
 //! - Everything else — sockets, pipes, FIFOs, terminals, accept, connect,
 //!   timers, poll, open, stat, vectored I/O — goes to the delegate driver (the
 //!   epoll shim): glibc would park a worker thread on an idle pipe and could
-//!   not cancel it.
-//! - Completion notification (`driver.rs` polls, `notify.rs` the signal):
+//!   not cancel it. Those ops live only in the delegate's table.
+//! - Completion notification (`requests.rs` polls, `notify.rs` the signal):
 //!   requests go to glibc silent (`SIGEV_NONE`) and `wait` polls the ones
 //!   out with `aio_error`, and briefly spins before it blocks
 //!   ([`AioBuilder::spin`]). Only a wait that blocks arms
