@@ -8,6 +8,7 @@
 //! (push, enter, reap) in `ring.rs`.
 
 use crate::bufring;
+use crate::fixed::FixedTable;
 use crate::ops::{self, Extra};
 use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
@@ -86,6 +87,8 @@ pub struct UringDriver {
     pub(crate) cqe_batch: Vec<(u64, i32, u32)>,
     /// Buffer pools registered as provided-buffer rings (by first use).
     pools: Vec<bufring::Registered>,
+    /// Registries of fixed buffers registered in the ring's buffer table.
+    fixed: FixedTable,
 }
 
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
@@ -115,7 +118,7 @@ impl UringDriver {
             ));
         }
         let mut probe = io_uring::Probe::new();
-        let caps = match ring.submitter().register_probe(&mut probe) {
+        let (caps, fixed) = match ring.submitter().register_probe(&mut probe) {
             Ok(()) => {
                 let mut caps = Capabilities::all(Support::Native);
                 for k in OpKind::ALL {
@@ -123,7 +126,12 @@ impl UringDriver {
                         caps.set(k, Support::Unsupported);
                     }
                 }
-                caps
+                let fixed = FixedTable::new(
+                    b.fixed_buffers,
+                    probe.is_supported(opcode::ReadFixed::CODE),
+                    probe.is_supported(opcode::WriteFixed::CODE),
+                );
+                (caps, fixed)
             }
             Err(e) => {
                 return Err(io::Error::new(
@@ -155,6 +163,7 @@ impl UringDriver {
             enter_flags: 0,
             cqe_batch: Vec::with_capacity(256),
             pools: Vec::new(),
+            fixed,
             flags_used,
         })
     }
@@ -225,9 +234,25 @@ impl UringDriver {
         Ok(bgid)
     }
 
+    /// How many fixed-buffer registries the ring has registered (each one
+    /// entry of its buffer table; a registry the kernel refused is not
+    /// counted: its ops are plain reads and writes).
+    pub fn fixed_registries(&self) -> usize {
+        self.fixed.registered()
+    }
+
     /// Gives slot `key`'s op to the kernel.
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
+        let fixed = match &self.life.slot(key).op {
+            Some(Op::ReadFixed { buf, .. }) => {
+                self.fixed.entry_for(&self.ring, buf.registry(), false)
+            }
+            Some(Op::WriteFixed { buf, .. }) => {
+                self.fixed.entry_for(&self.ring, buf.registry(), true)
+            }
+            _ => None,
+        };
         let bgid = match &self.life.slot(key).op {
             Some(
                 Op::RecvPooled { pool, .. }
@@ -244,7 +269,7 @@ impl UringDriver {
         slot.extra.polling = false;
         let progress = slot.progress;
         let op = slot.op.as_mut().expect("a uring op never leaves its slot");
-        let e = ops::prepare(op, &mut slot.extra.extra, progress, bgid).user_data(ud);
+        let e = ops::prepare(op, &mut slot.extra.extra, progress, bgid, fixed).user_data(ud);
         let ts = slot.extra.deadline_ptr();
         self.push(e, ts)
     }
@@ -601,6 +626,7 @@ impl Drop for UringDriver {
             for r in std::mem::take(&mut self.pools) {
                 bufring::unregister(&self.ring, r);
             }
+            self.fixed.unregister(&self.ring);
         } else {
             // The kernel may still write into these: leak them, never free
             // early (the rings and their pools with them).

@@ -24,6 +24,7 @@
 
 mod bufring;
 mod driver;
+mod fixed;
 mod ops;
 mod ring;
 
@@ -37,6 +38,7 @@ pub struct UringBuilder {
     pub(crate) entries: u32,
     pub(crate) cq_entries: Option<u32>,
     pub(crate) defer_taskrun: bool,
+    pub(crate) fixed_buffers: bool,
 }
 
 impl Default for UringBuilder {
@@ -45,6 +47,7 @@ impl Default for UringBuilder {
             entries: 256,
             cq_entries: None,
             defer_taskrun: true,
+            fixed_buffers: true,
         }
     }
 }
@@ -63,6 +66,13 @@ impl UringBuilder {
     /// Whether to try `SINGLE_ISSUER | DEFER_TASKRUN` (default: yes).
     pub fn defer_taskrun(mut self, on: bool) -> Self {
         self.defer_taskrun = on;
+        self
+    }
+    /// Whether fixed reads and writes use registered buffers
+    /// (`READ_FIXED`/`WRITE_FIXED`; default: yes, where the kernel has
+    /// them). Off, they are plain reads and writes of the same memory.
+    pub fn fixed_buffers(mut self, on: bool) -> Self {
+        self.fixed_buffers = on;
         self
     }
     /// Sets up the ring and probes it.

@@ -63,7 +63,8 @@ pub(crate) enum Step {
 
 /// The SQE for `op`, with `progress` bytes of a stream write already done;
 /// `bgid` is the provided-buffer group of a pooled read (the driver
-/// registers its pool first; other ops ignore it).
+/// registers its pool first; other ops ignore it), and `fixed` the
+/// buffer-table entry of a fixed read or write (`None`: a plain one).
 ///
 /// Unknown-to-uring ops never get here: `submit` refuses them first.
 #[inline]
@@ -72,6 +73,7 @@ pub(crate) fn prepare(
     extra: &mut Option<Box<Extra>>,
     progress: usize,
     bgid: u16,
+    fixed: Option<u16>,
 ) -> squeue::Entry {
     match op {
         Op::Nop => ctl::nop(),
@@ -147,6 +149,10 @@ pub(crate) fn prepare(
             offset,
             len,
         } => splice::send_file(*fd, file.as_raw_fd(), *offset, *len, extra),
+        Op::ReadFixed { fd, offset, buf } => rw::read_fixed(*fd, *offset, buf, fixed),
+        Op::WriteFixed { fd, offset, buf } => {
+            rw::write_fixed(*fd, *offset, buf, progress, fixed)
+        }
     }
 }
 
@@ -167,6 +173,10 @@ pub(crate) fn complete(
             return rw::pooled_done(pool, got, n, cqe_flags);
         }
         Op::Read { buf, .. } => rw::read_done(buf, n),
+        Op::ReadFixed { buf, .. } => buf.filled(n),
+        Op::WriteFixed { offset, buf, .. } => {
+            return rw::write_fixed_done(*offset, buf, progress, n, cancel_requested)
+        }
         Op::Recv { buf, .. } => net::recv_done(buf, n),
         Op::RecvFrom { buf, addr, .. } => net::recvfrom_done(buf, addr, extra, n),
         Op::Readv { bufs, .. } => rw::readv_done(bufs, n),
@@ -235,6 +245,10 @@ pub(crate) fn opcode_of(kind: OpKind) -> u8 {
         OpKind::Fallocate => opcode::Fallocate::CODE,
         OpKind::Ftruncate => opcode::Ftruncate::CODE,
         OpKind::SendFile => opcode::Splice::CODE,
+        // A plain read or write is the fallback when READ_FIXED or
+        // WRITE_FIXED is missing (probed on its own: `fixed.rs`).
+        OpKind::ReadFixed => opcode::Read::CODE,
+        OpKind::WriteFixed => opcode::Write::CODE,
     }
 }
 

@@ -6,6 +6,7 @@ use super::{clamp, scratch, stream_write_step, Extra, Scratch, Step};
 use io_uring::{opcode, squeue, types};
 use ringport_core::buf::{AnyBuf, AnyBufMut};
 use ringport_core::bufpool::{BufPool, PooledBuf};
+use ringport_core::fixedbuf::FixedBuf;
 use ringport_core::op::Offset;
 use std::os::fd::RawFd;
 
@@ -107,6 +108,63 @@ pub(super) fn pooled_done(
         }
     }
     Step::Done(n)
+}
+
+/// A read into a registered buffer: READ_FIXED naming table entry `entry`,
+/// or a plain read of the same memory when the ring has no entry for it.
+pub(super) fn read_fixed(
+    fd: RawFd,
+    offset: Offset,
+    buf: &mut FixedBuf,
+    entry: Option<u16>,
+) -> squeue::Entry {
+    let (ptr, len) = (buf.as_mut_ptr(), clamp(buf.capacity()));
+    match entry {
+        Some(i) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, i)
+            .offset(offset.to_raw())
+            .build(),
+        None => opcode::Read::new(types::Fd(fd), ptr, len)
+            .offset(offset.to_raw())
+            .build(),
+    }
+}
+
+/// A write of a registered buffer's bytes, `progress` of them already done:
+/// WRITE_FIXED naming table entry `entry`, or a plain write.
+pub(super) fn write_fixed(
+    fd: RawFd,
+    offset: Offset,
+    buf: &FixedBuf,
+    progress: usize,
+    entry: Option<u16>,
+) -> squeue::Entry {
+    let done = progress.min(buf.len());
+    // SAFETY: done <= len, so the pointer stays inside the buffer.
+    let ptr = unsafe { buf.as_ptr().add(done) };
+    let (len, at) = (clamp(buf.len() - done), offset.advanced(done).to_raw());
+    match entry {
+        Some(i) => opcode::WriteFixed::new(types::Fd(fd), ptr, len, i)
+            .offset(at)
+            .build(),
+        None => opcode::Write::new(types::Fd(fd), ptr, len)
+            .offset(at)
+            .build(),
+    }
+}
+
+/// A fixed write of `n` more bytes: the same rule as [`write_done`].
+pub(super) fn write_fixed_done(
+    offset: Offset,
+    buf: &FixedBuf,
+    progress: &mut usize,
+    n: usize,
+    cancel_requested: bool,
+) -> Step {
+    if offset == Offset::Current {
+        stream_write_step(buf.len(), progress, n, cancel_requested)
+    } else {
+        Step::Done(n)
+    }
 }
 
 /// A readv of `n` bytes fills the buffers in order.
