@@ -318,6 +318,16 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 model_of(b),
                 move |c| file::runtime_randread(b, false, c.tf()?, qd, c.warmup, c.dur),
             );
+            // Registered buffers (READ_FIXED) against the same ops with
+            // the registration off (plain READ), on io_uring only.
+            #[cfg(target_os = "linux")]
+            if b == Backend::Uring {
+                for (name, plain) in [("fixed buffers", false), ("fixed ops, unregistered", true)] {
+                    p.job(W, &v, &format!("ringport/{b} driver, {name}"), model_of(b), move |c| {
+                        file::driver_randread_fixed(b, plain, c.tf()?, qd, c.warmup, c.dur)
+                    });
+                }
+            }
             // The shim first reads from the page cache inline (RWF_NOWAIT);
             // these rows measure its thread pool alone, the readiness
             // model's only way to do file I/O.
