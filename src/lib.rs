@@ -37,11 +37,11 @@ pub use backend::{driver, Backend, BACKEND_ENV};
 pub use port::CompletionPort;
 pub use ringport_core::buf::{self, AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use ringport_core::bufpool::{self, BufPool, PooledBuf};
-pub use ringport_core::fixedbuf::{self, FixedBuf, FixedBufRegistry};
 pub use ringport_core::driver::{
     self as drv, Capabilities, Completion, Driver, DriverWaker, Parking, Ready, SubmitError,
     Support,
 };
+pub use ringport_core::fixedbuf::{self, FixedBuf, FixedBufRegistry};
 pub use ringport_core::fs;
 pub use ringport_core::op::{
     self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,

@@ -120,7 +120,7 @@ impl FixedBufRegistry {
     /// multiple of `size` from a page-aligned base, so with `size` a multiple
     /// of 4096 every buffer is page-aligned (what `O_DIRECT` needs).
     pub fn new(count: usize, size: usize) -> io::Result<FixedBufRegistry> {
-        let total = count.checked_mul(size).unwrap_or(usize::MAX);
+        let total = count.saturating_mul(size);
         if count == 0 || count > MAX_REGISTRY_BUFS || size == 0 || total > MAX_REGISTRY_BYTES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

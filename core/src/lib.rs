@@ -34,10 +34,10 @@ mod sendfile;
 
 pub use buf::{AnyBuf, AnyBufMut, IoBuf, IoBufMut, Slice};
 pub use bufpool::{BufPool, PooledBuf};
-pub use fixedbuf::{FixedBuf, FixedBufRegistry};
 pub use driver::{
     Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
+pub use fixedbuf::{FixedBuf, FixedBufRegistry};
 pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
 pub use port::{CompletionPort, GetError, PortEntry, SendFile, TimerId};
 pub use runtime::{spawn, yield_now, JoinError, JoinHandle, Runtime, UnhandledPanic};

@@ -844,7 +844,9 @@ impl Op {
             {
                 Some(Direction::Read)
             }
-            Op::Write { offset, .. } | Op::Writev { offset, .. } | Op::WriteFixed { offset, .. }
+            Op::Write { offset, .. }
+            | Op::Writev { offset, .. }
+            | Op::WriteFixed { offset, .. }
                 if *offset == Offset::Current =>
             {
                 Some(Direction::Write)

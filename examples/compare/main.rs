@@ -323,9 +323,15 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
             #[cfg(target_os = "linux")]
             if b == Backend::Uring {
                 for (name, plain) in [("fixed buffers", false), ("fixed ops, unregistered", true)] {
-                    p.job(W, &v, &format!("ringport/{b} driver, {name}"), model_of(b), move |c| {
-                        file::driver_randread_fixed(b, plain, c.tf()?, qd, c.warmup, c.dur)
-                    });
+                    p.job(
+                        W,
+                        &v,
+                        &format!("ringport/{b} driver, {name}"),
+                        model_of(b),
+                        move |c| {
+                            file::driver_randread_fixed(b, plain, c.tf()?, qd, c.warmup, c.dur)
+                        },
+                    );
                 }
             }
             // The shim first reads from the page cache inline (RWF_NOWAIT);

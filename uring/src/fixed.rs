@@ -109,7 +109,10 @@ impl FixedTable {
         // SAFETY: the iovec covers the registry's allocation, which stays
         // alive while this table holds `reg` (removed only in `sweep` and
         // `unregister`, once no other handle exists).
-        match unsafe { ring.submitter().register_buffers_update(free as u32, &[iov], None) } {
+        match unsafe {
+            ring.submitter()
+                .register_buffers_update(free as u32, &[iov], None)
+        } {
             Ok(()) => {
                 slots[free] = Some(reg.clone());
                 Some(free as u16)
@@ -156,8 +159,11 @@ fn sweep(
             };
             // SAFETY: an empty iovec clears the entry; the kernel keeps no
             // pointer from it.
-            if unsafe { ring.submitter().register_buffers_update(i as u32, &[empty], None) }
-                .is_ok()
+            if unsafe {
+                ring.submitter()
+                    .register_buffers_update(i as u32, &[empty], None)
+            }
+            .is_ok()
             {
                 *s = None;
             }

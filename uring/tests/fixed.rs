@@ -45,10 +45,20 @@ fn a_fixed_read_registers_its_registry_once() {
     let (path, f) = temp_file(b"registered bytes");
     let mut d = UringDriver::new().unwrap();
     let reg = FixedBufRegistry::new(4, 8).unwrap();
-    assert_eq!(d.fixed_registries(), 0, "nothing registered before a fixed op");
-    assert_eq!(read_fixed(&mut d, f.as_raw_fd(), &reg, 0), (8, b"register".to_vec()));
+    assert_eq!(
+        d.fixed_registries(),
+        0,
+        "nothing registered before a fixed op"
+    );
+    assert_eq!(
+        read_fixed(&mut d, f.as_raw_fd(), &reg, 0),
+        (8, b"register".to_vec())
+    );
     assert_eq!(d.fixed_registries(), 1, "the registry took one table entry");
-    assert_eq!(read_fixed(&mut d, f.as_raw_fd(), &reg, 8), (8, b"ed bytes".to_vec()));
+    assert_eq!(
+        read_fixed(&mut d, f.as_raw_fd(), &reg, 8),
+        (8, b"ed bytes".to_vec())
+    );
     assert_eq!(d.fixed_registries(), 1, "and only one");
     let _ = std::fs::remove_file(path);
 }
@@ -58,7 +68,10 @@ fn turned_off_fixed_ops_are_plain_reads() {
     let (path, f) = temp_file(b"plain bytes here");
     let mut d = UringDriver::builder().fixed_buffers(false).build().unwrap();
     let reg = FixedBufRegistry::new(1, 8).unwrap();
-    assert_eq!(read_fixed(&mut d, f.as_raw_fd(), &reg, 6), (8, b"bytes he".to_vec()));
+    assert_eq!(
+        read_fixed(&mut d, f.as_raw_fd(), &reg, 6),
+        (8, b"bytes he".to_vec())
+    );
     assert_eq!(d.fixed_registries(), 0, "nothing registered");
     let _ = std::fs::remove_file(path);
 }
@@ -75,7 +88,11 @@ fn a_full_table_falls_back_and_dropped_registries_give_their_entries_back() {
         assert_eq!((n, &got[..]), (8, &data[i as usize..i as usize + 8]));
         held.push(reg);
     }
-    assert_eq!(d.fixed_registries(), 64, "the table holds 64; the rest read plainly");
+    assert_eq!(
+        d.fixed_registries(),
+        64,
+        "the table holds 64; the rest read plainly"
+    );
     held.truncate(10);
     let reg = FixedBufRegistry::new(1, 8).unwrap();
     let (n, got) = read_fixed(&mut d, f.as_raw_fd(), &reg, 100);

@@ -38,9 +38,21 @@ pub fn fx1_fixed_reads_and_writes_match_std(b: Target) {
             assert_eq!(r.unwrap(), end - at, "a whole write at {at}");
             assert_eq!(&*buf, &data[at..end], "the buffer comes back unchanged");
         }
-        assert_eq!(std::fs::read(&t.path).unwrap(), data, "std reads the same bytes");
+        assert_eq!(
+            std::fs::read(&t.path).unwrap(),
+            data,
+            "std reads the same bytes"
+        );
         let sf = std::fs::File::open(&t.path).unwrap();
-        for &at in &[0u64, 100, 4096, 3 * 4096, 3 * 4096 + 50, data.len() as u64, 1 << 20] {
+        for &at in &[
+            0u64,
+            100,
+            4096,
+            3 * 4096,
+            3 * 4096 + 50,
+            data.len() as u64,
+            1 << 20,
+        ] {
             let (r, buf) = f.read_fixed_at(reg.take().unwrap(), at).await;
             let mut want = vec![0u8; 4096];
             let n = sf.read_at(&mut want, at).unwrap();
@@ -102,7 +114,11 @@ pub fn fx3_an_exhausted_registry_is_enobufs_at_once(b: Target) {
         assert!(is_registry_exhausted(&e), "ENOBUFS, got {e}");
         assert_eq!(reg.available(), 0);
         let (r, other) = f.read_fixed_at(other, 8).await;
-        assert_eq!((r.unwrap(), &*other), (2, &b"89"[..]), "held buffers still work");
+        assert_eq!(
+            (r.unwrap(), &*other),
+            (2, &b"89"[..]),
+            "held buffers still work"
+        );
         drop(held);
         let third = reg.take().expect("a dropped buffer makes take work again");
         let (r, third) = f.read_fixed_at(third, 2).await;
@@ -131,7 +147,10 @@ pub fn fx4_driver_drop_with_a_fixed_read_in_flight(b: Target) {
     assert_eq!(reg.available(), 0, "in flight");
     let start = std::time::Instant::now();
     drop(d);
-    assert!(start.elapsed() < Duration::from_secs(5), "the drop does not hang");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the drop does not hang"
+    );
     assert_eq!(reg.available(), 1, "the buffer went back to the registry");
     p.put(b"later");
     let mut got = [0u8; 16];
@@ -274,7 +293,11 @@ pub fn fx8_many_registries_each_read_byte_exact(b: Target) {
             let reg = FixedBufRegistry::new(2, 32).unwrap();
             let (r, buf) = f.read_fixed_at(reg.take().unwrap(), 3 * i as u64).await;
             assert_eq!(r.unwrap(), 32);
-            assert_eq!(&*buf, &data[3 * i..3 * i + 32], "registry {i} made and dropped");
+            assert_eq!(
+                &*buf,
+                &data[3 * i..3 * i + 32],
+                "registry {i} made and dropped"
+            );
         }
     });
 }

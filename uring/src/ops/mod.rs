@@ -150,9 +150,7 @@ pub(crate) fn prepare(
             len,
         } => splice::send_file(*fd, file.as_raw_fd(), *offset, *len, extra),
         Op::ReadFixed { fd, offset, buf } => rw::read_fixed(*fd, *offset, buf, fixed),
-        Op::WriteFixed { fd, offset, buf } => {
-            rw::write_fixed(*fd, *offset, buf, progress, fixed)
-        }
+        Op::WriteFixed { fd, offset, buf } => rw::write_fixed(*fd, *offset, buf, progress, fixed),
     }
 }
 
