@@ -8,7 +8,7 @@
 //! (push, enter, reap) in `ring.rs`.
 
 use crate::bufring;
-use crate::fixed::FixedTable;
+use crate::fixed::{FileTable, FixedTable};
 use crate::ops::{self, Extra};
 use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
@@ -89,6 +89,8 @@ pub struct UringDriver {
     pools: Vec<bufring::Registered>,
     /// Registries of fixed buffers registered in the ring's buffer table.
     fixed: FixedTable,
+    /// Fds registered in the ring's file table (`UringBuilder::register_files`).
+    files: FileTable,
 }
 
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
@@ -164,6 +166,7 @@ impl UringDriver {
             cqe_batch: Vec::with_capacity(256),
             pools: Vec::new(),
             fixed,
+            files: FileTable::new(b.register_files),
             flags_used,
         })
     }
@@ -209,8 +212,12 @@ impl UringDriver {
     /// table; anything else goes to the kernel.
     #[inline]
     fn start(&mut self, key: usize) {
-        if let Some(Op::Cancel { target }) = self.life.slot(key).op {
-            return self.life.run_cancel_op(key, target);
+        match self.life.slot(key).op {
+            Some(Op::Cancel { target }) => return self.life.run_cancel_op(key, target),
+            // The fd's ops have ended: its file-table slot goes before the
+            // number can be reused.
+            Some(Op::Close { fd }) => self.files.release(&self.ring, fd),
+            _ => {}
         }
         if let Err(e) = self.issue(key) {
             self.life.finish(key, Err(e));
@@ -241,19 +248,37 @@ impl UringDriver {
         self.fixed.registered()
     }
 
+    /// How many fds are registered in the ring's file table now (with
+    /// `UringBuilder::register_files`).
+    pub fn registered_files(&self) -> usize {
+        self.files.registered()
+    }
+
     /// Gives slot `key`'s op to the kernel.
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
-        let fixed = match &self.life.slot(key).op {
+        let mut reg = ops::Registered::default();
+        match &self.life.slot(key).op {
             Some(Op::ReadFixed { buf, .. }) => {
-                self.fixed.entry_for(&self.ring, buf.registry(), false)
+                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), false)
             }
             Some(Op::WriteFixed { buf, .. }) => {
-                self.fixed.entry_for(&self.ring, buf.registry(), true)
+                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), true)
             }
-            _ => None,
-        };
-        let bgid = match &self.life.slot(key).op {
+            _ => {}
+        }
+        if let Some(
+            Op::Read { fd, offset, .. }
+            | Op::Write { fd, offset, .. }
+            | Op::ReadFixed { fd, offset, .. }
+            | Op::WriteFixed { fd, offset, .. },
+        ) = &self.life.slot(key).op
+        {
+            if offset.at().is_some() {
+                reg.file_slot = self.files.slot_for(&self.ring, *fd);
+            }
+        }
+        reg.bgid = match &self.life.slot(key).op {
             Some(
                 Op::RecvPooled { pool, .. }
                 | Op::ReadPooled { pool, .. }
@@ -269,7 +294,7 @@ impl UringDriver {
         slot.extra.polling = false;
         let progress = slot.progress;
         let op = slot.op.as_mut().expect("a uring op never leaves its slot");
-        let e = ops::prepare(op, &mut slot.extra.extra, progress, bgid, fixed).user_data(ud);
+        let e = ops::prepare(op, &mut slot.extra.extra, progress, reg).user_data(ud);
         let ts = slot.extra.deadline_ptr();
         self.push(e, ts)
     }

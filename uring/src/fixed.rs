@@ -171,3 +171,122 @@ fn sweep(
     }
     refused.retain(|r| Arc::strong_count(r) > 1);
 }
+
+/// A ring's registered files (with `UringBuilder::register_files`): a
+/// sparse file table, and for each fd the slot its file has there.
+///
+/// A positional read or write (the hot file ops) registers its fd on first
+/// use and from then on names the slot (`IOSQE_FIXED_FILE`), which skips the
+/// kernel's fd lookup and reference count per op. The slot is released when
+/// the fd's close starts (the lifecycle starts a close only once the fd's
+/// ops have ended, so no op still names the slot), before the fd number can
+/// be reused. So the fd ownership contract matters more here: an fd closed
+/// by hand, not through the driver, leaves its file in the table, and a new
+/// file that gets the same number would be read through the old slot.
+pub(crate) struct FileTable {
+    state: FileState,
+    /// The slot of each registered fd, indexed by fd.
+    by_fd: Vec<Option<u32>>,
+    /// Slots released, to reuse.
+    free: Vec<u32>,
+    /// The next slot never used.
+    next: u32,
+    size: u32,
+}
+
+#[derive(PartialEq)]
+enum FileState {
+    Untried,
+    Ready,
+    Off,
+}
+
+impl FileTable {
+    /// A table that registers files (`on`) or never does.
+    pub(crate) fn new(on: bool) -> FileTable {
+        FileTable {
+            state: if on {
+                FileState::Untried
+            } else {
+                FileState::Off
+            },
+            by_fd: Vec::new(),
+            free: Vec::new(),
+            next: 0,
+            size: 0,
+        }
+    }
+
+    /// The slot of `fd`, registering it on first use; `None`: use the fd.
+    pub(crate) fn slot_for(&mut self, ring: &IoUring, fd: i32) -> Option<u32> {
+        if self.state == FileState::Off || fd < 0 {
+            return None;
+        }
+        if let Some(Some(s)) = self.by_fd.get(fd as usize) {
+            return Some(*s);
+        }
+        if self.state == FileState::Untried {
+            // The kernel caps a file table at the open-file limit.
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one plain struct we own.
+            let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+                rl.rlim_cur.min(4096) as u32
+            } else {
+                256
+            };
+            match ring.submitter().register_files_sparse(limit) {
+                Ok(()) => {
+                    self.state = FileState::Ready;
+                    self.size = limit;
+                }
+                // An old kernel (before 5.19): no registered files.
+                Err(_) => {
+                    self.state = FileState::Off;
+                    return None;
+                }
+            }
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.next < self.size => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
+        if ring.submitter().register_files_update(slot, &[fd]).is_err() {
+            self.free.push(slot);
+            return None;
+        }
+        let i = fd as usize;
+        if i >= self.by_fd.len() {
+            self.by_fd.resize(i + 1, None);
+        }
+        self.by_fd[i] = Some(slot);
+        Some(slot)
+    }
+
+    /// `fd` is about to be closed: its slot (if any) is emptied and free.
+    pub(crate) fn release(&mut self, ring: &IoUring, fd: i32) {
+        let Some(s) = self
+            .by_fd
+            .get_mut(fd.max(0) as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        // Emptying a slot cannot fail for a slot we filled; if it did, the
+        // slot stays out of use (never handed out again).
+        if ring.submitter().register_files_update(s, &[-1]).is_ok() {
+            self.free.push(s);
+        }
+    }
+
+    /// How many fds are registered now.
+    pub(crate) fn registered(&self) -> usize {
+        self.by_fd.iter().filter(|s| s.is_some()).count()
+    }
+}

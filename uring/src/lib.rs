@@ -39,6 +39,7 @@ pub struct UringBuilder {
     pub(crate) cq_entries: Option<u32>,
     pub(crate) defer_taskrun: bool,
     pub(crate) fixed_buffers: bool,
+    pub(crate) register_files: bool,
 }
 
 impl Default for UringBuilder {
@@ -48,6 +49,7 @@ impl Default for UringBuilder {
             cq_entries: None,
             defer_taskrun: true,
             fixed_buffers: true,
+            register_files: false,
         }
     }
 }
@@ -73,6 +75,17 @@ impl UringBuilder {
     /// them). Off, they are plain reads and writes of the same memory.
     pub fn fixed_buffers(mut self, on: bool) -> Self {
         self.fixed_buffers = on;
+        self
+    }
+    /// Whether positional reads and writes register their fd in the ring's
+    /// file table on first use and then name its slot (`IOSQE_FIXED_FILE`),
+    /// which saves the kernel's fd lookup per op (default: no). The slot is
+    /// released when the fd is closed through the driver, as every fd must
+    /// be: with this on, an fd closed by hand leaves its file in the table,
+    /// and a later file given the same number would be read through the old
+    /// slot.
+    pub fn register_files(mut self, on: bool) -> Self {
+        self.register_files = on;
         self
     }
     /// Sets up the ring and probes it.

@@ -2,7 +2,9 @@
 //! ring's buffer table (one entry per registry) and the kernel's answer is
 //! the same as a plain read's; with the table full, or fixed buffers turned
 //! off, ops fall back to plain reads; a registry nobody holds any more
-//! gives its entry back.
+//! gives its entry back. With registered files, a positional read names
+//! its fd's file-table slot, which its close releases before the number can
+//! be reused.
 
 use ringport_core::fixedbuf::FixedBufRegistry;
 use ringport_core::{Completion, Driver, Offset, Op};
@@ -10,6 +12,14 @@ use ringport_uring::UringDriver;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+/// Held by every test here: the file-table test needs the fd number it
+/// closed to be the next one opened, which another test's open would take.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn temp_file(data: &[u8]) -> (std::path::PathBuf, std::fs::File) {
     let path = std::env::temp_dir().join(format!(
@@ -42,6 +52,7 @@ fn read_fixed(d: &mut UringDriver, fd: i32, reg: &FixedBufRegistry, at: u64) -> 
 
 #[test]
 fn a_fixed_read_registers_its_registry_once() {
+    let _s = serial();
     let (path, f) = temp_file(b"registered bytes");
     let mut d = UringDriver::new().unwrap();
     let reg = FixedBufRegistry::new(4, 8).unwrap();
@@ -65,6 +76,7 @@ fn a_fixed_read_registers_its_registry_once() {
 
 #[test]
 fn turned_off_fixed_ops_are_plain_reads() {
+    let _s = serial();
     let (path, f) = temp_file(b"plain bytes here");
     let mut d = UringDriver::builder().fixed_buffers(false).build().unwrap();
     let reg = FixedBufRegistry::new(1, 8).unwrap();
@@ -78,6 +90,7 @@ fn turned_off_fixed_ops_are_plain_reads() {
 
 #[test]
 fn a_full_table_falls_back_and_dropped_registries_give_their_entries_back() {
+    let _s = serial();
     let data: Vec<u8> = (0..200u8).collect();
     let (path, f) = temp_file(&data);
     let mut d = UringDriver::new().unwrap();
@@ -103,4 +116,62 @@ fn a_full_table_falls_back_and_dropped_registries_give_their_entries_back() {
         "the dropped registries' entries were cleared, the new one took one"
     );
     let _ = std::fs::remove_file(path);
+}
+
+/// Waits for the completion of token `tok`.
+fn wait_token(d: &mut UringDriver, tok: u64) -> Completion {
+    let mut out: Vec<Completion> = Vec::new();
+    loop {
+        if let Some(i) = out.iter().position(|c| c.token == tok) {
+            return out.remove(i);
+        }
+        d.wait(&mut out, 1, Some(Duration::from_secs(5))).unwrap();
+    }
+}
+
+fn plain_read(d: &mut UringDriver, fd: i32, at: u64) -> Vec<u8> {
+    let op = Op::Read {
+        fd,
+        offset: Offset::At(at),
+        buf: ringport_core::AnyBufMut::new(Vec::with_capacity(8)),
+    };
+    d.submit(op, 3, None).expect("submit");
+    let c = wait_token(d, 3);
+    c.result.expect("the read");
+    c.op.into_buf_mut().unwrap().downcast::<Vec<u8>>().unwrap()
+}
+
+#[test]
+fn registered_files_are_released_at_close_before_the_number_is_reused() {
+    use std::os::fd::IntoRawFd;
+    let _s = serial();
+    let (pa, fa) = temp_file(b"file A: first");
+    let mut d = UringDriver::builder().register_files(true).build().unwrap();
+    let fd = fa.into_raw_fd();
+    assert_eq!(plain_read(&mut d, fd, 0), b"file A: ");
+    assert_eq!(
+        d.registered_files(),
+        1,
+        "the positional read registered its fd"
+    );
+    let reg = FixedBufRegistry::new(1, 8).unwrap();
+    assert_eq!(read_fixed(&mut d, fd, &reg, 5), (8, b"A: first".to_vec()));
+    assert_eq!(d.registered_files(), 1, "one slot per fd");
+    d.submit(Op::Close { fd }, 9, None).unwrap();
+    wait_token(&mut d, 9).result.expect("close");
+    assert_eq!(d.registered_files(), 0, "the close released the slot");
+    let _ = std::fs::remove_file(&pa);
+    // A new file gets the lowest free number: the one just closed.
+    let pb = std::env::temp_dir().join(format!("ringport-uring-fixed-b-{}", std::process::id()));
+    std::fs::write(&pb, b"file B!!").unwrap();
+    let fb = std::fs::File::open(&pb).unwrap().into_raw_fd();
+    assert_eq!(fb, fd, "the number was reused (the test needs it to be)");
+    assert_eq!(
+        plain_read(&mut d, fb, 0),
+        b"file B!!",
+        "the new file, not the old slot's"
+    );
+    d.submit(Op::Close { fd: fb }, 10, None).unwrap();
+    wait_token(&mut d, 10).result.expect("close");
+    let _ = std::fs::remove_file(&pb);
 }

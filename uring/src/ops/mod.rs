@@ -61,10 +61,21 @@ pub(crate) enum Step {
     Fail(io::Error),
 }
 
-/// The SQE for `op`, with `progress` bytes of a stream write already done;
-/// `bgid` is the provided-buffer group of a pooled read (the driver
-/// registers its pool first; other ops ignore it), and `fixed` the
-/// buffer-table entry of a fixed read or write (`None`: a plain one).
+/// What the driver registered with the ring for one op, before its SQE is
+/// made: each field matters only to the ops that name it.
+#[derive(Copy, Clone, Default)]
+pub(crate) struct Registered {
+    /// The provided-buffer group of a pooled read.
+    pub(crate) bgid: u16,
+    /// The buffer-table entry of a fixed read or write (`None`: plain).
+    pub(crate) buf_entry: Option<u16>,
+    /// The file-table slot of a positional read or write's fd (`None`:
+    /// the fd itself).
+    pub(crate) file_slot: Option<u32>,
+}
+
+/// The SQE for `op`, with `progress` bytes of a stream write already done,
+/// using what the driver registered for it (`reg`).
 ///
 /// Unknown-to-uring ops never get here: `submit` refuses them first.
 #[inline]
@@ -72,13 +83,13 @@ pub(crate) fn prepare(
     op: &mut Op,
     extra: &mut Option<Box<Extra>>,
     progress: usize,
-    bgid: u16,
-    fixed: Option<u16>,
+    reg: Registered,
 ) -> squeue::Entry {
+    let (bgid, file) = (reg.bgid, reg.file_slot);
     match op {
         Op::Nop => ctl::nop(),
-        Op::Read { fd, offset, buf } => rw::read(*fd, *offset, buf),
-        Op::Write { fd, offset, buf } => rw::write(*fd, *offset, buf, progress),
+        Op::Read { fd, offset, buf } => rw::read(*fd, file, *offset, buf),
+        Op::Write { fd, offset, buf } => rw::write(*fd, file, *offset, buf, progress),
         Op::Readv { fd, offset, bufs } => rw::readv(*fd, *offset, bufs, extra),
         Op::Writev { fd, offset, bufs } => rw::writev(*fd, *offset, bufs, extra),
         Op::Recv { fd, buf, flags } => net::recv(*fd, buf, *flags),
@@ -149,8 +160,10 @@ pub(crate) fn prepare(
             offset,
             len,
         } => splice::send_file(*fd, file.as_raw_fd(), *offset, *len, extra),
-        Op::ReadFixed { fd, offset, buf } => rw::read_fixed(*fd, *offset, buf, fixed),
-        Op::WriteFixed { fd, offset, buf } => rw::write_fixed(*fd, *offset, buf, progress, fixed),
+        Op::ReadFixed { fd, offset, buf } => rw::read_fixed(*fd, file, *offset, buf, reg.buf_entry),
+        Op::WriteFixed { fd, offset, buf } => {
+            rw::write_fixed(*fd, file, *offset, buf, progress, reg.buf_entry)
+        }
     }
 }
 
