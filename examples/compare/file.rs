@@ -151,11 +151,12 @@ pub fn driver_randread(
 
 /// [`driver_randread`] with registered buffers: `Op::ReadFixed` from one
 /// `FixedBufRegistry` of `qd` blocks (READ_FIXED on io_uring, a plain read
-/// elsewhere); `plain` turns io_uring's registration off, so the same ops
-/// go as plain reads (the comparison's other half).
+/// elsewhere). On io_uring, `registered` says whether the ring registers
+/// the buffers (off: the same ops go as plain reads, the comparison's other
+/// half) and `files` whether it registers the file too (IOSQE_FIXED_FILE).
 pub fn driver_randread_fixed(
     b: Backend,
-    plain: bool,
+    (registered, files): (bool, bool),
     tf: &TestFile,
     qd: usize,
     warmup: Duration,
@@ -165,10 +166,14 @@ pub fn driver_randread_fixed(
         #[cfg(target_os = "linux")]
         Backend::Uring => Box::new(
             ringport::UringDriver::builder()
-                .fixed_buffers(!plain)
+                .fixed_buffers(registered)
+                .register_files(files)
                 .build()?,
         ),
-        _ => ringport::driver(b)?,
+        _ => {
+            let _ = (registered, files);
+            ringport::driver(b)?
+        }
     };
     driver_randread_with(d, true, tf, qd, warmup, dur)
 }

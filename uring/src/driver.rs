@@ -638,6 +638,10 @@ impl Drop for UringDriver {
             cleanly = self.life.live() == 0 && !self.waker_armed;
         }
         self.life.drop_ready();
+        // The file table lets go of its files now, not when the ring is
+        // torn down (later, asynchronously, or not before the thread exits
+        // while the ring fd is registered): a closed fd's file really closes.
+        self.files.unregister(&self.ring);
         // The fds' ops have ended (or the grace ran out: then the kernel keeps
         // its own reference to the file until they do), so the numbers go now.
         for fd in parked_closes {

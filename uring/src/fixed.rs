@@ -289,4 +289,14 @@ impl FileTable {
     pub(crate) fn registered(&self) -> usize {
         self.by_fd.iter().filter(|s| s.is_some()).count()
     }
+
+    /// Removes the whole table (the driver is going away): the kernel puts
+    /// each file once no op that named its slot is left.
+    pub(crate) fn unregister(&mut self, ring: &IoUring) {
+        if self.state == FileState::Ready {
+            let _ = ring.submitter().unregister_files();
+        }
+        self.state = FileState::Off;
+        self.by_fd.clear();
+    }
 }
