@@ -41,6 +41,7 @@ pub use ringport_core::driver::{
     self as drv, Capabilities, Completion, Driver, DriverWaker, Parking, Ready, SubmitError,
     Support,
 };
+pub use ringport_core::fixedbuf::{self, FixedBuf, FixedBufRegistry};
 pub use ringport_core::fs;
 pub use ringport_core::op::{
     self, CancelTarget, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr,

@@ -3,6 +3,8 @@
 //! - [`buf`]: owned buffers with a stable address ([`IoBuf`], [`IoBufMut`]);
 //! - [`bufpool`]: buffer pools for reads whose buffer is chosen when data
 //!   arrives ([`BufPool`], [`PooledBuf`]);
+//! - [`fixedbuf`]: registered buffers for fixed reads and writes
+//!   ([`FixedBufRegistry`], [`FixedBuf`]);
 //! - [`op`]: the operations ([`Op`]), defined once for every backend;
 //! - [`lifecycle`]: the one op lifecycle (in-flight table, per-fd order,
 //!   close protocol, cancellation) every backend keeps;
@@ -20,6 +22,7 @@ pub mod buf;
 pub mod bufpool;
 pub mod compat;
 pub mod driver;
+pub mod fixedbuf;
 #[path = "runtime/fsops.rs"]
 pub mod fs;
 pub mod lifecycle;
@@ -34,6 +37,7 @@ pub use bufpool::{BufPool, PooledBuf};
 pub use driver::{
     Capabilities, Completion, Driver, DriverWaker, Ready, SubmitError, Support, Wake,
 };
+pub use fixedbuf::{FixedBuf, FixedBufRegistry};
 pub use op::{CancelTarget, Direction, FileStat, Offset, Op, OpId, OpKind, ShutdownHow, SockAddr};
 pub use port::{CompletionPort, GetError, PortEntry, SendFile, TimerId};
 pub use runtime::{spawn, yield_now, JoinError, JoinHandle, Runtime, UnhandledPanic};

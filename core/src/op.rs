@@ -9,6 +9,7 @@
 
 use crate::buf::{AnyBuf, AnyBufMut};
 use crate::bufpool::{BufPool, PooledBuf};
+use crate::fixedbuf::FixedBuf;
 use std::ffi::CString;
 use std::io;
 use std::mem;
@@ -434,6 +435,30 @@ pub enum Op {
         /// Output: the bytes read, in a buffer of the pool.
         got: Option<PooledBuf>,
     },
+    /// `pread` (or `read` at [`Offset::Current`]) into a registered buffer
+    /// (see [`crate::fixedbuf`]): io_uring's READ_FIXED where the buffer's
+    /// registry is registered with the ring, a plain read elsewhere. The
+    /// buffer is filled from its start; its length becomes the count read.
+    ReadFixed {
+        /// The fd.
+        fd: RawFd,
+        /// Where in the fd.
+        offset: Offset,
+        /// The buffer, owned by the op until its completion.
+        buf: FixedBuf,
+    },
+    /// `pwrite` (or `write` at [`Offset::Current`]) of a registered
+    /// buffer's bytes (its length): io_uring's WRITE_FIXED where its registry
+    /// is registered with the ring, a plain write elsewhere. At the current
+    /// position a stream write (it completes when every byte is written).
+    WriteFixed {
+        /// The fd.
+        fd: RawFd,
+        /// Where in the fd.
+        offset: Offset,
+        /// The bytes to write, owned by the op until its completion.
+        buf: FixedBuf,
+    },
     /// `send` on a socket (always with `MSG_NOSIGNAL`). On a stream socket it
     /// completes only when every byte is sent, or on error.
     Send {
@@ -754,6 +779,8 @@ op_kinds! {
     Fallocate => "fallocate": "[`Op::Fallocate`]",
     Ftruncate => "ftruncate": "[`Op::Ftruncate`]",
     SendFile => "sendfile": "[`Op::SendFile`]",
+    ReadFixed => "read_fixed": "[`Op::ReadFixed`]",
+    WriteFixed => "write_fixed": "[`Op::WriteFixed`]",
 }
 
 impl Op {
@@ -782,7 +809,9 @@ impl Op {
             | Op::Poll { fd, .. }
             | Op::Fallocate { fd, .. }
             | Op::Ftruncate { fd, .. }
-            | Op::SendFile { fd, .. } => Some(fd),
+            | Op::SendFile { fd, .. }
+            | Op::ReadFixed { fd, .. }
+            | Op::WriteFixed { fd, .. } => Some(fd),
             // An open beneath a directory works on it: a close of the
             // directory waits for the open, so the number is never reused
             // (and the rules applied to another directory) under it.
@@ -807,12 +836,19 @@ impl Op {
     /// fd and direction.
     pub fn direction(&self) -> Option<Direction> {
         match self {
-            Op::Read { offset, .. } | Op::Readv { offset, .. } | Op::ReadPooled { offset, .. }
+            Op::Read { offset, .. }
+            | Op::Readv { offset, .. }
+            | Op::ReadPooled { offset, .. }
+            | Op::ReadFixed { offset, .. }
                 if *offset == Offset::Current =>
             {
                 Some(Direction::Read)
             }
-            Op::Write { offset, .. } | Op::Writev { offset, .. } if *offset == Offset::Current => {
+            Op::Write { offset, .. }
+            | Op::Writev { offset, .. }
+            | Op::WriteFixed { offset, .. }
+                if *offset == Offset::Current =>
+            {
                 Some(Direction::Write)
             }
             Op::Recv { .. }
@@ -873,6 +909,15 @@ impl Op {
         }
     }
 
+    /// The registered buffer the op carries (a fixed read or write), given
+    /// back.
+    pub fn into_fixed_buf(self) -> Option<FixedBuf> {
+        match self {
+            Op::ReadFixed { buf, .. } | Op::WriteFixed { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+
     /// Checks what can be checked before any syscall: socket addresses, the
     /// fd not being negative, the iovec count. Every backend calls this at
     /// submit, so bad input gets the same error everywhere.
@@ -884,7 +929,9 @@ impl Op {
         | Op::Write { offset, .. }
         | Op::Readv { offset, .. }
         | Op::Writev { offset, .. }
-        | Op::ReadPooled { offset, .. } = self
+        | Op::ReadPooled { offset, .. }
+        | Op::ReadFixed { offset, .. }
+        | Op::WriteFixed { offset, .. } = self
         {
             offset.validate()?;
         }

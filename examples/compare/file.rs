@@ -146,21 +146,69 @@ pub fn driver_randread(
     warmup: Duration,
     dur: Duration,
 ) -> io::Result<Measured> {
-    let mut d = open_driver(b, pool_only)?;
+    driver_randread_with(open_driver(b, pool_only)?, false, tf, qd, warmup, dur)
+}
+
+/// [`driver_randread`] with registered buffers: `Op::ReadFixed` from one
+/// `FixedBufRegistry` of `qd` blocks (READ_FIXED on io_uring, a plain read
+/// elsewhere). On io_uring, `registered` says whether the ring registers
+/// the buffers (off: the same ops go as plain reads, the comparison's other
+/// half) and `files` whether it registers the file too (IOSQE_FIXED_FILE).
+pub fn driver_randread_fixed(
+    b: Backend,
+    (registered, files): (bool, bool),
+    tf: &TestFile,
+    qd: usize,
+    warmup: Duration,
+    dur: Duration,
+) -> io::Result<Measured> {
+    let d: Box<dyn Driver> = match b {
+        #[cfg(target_os = "linux")]
+        Backend::Uring => Box::new(
+            ringport::UringDriver::builder()
+                .fixed_buffers(registered)
+                .register_files(files)
+                .build()?,
+        ),
+        _ => {
+            let _ = (registered, files);
+            ringport::driver(b)?
+        }
+    };
+    driver_randread_with(d, true, tf, qd, warmup, dur)
+}
+
+fn driver_randread_with(
+    mut d: Box<dyn Driver>,
+    fixed: bool,
+    tf: &TestFile,
+    qd: usize,
+    warmup: Duration,
+    dur: Duration,
+) -> io::Result<Measured> {
     let f = std::fs::File::open(&tf.path)?;
     let fd = f.as_raw_fd();
     let offs = tf.offsets.clone();
     let mut i = 0usize;
     let mut next = || {
         i += 1;
-        offs[(i - 1) % offs.len()]
+        ringport::Offset::At(offs[(i - 1) % offs.len()])
     };
+    let reg = ringport::FixedBufRegistry::new(qd, BLOCK)?;
     let mut started: Vec<Option<Instant>> = vec![None; qd];
     for tok in 0..qd {
-        let op = Op::Read {
-            fd,
-            offset: ringport::Offset::At(next()),
-            buf: ringport::AnyBufMut::new(vec![0u8; BLOCK]),
+        let op = if fixed {
+            Op::ReadFixed {
+                fd,
+                offset: next(),
+                buf: reg.take()?,
+            }
+        } else {
+            Op::Read {
+                fd,
+                offset: next(),
+                buf: ringport::AnyBufMut::new(vec![0u8; BLOCK]),
+            }
         };
         d.submit(op, tok as u64, None).map_err(|e| e.error)?;
     }
@@ -186,17 +234,23 @@ pub fn driver_randread(
                 if let Some(t) = started[tok].take() {
                     lat.record(t.elapsed());
                 }
-                let Op::Read { buf, .. } = c.op else {
-                    return Err(io::Error::other("the driver returned another op"));
-                };
                 if sample {
                     started[tok] = Some(Instant::now());
                     sample = false;
                 }
-                let op = Op::Read {
-                    fd,
-                    offset: ringport::Offset::At(next()),
-                    buf,
+                // The same buffer goes again, at the next offset.
+                let op = match c.op {
+                    Op::Read { buf, .. } => Op::Read {
+                        fd,
+                        offset: next(),
+                        buf,
+                    },
+                    Op::ReadFixed { buf, .. } => Op::ReadFixed {
+                        fd,
+                        offset: next(),
+                        buf,
+                    },
+                    _ => return Err(io::Error::other("the driver returned another op")),
                 };
                 d.submit(op, tok as u64, None).map_err(|e| e.error)?;
                 ops += 1;

@@ -318,6 +318,25 @@ fn plan_randread(p: &mut Plan, avail: &[(Backend, Result<(), String>)], fio: boo
                 model_of(b),
                 move |c| file::runtime_randread(b, false, c.tf()?, qd, c.warmup, c.dur),
             );
+            // Registered buffers (READ_FIXED), with the file registered too,
+            // against the same ops with the registration off (plain READ),
+            // on io_uring only.
+            #[cfg(target_os = "linux")]
+            if b == Backend::Uring {
+                for (name, how) in [
+                    ("fixed buffers", (true, false)),
+                    ("fixed buffers + registered file", (true, true)),
+                    ("fixed ops, unregistered", (false, false)),
+                ] {
+                    p.job(
+                        W,
+                        &v,
+                        &format!("ringport/{b} driver, {name}"),
+                        model_of(b),
+                        move |c| file::driver_randread_fixed(b, how, c.tf()?, qd, c.warmup, c.dur),
+                    );
+                }
+            }
             // The shim first reads from the page cache inline (RWF_NOWAIT);
             // these rows measure its thread pool alone, the readiness
             // model's only way to do file I/O.

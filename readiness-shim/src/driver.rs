@@ -639,6 +639,8 @@ impl ShimDriver {
                 | Op::Readv { .. }
                 | Op::Writev { .. }
                 | Op::ReadPooled { .. }
+                | Op::ReadFixed { .. }
+                | Op::WriteFixed { .. }
                 | Op::Fsync { .. }
                 | Op::Stat { .. }
         );

@@ -192,5 +192,14 @@ macro_rules! conformance {
         $crate::case!($t, z3_send_file_keeps_stream_order);
         $crate::case!($t, z4_send_file_to_gone_peer);
         $crate::case!($t, z5_ended_send_file_reports_bytes_out);
+        // Registered (fixed) buffers
+        $crate::case!($t, fx1_fixed_reads_and_writes_match_std);
+        $crate::case!($t, fx2_the_buffer_returns_to_the_registry_on_drop);
+        $crate::case!($t, fx3_an_exhausted_registry_is_enobufs_at_once);
+        $crate::case!($t, fx4_driver_drop_with_a_fixed_read_in_flight);
+        $crate::case!($t, fx5_runtime_drop_with_a_fixed_read_in_flight);
+        $crate::case!($t, fx6_cancel_mid_read);
+        $crate::case!($t, fx7_fixed_stream_write_completes_whole);
+        $crate::case!($t, fx8_many_registries_each_read_byte_exact);
     };
 }

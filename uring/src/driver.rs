@@ -8,6 +8,7 @@
 //! (push, enter, reap) in `ring.rs`.
 
 use crate::bufring;
+use crate::fixed::{FileTable, FixedTable};
 use crate::ops::{self, Extra};
 use crate::ring::{abs_timespec, errno_name, ignore_intr, setup, DEFER};
 use crate::UringBuilder;
@@ -86,6 +87,10 @@ pub struct UringDriver {
     pub(crate) cqe_batch: Vec<(u64, i32, u32)>,
     /// Buffer pools registered as provided-buffer rings (by first use).
     pools: Vec<bufring::Registered>,
+    /// Registries of fixed buffers registered in the ring's buffer table.
+    fixed: FixedTable,
+    /// Fds registered in the ring's file table (`UringBuilder::register_files`).
+    files: FileTable,
 }
 
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
@@ -115,7 +120,7 @@ impl UringDriver {
             ));
         }
         let mut probe = io_uring::Probe::new();
-        let caps = match ring.submitter().register_probe(&mut probe) {
+        let (caps, fixed) = match ring.submitter().register_probe(&mut probe) {
             Ok(()) => {
                 let mut caps = Capabilities::all(Support::Native);
                 for k in OpKind::ALL {
@@ -123,7 +128,12 @@ impl UringDriver {
                         caps.set(k, Support::Unsupported);
                     }
                 }
-                caps
+                let fixed = FixedTable::new(
+                    b.fixed_buffers,
+                    probe.is_supported(opcode::ReadFixed::CODE),
+                    probe.is_supported(opcode::WriteFixed::CODE),
+                );
+                (caps, fixed)
             }
             Err(e) => {
                 return Err(io::Error::new(
@@ -155,6 +165,8 @@ impl UringDriver {
             enter_flags: 0,
             cqe_batch: Vec::with_capacity(256),
             pools: Vec::new(),
+            fixed,
+            files: FileTable::new(b.register_files),
             flags_used,
         })
     }
@@ -200,8 +212,12 @@ impl UringDriver {
     /// table; anything else goes to the kernel.
     #[inline]
     fn start(&mut self, key: usize) {
-        if let Some(Op::Cancel { target }) = self.life.slot(key).op {
-            return self.life.run_cancel_op(key, target);
+        match self.life.slot(key).op {
+            Some(Op::Cancel { target }) => return self.life.run_cancel_op(key, target),
+            // The fd's ops have ended: its file-table slot goes before the
+            // number can be reused.
+            Some(Op::Close { fd }) => self.files.release(&self.ring, fd),
+            _ => {}
         }
         if let Err(e) = self.issue(key) {
             self.life.finish(key, Err(e));
@@ -225,10 +241,44 @@ impl UringDriver {
         Ok(bgid)
     }
 
+    /// How many fixed-buffer registries the ring has registered (each one
+    /// entry of its buffer table; a registry the kernel refused is not
+    /// counted: its ops are plain reads and writes).
+    pub fn fixed_registries(&self) -> usize {
+        self.fixed.registered()
+    }
+
+    /// How many fds are registered in the ring's file table now (with
+    /// `UringBuilder::register_files`).
+    pub fn registered_files(&self) -> usize {
+        self.files.registered()
+    }
+
     /// Gives slot `key`'s op to the kernel.
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
-        let bgid = match &self.life.slot(key).op {
+        let mut reg = ops::Registered::default();
+        match &self.life.slot(key).op {
+            Some(Op::ReadFixed { buf, .. }) => {
+                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), false)
+            }
+            Some(Op::WriteFixed { buf, .. }) => {
+                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), true)
+            }
+            _ => {}
+        }
+        if let Some(
+            Op::Read { fd, offset, .. }
+            | Op::Write { fd, offset, .. }
+            | Op::ReadFixed { fd, offset, .. }
+            | Op::WriteFixed { fd, offset, .. },
+        ) = &self.life.slot(key).op
+        {
+            if offset.at().is_some() {
+                reg.file_slot = self.files.slot_for(&self.ring, *fd);
+            }
+        }
+        reg.bgid = match &self.life.slot(key).op {
             Some(
                 Op::RecvPooled { pool, .. }
                 | Op::ReadPooled { pool, .. }
@@ -244,7 +294,7 @@ impl UringDriver {
         slot.extra.polling = false;
         let progress = slot.progress;
         let op = slot.op.as_mut().expect("a uring op never leaves its slot");
-        let e = ops::prepare(op, &mut slot.extra.extra, progress, bgid).user_data(ud);
+        let e = ops::prepare(op, &mut slot.extra.extra, progress, reg).user_data(ud);
         let ts = slot.extra.deadline_ptr();
         self.push(e, ts)
     }
@@ -588,6 +638,10 @@ impl Drop for UringDriver {
             cleanly = self.life.live() == 0 && !self.waker_armed;
         }
         self.life.drop_ready();
+        // The file table lets go of its files now, not when the ring is
+        // torn down (later, asynchronously, or not before the thread exits
+        // while the ring fd is registered): a closed fd's file really closes.
+        self.files.unregister(&self.ring);
         // The fds' ops have ended (or the grace ran out: then the kernel keeps
         // its own reference to the file until they do), so the numbers go now.
         for fd in parked_closes {
@@ -601,6 +655,7 @@ impl Drop for UringDriver {
             for r in std::mem::take(&mut self.pools) {
                 bufring::unregister(&self.ring, r);
             }
+            self.fixed.unregister(&self.ring);
         } else {
             // The kernel may still write into these: leak them, never free
             // early (the rings and their pools with them).

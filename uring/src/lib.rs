@@ -24,6 +24,7 @@
 
 mod bufring;
 mod driver;
+mod fixed;
 mod ops;
 mod ring;
 
@@ -37,6 +38,8 @@ pub struct UringBuilder {
     pub(crate) entries: u32,
     pub(crate) cq_entries: Option<u32>,
     pub(crate) defer_taskrun: bool,
+    pub(crate) fixed_buffers: bool,
+    pub(crate) register_files: bool,
 }
 
 impl Default for UringBuilder {
@@ -45,6 +48,8 @@ impl Default for UringBuilder {
             entries: 256,
             cq_entries: None,
             defer_taskrun: true,
+            fixed_buffers: true,
+            register_files: false,
         }
     }
 }
@@ -63,6 +68,24 @@ impl UringBuilder {
     /// Whether to try `SINGLE_ISSUER | DEFER_TASKRUN` (default: yes).
     pub fn defer_taskrun(mut self, on: bool) -> Self {
         self.defer_taskrun = on;
+        self
+    }
+    /// Whether fixed reads and writes use registered buffers
+    /// (`READ_FIXED`/`WRITE_FIXED`; default: yes, where the kernel has
+    /// them). Off, they are plain reads and writes of the same memory.
+    pub fn fixed_buffers(mut self, on: bool) -> Self {
+        self.fixed_buffers = on;
+        self
+    }
+    /// Whether positional reads and writes register their fd in the ring's
+    /// file table on first use and then name its slot (`IOSQE_FIXED_FILE`),
+    /// which saves the kernel's fd lookup per op (default: no). The slot is
+    /// released when the fd is closed through the driver, as every fd must
+    /// be: with this on, an fd closed by hand leaves its file in the table,
+    /// and a later file given the same number would be read through the old
+    /// slot.
+    pub fn register_files(mut self, on: bool) -> Self {
+        self.register_files = on;
         self
     }
     /// Sets up the ring and probes it.

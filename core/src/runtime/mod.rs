@@ -18,6 +18,7 @@
 
 mod blocking;
 mod builder;
+mod fixed;
 mod fs;
 mod multishot;
 pub(crate) mod net;

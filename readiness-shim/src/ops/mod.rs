@@ -71,7 +71,9 @@ pub(crate) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
         | Op::Write { .. }
         | Op::Readv { .. }
         | Op::Writev { .. }
-        | Op::ReadPooled { .. } => rw::attempt(op, progress),
+        | Op::ReadPooled { .. }
+        | Op::ReadFixed { .. }
+        | Op::WriteFixed { .. } => rw::attempt(op, progress),
         Op::Recv { .. }
         | Op::RecvPooled { .. }
         | Op::Send { .. }
@@ -123,7 +125,9 @@ pub(crate) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
         | Op::Write { .. }
         | Op::Readv { .. }
         | Op::Writev { .. }
-        | Op::ReadPooled { .. } => rw::perform_blocking(op),
+        | Op::ReadPooled { .. }
+        | Op::ReadFixed { .. }
+        | Op::WriteFixed { .. } => rw::perform_blocking(op),
         Op::Fsync { .. }
         | Op::OpenAt { .. }
         | Op::Stat { .. }

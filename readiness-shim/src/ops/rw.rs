@@ -1,4 +1,5 @@
-//! Read, write, readv, writev: on streams one non-blocking attempt each; on
+//! Read, write, readv, writev, and the fixed (registered-buffer) read and
+//! write, which here are a plain read and write of the buffer: on streams one non-blocking attempt each; on
 //! regular files a blocking call on a pool thread, or a read tried inline
 //! from the page cache first.
 
@@ -28,20 +29,32 @@ pub(crate) enum Nowait {
 /// is lost or moved).
 pub(crate) fn read_nowait(op: &mut Op) -> Nowait {
     #[cfg(target_os = "linux")]
-    if let Op::Read { fd, offset, buf } = op {
-        let Offset::At(at) = *offset else {
+    if let Op::Read { fd, offset, .. } | Op::ReadFixed { fd, offset, .. } = op {
+        let (fd, offset) = (*fd, *offset);
+        let Offset::At(at) = offset else {
             return Nowait::Pool;
         };
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.capacity(),
+        let iov = match op {
+            Op::Read { buf, .. } => libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.capacity(),
+            },
+            Op::ReadFixed { buf, .. } => libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.capacity(),
+            },
+            _ => unreachable!("matched above"),
         };
         // SAFETY: the iovec points at the op's buffer, `capacity` writable
         // bytes the op owns for the length of this call.
-        let r = unsafe { libc::preadv2(*fd, &iov, 1, at as libc::off_t, libc::RWF_NOWAIT) };
+        let r = unsafe { libc::preadv2(fd, &iov, 1, at as libc::off_t, libc::RWF_NOWAIT) };
         if r >= 0 && r as usize == iov.iov_len {
-            // SAFETY: the kernel wrote all r bytes at the buffer's start.
-            unsafe { buf.set_init(r as usize) };
+            match op {
+                // SAFETY: the kernel wrote all r bytes at the buffer's start.
+                Op::Read { buf, .. } => unsafe { buf.set_init(r as usize) },
+                Op::ReadFixed { buf, .. } => buf.filled(r as usize),
+                _ => {}
+            }
             return Nowait::Done(r as usize);
         }
         if r < 0 {
@@ -104,6 +117,38 @@ pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
         Op::Write { fd, offset, buf } => {
             let (f, p, n, off) = (*fd, buf.as_ptr(), buf.len(), offset.to_raw());
             // SAFETY: p points at n initialised bytes owned by the op.
+            attempt_of(retry(|| unsafe {
+                libc::pwrite(f, p.cast(), n, off as libc::off_t)
+            }))
+        }
+        Op::ReadFixed { fd, offset, buf } => {
+            let (f, at, p, n) = (*fd, *offset, buf.as_mut_ptr(), buf.capacity());
+            let r = retry(|| {
+                // SAFETY: p points at the n bytes of the registered buffer
+                // the op owns.
+                unsafe {
+                    match at {
+                        Offset::Current => libc::read(f, p.cast(), n),
+                        Offset::At(at) => libc::pread(f, p.cast(), n, at as libc::off_t),
+                    }
+                }
+            });
+            if let Ok(n) = r {
+                buf.filled(n);
+            }
+            attempt_of(r)
+        }
+        Op::WriteFixed { fd, offset, buf } if *offset == Offset::Current => {
+            let (f, base, len) = (*fd, buf.as_ptr(), buf.len());
+            // SAFETY: base + progress stays within the len bytes of the buffer.
+            write_all(progress, len, |done| unsafe {
+                libc::write(f, base.add(done).cast(), len - done)
+            })
+        }
+        Op::WriteFixed { fd, offset, buf } => {
+            let (f, p, n, off) = (*fd, buf.as_ptr(), buf.len(), offset.to_raw());
+            // SAFETY: p points at the n bytes of the registered buffer the
+            // op owns.
             attempt_of(retry(|| unsafe {
                 libc::pwrite(f, p.cast(), n, off as libc::off_t)
             }))
@@ -171,7 +216,11 @@ fn perform_vectored(op: &mut Op) -> io::Result<usize> {
 /// A read or write with blocking syscalls (on a pool thread).
 pub(super) fn perform_blocking(op: &mut Op) -> io::Result<usize> {
     match op {
-        Op::Read { .. } | Op::Write { .. } | Op::ReadPooled { .. } => {
+        Op::Read { .. }
+        | Op::Write { .. }
+        | Op::ReadPooled { .. }
+        | Op::ReadFixed { .. }
+        | Op::WriteFixed { .. } => {
             let mut progress = 0;
             match attempt(op, &mut progress) {
                 // Not a multishot op: no `Shot` comes from it.

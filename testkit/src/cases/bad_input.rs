@@ -184,7 +184,26 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
             offset: 0,
             len: 4,
         },
+        OpKind::ReadFixed => Op::ReadFixed {
+            fd: file,
+            offset: Offset::At(0),
+            buf: fixed_buf(0),
+        },
+        OpKind::WriteFixed => Op::WriteFixed {
+            fd: p.wfd(),
+            offset: Offset::Current,
+            buf: fixed_buf(4),
+        },
     }
+}
+
+/// A registered buffer of 8 bytes holding `len` of them.
+fn fixed_buf(len: usize) -> ringport::FixedBuf {
+    let mut b = ringport::FixedBufRegistry::new(1, 8)
+        .and_then(|r| r.take())
+        .expect("a fixed buffer");
+    b.set_len(len);
+    b
 }
 
 /// Capabilities tell the truth: every kind the backend reports as

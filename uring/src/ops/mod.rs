@@ -61,9 +61,21 @@ pub(crate) enum Step {
     Fail(io::Error),
 }
 
-/// The SQE for `op`, with `progress` bytes of a stream write already done;
-/// `bgid` is the provided-buffer group of a pooled read (the driver
-/// registers its pool first; other ops ignore it).
+/// What the driver registered with the ring for one op, before its SQE is
+/// made: each field matters only to the ops that name it.
+#[derive(Copy, Clone, Default)]
+pub(crate) struct Registered {
+    /// The provided-buffer group of a pooled read.
+    pub(crate) bgid: u16,
+    /// The buffer-table entry of a fixed read or write (`None`: plain).
+    pub(crate) buf_entry: Option<u16>,
+    /// The file-table slot of a positional read or write's fd (`None`:
+    /// the fd itself).
+    pub(crate) file_slot: Option<u32>,
+}
+
+/// The SQE for `op`, with `progress` bytes of a stream write already done,
+/// using what the driver registered for it (`reg`).
 ///
 /// Unknown-to-uring ops never get here: `submit` refuses them first.
 #[inline]
@@ -71,12 +83,13 @@ pub(crate) fn prepare(
     op: &mut Op,
     extra: &mut Option<Box<Extra>>,
     progress: usize,
-    bgid: u16,
+    reg: Registered,
 ) -> squeue::Entry {
+    let (bgid, file) = (reg.bgid, reg.file_slot);
     match op {
         Op::Nop => ctl::nop(),
-        Op::Read { fd, offset, buf } => rw::read(*fd, *offset, buf),
-        Op::Write { fd, offset, buf } => rw::write(*fd, *offset, buf, progress),
+        Op::Read { fd, offset, buf } => rw::read(*fd, file, *offset, buf),
+        Op::Write { fd, offset, buf } => rw::write(*fd, file, *offset, buf, progress),
         Op::Readv { fd, offset, bufs } => rw::readv(*fd, *offset, bufs, extra),
         Op::Writev { fd, offset, bufs } => rw::writev(*fd, *offset, bufs, extra),
         Op::Recv { fd, buf, flags } => net::recv(*fd, buf, *flags),
@@ -147,6 +160,10 @@ pub(crate) fn prepare(
             offset,
             len,
         } => splice::send_file(*fd, file.as_raw_fd(), *offset, *len, extra),
+        Op::ReadFixed { fd, offset, buf } => rw::read_fixed(*fd, file, *offset, buf, reg.buf_entry),
+        Op::WriteFixed { fd, offset, buf } => {
+            rw::write_fixed(*fd, file, *offset, buf, progress, reg.buf_entry)
+        }
     }
 }
 
@@ -167,6 +184,10 @@ pub(crate) fn complete(
             return rw::pooled_done(pool, got, n, cqe_flags);
         }
         Op::Read { buf, .. } => rw::read_done(buf, n),
+        Op::ReadFixed { buf, .. } => buf.filled(n),
+        Op::WriteFixed { offset, buf, .. } => {
+            return rw::write_fixed_done(*offset, buf, progress, n, cancel_requested)
+        }
         Op::Recv { buf, .. } => net::recv_done(buf, n),
         Op::RecvFrom { buf, addr, .. } => net::recvfrom_done(buf, addr, extra, n),
         Op::Readv { bufs, .. } => rw::readv_done(bufs, n),
@@ -235,6 +256,10 @@ pub(crate) fn opcode_of(kind: OpKind) -> u8 {
         OpKind::Fallocate => opcode::Fallocate::CODE,
         OpKind::Ftruncate => opcode::Ftruncate::CODE,
         OpKind::SendFile => opcode::Splice::CODE,
+        // A plain read or write is the fallback when READ_FIXED or
+        // WRITE_FIXED is missing (probed on its own: `fixed.rs`).
+        OpKind::ReadFixed => opcode::Read::CODE,
+        OpKind::WriteFixed => opcode::Write::CODE,
     }
 }
 

@@ -6,14 +6,38 @@ use super::{clamp, scratch, stream_write_step, Extra, Scratch, Step};
 use io_uring::{opcode, squeue, types};
 use ringport_core::buf::{AnyBuf, AnyBufMut};
 use ringport_core::bufpool::{BufPool, PooledBuf};
+use ringport_core::fixedbuf::FixedBuf;
 use ringport_core::op::Offset;
 use std::os::fd::RawFd;
 
+/// Builds an SQE on `fd`, or on its registered file-table slot when it has
+/// one (`IOSQE_FIXED_FILE`): `$make` is called with the target.
+macro_rules! on_file {
+    ($fd:expr, $slot:expr, |$t:ident| $make:expr) => {
+        match $slot {
+            Some(i) => {
+                let $t = types::Fixed(i);
+                $make
+            }
+            None => {
+                let $t = types::Fd($fd);
+                $make
+            }
+        }
+    };
+}
+
 #[inline]
-pub(super) fn read(fd: RawFd, offset: Offset, buf: &mut AnyBufMut) -> squeue::Entry {
-    opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), clamp(buf.capacity()))
+pub(super) fn read(
+    fd: RawFd,
+    file: Option<u32>,
+    offset: Offset,
+    buf: &mut AnyBufMut,
+) -> squeue::Entry {
+    let (ptr, len) = (buf.as_mut_ptr(), clamp(buf.capacity()));
+    on_file!(fd, file, |t| opcode::Read::new(t, ptr, len)
         .offset(offset.to_raw())
-        .build()
+        .build())
 }
 
 /// A read whose buffer the kernel picks from group `bgid` when data is there.
@@ -27,13 +51,20 @@ pub(super) fn read_pooled(fd: RawFd, offset: Offset, pool: &BufPool, bgid: u16) 
 
 /// `progress` bytes of the write are already done.
 #[inline]
-pub(super) fn write(fd: RawFd, offset: Offset, buf: &AnyBuf, progress: usize) -> squeue::Entry {
+pub(super) fn write(
+    fd: RawFd,
+    file: Option<u32>,
+    offset: Offset,
+    buf: &AnyBuf,
+    progress: usize,
+) -> squeue::Entry {
     let done = progress.min(buf.len());
     // SAFETY: done <= len, so the pointer stays inside the buffer.
     let ptr = unsafe { buf.as_ptr().add(done) };
-    opcode::Write::new(types::Fd(fd), ptr, clamp(buf.len() - done))
-        .offset(offset.advanced(done).to_raw())
-        .build()
+    let (len, at) = (clamp(buf.len() - done), offset.advanced(done).to_raw());
+    on_file!(fd, file, |t| opcode::Write::new(t, ptr, len)
+        .offset(at)
+        .build())
 }
 
 pub(super) fn readv(
@@ -107,6 +138,65 @@ pub(super) fn pooled_done(
         }
     }
     Step::Done(n)
+}
+
+/// A read into a registered buffer: READ_FIXED naming table entry `entry`,
+/// or a plain read of the same memory when the ring has no entry for it.
+pub(super) fn read_fixed(
+    fd: RawFd,
+    file: Option<u32>,
+    offset: Offset,
+    buf: &mut FixedBuf,
+    entry: Option<u16>,
+) -> squeue::Entry {
+    let (ptr, len, at) = (buf.as_mut_ptr(), clamp(buf.capacity()), offset.to_raw());
+    match entry {
+        Some(i) => on_file!(fd, file, |t| opcode::ReadFixed::new(t, ptr, len, i)
+            .offset(at)
+            .build()),
+        None => on_file!(fd, file, |t| opcode::Read::new(t, ptr, len)
+            .offset(at)
+            .build()),
+    }
+}
+
+/// A write of a registered buffer's bytes, `progress` of them already done:
+/// WRITE_FIXED naming table entry `entry`, or a plain write.
+pub(super) fn write_fixed(
+    fd: RawFd,
+    file: Option<u32>,
+    offset: Offset,
+    buf: &FixedBuf,
+    progress: usize,
+    entry: Option<u16>,
+) -> squeue::Entry {
+    let done = progress.min(buf.len());
+    // SAFETY: done <= len, so the pointer stays inside the buffer.
+    let ptr = unsafe { buf.as_ptr().add(done) };
+    let (len, at) = (clamp(buf.len() - done), offset.advanced(done).to_raw());
+    match entry {
+        Some(i) => on_file!(fd, file, |t| opcode::WriteFixed::new(t, ptr, len, i)
+            .offset(at)
+            .build()),
+        None => on_file!(fd, file, |t| opcode::Write::new(t, ptr, len)
+            .offset(at)
+            .build()),
+    }
+}
+
+/// A fixed write of `n` more bytes: the same rule as [`write_done`].
+pub(super) fn write_fixed_done(
+    offset: Offset,
+    buf: &FixedBuf,
+    progress: &mut usize,
+    n: usize,
+    cancel_requested: bool,
+) -> Step {
+    if offset == Offset::Current {
+        stream_write_step(buf.len(), progress, n, cancel_requested)
+    } else {
+        Step::Done(n)
+    }
 }
 
 /// A readv of `n` bytes fills the buffers in order.
