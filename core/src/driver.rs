@@ -345,20 +345,24 @@ pub fn fd_closing(fd: RawFd) -> io::Error {
 /// The checks every driver makes before it accepts `op`, in the same order
 /// everywhere: the op's own input ([`Op::validate`]: fd range, offsets,
 /// addresses, iovec count), the backend's support for its kind, and no close
-/// pending on its fd (`closing` says whether one is, for a valid fd). The
+/// pending on its fd or its second fd ([`Op::pinned_fd`]; `closing` says whether one is, for a valid fd). The
 /// caller hands the op back with the error in a `SubmitError`.
 #[inline]
 pub fn admit(
     op: &Op,
     caps: &Capabilities,
     backend: &str,
-    closing: impl FnOnce(RawFd) -> bool,
+    closing: impl Fn(RawFd) -> bool,
 ) -> io::Result<()> {
     op.validate()?;
     if caps.get(op.kind()) == Support::Unsupported {
         return Err(unsupported_error(op.kind(), backend));
     }
     match op.fd() {
+        Some(fd) if closing(fd) => return Err(fd_closing(fd)),
+        _ => {}
+    }
+    match op.pinned_fd() {
         Some(fd) if closing(fd) => Err(fd_closing(fd)),
         _ => Ok(()),
     }

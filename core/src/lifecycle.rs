@@ -137,11 +137,14 @@ const NO_FD: RawFd = -1;
 
 #[derive(Default)]
 struct FdState {
-    /// Ops on this fd not yet completed (a pending close not counted).
+    /// Ops on this fd not yet completed (a pending close not counted),
+    /// those that hold it as their second fd ([`Op::pinned_fd`]) included.
     ops: u32,
     running: [bool; 2],
     queue: [VecDeque<usize>; 2],
     closing: Option<usize>,
+    /// The backend's marks on the fd ([`InFlight::mark_fd`]).
+    marks: u8,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -219,6 +222,17 @@ impl<X> InFlight<X> {
             .is_some_and(|s| s.closing.is_some())
     }
 
+    /// Sets the backend's mark `bit` on `fd` (for example "made
+    /// non-blocking") and says whether it was set already. The marks last
+    /// until a close of `fd` through this table completes, so none outlives
+    /// the file it was made for. `fd` must be one an admitted op names.
+    pub fn mark_fd(&mut self, fd: RawFd, bit: u8) -> bool {
+        let st = self.fd_state(fd);
+        let was = st.marks & bit != 0;
+        st.marks |= bit;
+        was
+    }
+
     fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
         // Only fds of ops that passed `Op::validate` get here: never
         // negative, never beyond the hard open-file limit.
@@ -251,6 +265,7 @@ impl<X> InFlight<X> {
             return Err(SubmitError { error, op });
         }
         let fd = op.fd();
+        let pinned = op.pinned_fd();
         let dir = if fd.is_some() { op.direction() } else { None };
         let is_close = matches!(op, Op::Close { .. });
         let generation = self.next_generation;
@@ -272,6 +287,10 @@ impl<X> InFlight<X> {
             extra,
         });
         let id = OpId::new(key as u32, generation);
+        if let Some(p) = pinned {
+            // A close of the second fd waits for this op as for its own.
+            self.fd_state(p).ops += 1;
+        }
         let Some(fd) = fd else {
             return Ok((id, key, Admitted::Start));
         };
@@ -304,6 +323,10 @@ impl<X> InFlight<X> {
     /// backend refused before it ran (it is then as if never submitted).
     pub fn retract(&mut self, key: usize) -> Op {
         let slot = self.slots.remove(key);
+        if let Some(p) = slot.op.as_ref().and_then(Op::pinned_fd) {
+            let st = self.fd_state(p);
+            st.ops = st.ops.saturating_sub(1);
+        }
         if let Some(fd) = slot.fd() {
             let st = self.fd_state(fd);
             if slot.is_close {
@@ -499,11 +522,17 @@ impl<X> InFlight<X> {
         slot.stage = Stage::Done;
         slot.outcome = Some(result);
         let (fd, dir, is_close) = (slot.fd(), slot.dir, slot.is_close);
+        let pinned = slot.op.as_ref().and_then(Op::pinned_fd);
         self.ready.push(Ready {
             id,
             token: slot.token,
         });
         self.done += 1;
+        if let Some(p) = pinned {
+            let st = self.fd_state(p);
+            st.ops = st.ops.saturating_sub(1);
+            self.close_if_due(p);
+        }
         let Some(fd) = fd else { return };
         if is_close {
             // The fd's number may now name another file: forget it all.
@@ -529,6 +558,11 @@ impl<X> InFlight<X> {
                 st.queue[i].retain(|&k| k != key);
             }
         }
+        self.close_if_due(fd);
+    }
+
+    /// Starts `fd`'s parked close once no op holds the fd any more.
+    fn close_if_due(&mut self, fd: RawFd) {
         let st = self.fd_state(fd);
         if st.ops == 0 {
             if let Some(c) = st.closing {
@@ -570,16 +604,18 @@ impl<X> InFlight<X> {
         Ok(())
     }
 
-    /// Asks every op on `fd` (not a pending close) to end; returns how many.
+    /// Asks every op on `fd` (not a pending close), and every op holding it
+    /// as its second fd, to end; returns how many.
     pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
         if fd < 0 {
             // No op has a negative fd (ops without one are kept as NO_FD).
             return 0;
         }
+        let on_fd = |s: &Slot<X>| s.fd == fd || s.op.as_ref().and_then(Op::pinned_fd) == Some(fd);
         let keys: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.fd == fd && !s.is_close && s.stage != Stage::Done)
+            .filter(|(_, s)| on_fd(s) && !s.is_close && s.stage != Stage::Done)
             .map(|(k, _)| k)
             .collect();
         for &k in &keys {

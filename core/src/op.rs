@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -700,10 +700,12 @@ pub enum Op {
     SendFile {
         /// The socket.
         fd: RawFd,
-        /// The file the bytes come from: the op's own handle (a duplicate,
-        /// `try_clone`), so the file stays open while the kernel reads it
-        /// even if the caller closes theirs; it closes when the op is dropped.
-        file: OwnedFd,
+        /// The file the bytes come from, a regular file. The op holds it as
+        /// its second fd ([`Op::pinned_fd`]): a close of `file` through
+        /// the driver asks the op to end and waits for it, so the number
+        /// is never reused under the kernel's reads. Whoever closes `file`
+        /// without the driver must wait for the completion first.
+        file: RawFd,
         /// Where in the file to start.
         offset: u64,
         /// How many bytes to send at most.
@@ -890,6 +892,17 @@ impl Op {
         }
     }
 
+    /// The op's second fd, besides [`Op::fd`]: one it reads while it runs
+    /// but is not queued on (a send_file's file). A close of it waits for
+    /// the op, as a close of the op's own fd does, and asks it to end.
+    #[inline]
+    pub fn pinned_fd(&self) -> Option<RawFd> {
+        match self {
+            Op::SendFile { file, .. } => Some(*file),
+            _ => None,
+        }
+    }
+
     /// The read buffer the op carries (read, recv, recvfrom), given back.
     pub fn into_buf_mut(self) -> Option<AnyBufMut> {
         match self {
@@ -923,6 +936,9 @@ impl Op {
     /// submit, so bad input gets the same error everywhere.
     pub fn validate(&self) -> io::Result<()> {
         if let Some(fd) = self.fd() {
+            check_fd(fd)?;
+        }
+        if let Some(fd) = self.pinned_fd() {
             check_fd(fd)?;
         }
         if let Op::Read { offset, .. }

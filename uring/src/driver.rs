@@ -21,6 +21,7 @@ use ringport_core::lifecycle::{Admitted, InFlight, Stage};
 use ringport_core::op::{Direction, Op, OpId, OpKind};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,10 +92,17 @@ pub struct UringDriver {
     fixed: FixedTable,
     /// Fds registered in the ring's file table (`UringBuilder::register_files`).
     files: FileTable,
+    /// Spare pipes for send_file (shared with the send_files in flight).
+    pipes: Rc<ops::splice::Pipes>,
 }
 
+/// The fd mark (`InFlight::mark_fd`) of a socket made non-blocking for
+/// send_file.
+const MARK_NONBLOCKING: u8 = 1;
+
 // SAFETY: the ring and every slot move with the driver; `waker_buf` is owned
-// by the driver alone. With SINGLE_ISSUER the ring is enabled on the first
+// by the driver alone. Every clone of `pipes` (an `Rc`) is in the driver or
+// in one of its slots, so all of them move together. With SINGLE_ISSUER the ring is enabled on the first
 // thread that uses it, so moving an unused driver to another thread is fine.
 unsafe impl Send for UringDriver {}
 
@@ -167,6 +175,7 @@ impl UringDriver {
             pools: Vec::new(),
             fixed,
             files: FileTable::new(b.register_files),
+            pipes: Rc::default(),
             flags_used,
         })
     }
@@ -289,6 +298,9 @@ impl UringDriver {
             }
             _ => 0,
         };
+        if let Some(Op::SendFile { fd, .. }) = self.life.slot(key).op {
+            self.start_send_file(key, fd);
+        }
         let ud = self.life.id_of(key).to_u64();
         let slot = self.life.slot_mut(key);
         slot.extra.polling = false;
@@ -427,6 +439,27 @@ impl UringDriver {
             ops::Step::Fail(e) => self.life.finish(key, Err(e)),
             ops::Step::Again => self.reissue(key),
         }
+    }
+
+    /// Sets up send_file `key`'s state before its first step: a spare pipe,
+    /// and its socket `fd` made non-blocking unless it was already.
+    fn start_send_file(&mut self, key: usize, fd: RawFd) {
+        let slot = self.life.slot(key);
+        let started = slot
+            .extra
+            .extra
+            .as_ref()
+            .is_some_and(|e| matches!(e.scratch, ops::Scratch::Splice(_)));
+        if started {
+            return;
+        }
+        if !self.life.mark_fd(fd, MARK_NONBLOCKING) {
+            ops::splice::make_nonblocking(fd);
+        }
+        let st = ops::splice::SpliceState::new(&self.pipes);
+        let slot = self.life.slot_mut(key);
+        let extra = slot.extra.extra.get_or_insert_with(Box::default);
+        extra.scratch = ops::Scratch::Splice(Box::new(st));
     }
 
     /// Handles one CQE of multishot op `key`: a result to hand out, and the

@@ -4,7 +4,7 @@
 use crate::op::Op;
 use crate::runtime::{submit, File, TcpStream};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 
 impl TcpStream {
     /// Sends `len` bytes of `file`, starting at `offset`, and completes once
@@ -19,13 +19,12 @@ impl TcpStream {
     /// is gone it fails with `EPIPE` or `ECONNRESET`; the kernel cannot be
     /// told not to raise `SIGPIPE` here, which Rust programs ignore.
     pub async fn send_file(&self, file: &File, offset: u64, len: u64) -> io::Result<u64> {
-        // The op's own handle on the file: it stays open while the kernel
-        // reads it, even if this future is dropped and `file` closed.
-        // SAFETY: `file` is open for the length of this borrow.
-        let file = unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) }.try_clone_to_owned()?;
+        // No duplicate of the file's fd: the op holds it as its second fd,
+        // so if this future is dropped and `file` closed, the close (which
+        // goes through the driver) asks the op to end and waits for it.
         let op = Op::SendFile {
             fd: self.fd.raw(),
-            file,
+            file: file.as_raw_fd(),
             offset,
             len,
         };

@@ -9,7 +9,6 @@
 use super::{retry, would_block, Attempt};
 use ringport_core::op::Op;
 use std::io;
-use std::os::fd::AsRawFd;
 
 /// One non-blocking attempt; `progress` counts the bytes sent so far.
 pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
@@ -22,7 +21,7 @@ pub(super) fn attempt(op: &mut Op, progress: &mut usize) -> Attempt {
     else {
         return Attempt::Done(Err(io::Error::from_raw_os_error(libc::EINVAL)));
     };
-    let (fd, file, offset, len) = (*fd, file.as_raw_fd(), *offset, *len);
+    let (fd, file, offset, len) = (*fd, *file, *offset, *len);
     loop {
         let done = *progress as u64;
         if done >= len {

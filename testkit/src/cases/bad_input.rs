@@ -177,10 +177,7 @@ fn sample_op(kind: OpKind, p: &Pipe, file: i32) -> Op {
         OpKind::Ftruncate => Op::Ftruncate { fd: file, len: 10 },
         OpKind::SendFile => Op::SendFile {
             fd: p.wfd(),
-            // SAFETY: `file` is the caller's open fd; the op owns a duplicate.
-            file: unsafe { std::os::fd::BorrowedFd::borrow_raw(file) }
-                .try_clone_to_owned()
-                .unwrap(),
+            file,
             offset: 0,
             len: 4,
         },

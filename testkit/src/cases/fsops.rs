@@ -623,7 +623,7 @@ pub fn z3_send_file_keeps_stream_order(b: Target) {
     d.submit(
         Op::SendFile {
             fd,
-            file: file.try_clone().unwrap().into(),
+            file: file.as_raw_fd(),
             offset: 0,
             len: data.len() as u64,
         },
@@ -706,7 +706,7 @@ pub fn z5_ended_send_file_reports_bytes_out(b: Target) {
     let fd = s.into_raw_fd();
     let send_file = |offset: usize| Op::SendFile {
         fd,
-        file: file.try_clone().unwrap().into(),
+        file: file.as_raw_fd(),
         offset: offset as u64,
         len: (LEN - offset) as u64,
     };
@@ -933,4 +933,67 @@ pub fn p9_refused_fs_ops_run_on_a_helper_thread(b: Target) {
         f.close().await.unwrap();
     });
     assert_eq!(std::fs::read(&t.path).unwrap(), &pattern_vec(1000)[..10]);
+}
+
+/// A close of the file a send_file reads, while the send_file waits on a
+/// peer that does not read, asks the send_file to end and waits for it (the
+/// op holds the file as its second fd, with no duplicate of its own): the
+/// send_file completes first with the bytes that went out, then the close;
+/// meanwhile a new op on the file is refused. The peer then reads exactly
+/// the bytes reported.
+pub fn z6_close_of_a_send_files_file_waits_for_it(b: Target) {
+    const LEN: usize = 4 << 20;
+    let data = pattern_vec(LEN);
+    let f = TempFile::with(&data);
+    let ffd = std::fs::File::open(&f.path).unwrap().into_raw_fd();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    set_buf(peer.as_raw_fd(), libc::SO_RCVBUF, 64 << 10);
+    set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 64 << 10);
+    let mut d = Drv::new(b);
+    s.set_nonblocking(d.nonblocking()).unwrap();
+    let fd = s.into_raw_fd();
+    d.submit(
+        Op::SendFile {
+            fd,
+            file: ffd,
+            offset: 0,
+            len: LEN as u64,
+        },
+        1,
+    );
+    d.idle(Duration::from_millis(100));
+    assert!(d.done.is_empty(), "the send_file waits for its peer");
+    d.submit(Op::Close { fd: ffd }, 2);
+    if let Err(e) = d.try_submit(
+        Op::Fsync {
+            fd: ffd,
+            data_only: false,
+        },
+        3,
+        None,
+    ) {
+        assert!(e.error.to_string().contains("being closed"), "{}", e.error);
+    } else {
+        // Accepted: then the close had already completed, and the fsync
+        // must fail on the closed fd, after the send_file ended.
+        let c = d.wait_token(3, WAIT);
+        assert!(c.result.is_err(), "an fsync after the close succeeded");
+    }
+    let all = d.collect(2, WAIT);
+    let at = |t: u64| all.iter().position(|c| c.token == t).expect("completion");
+    assert!(at(1) < at(2), "the close completed before the send_file");
+    let sent = match &all[at(1)].result {
+        Ok(n) => *n,
+        Err(e) => panic!("an ended send_file with bytes out reports them: {e}"),
+    };
+    assert!(sent > 0 && sent < LEN, "{sent}");
+    all[at(2)].result.as_ref().expect("the close");
+    d.submit(Op::Close { fd }, 4);
+    d.wait_token(4, WAIT).result.unwrap();
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), sent, "the stream holds what was reported");
+    assert!(got == data[..sent], "the file's bytes differ");
 }

@@ -8,14 +8,13 @@ mod ctl;
 mod fs;
 mod net;
 mod rw;
-mod splice;
+pub(crate) mod splice;
 
 pub(crate) use net::multishot_cqe;
 
 use io_uring::{opcode, squeue, types};
 use ringport_core::op::{Op, OpKind};
 use std::io;
-use std::os::fd::AsRawFd;
 
 /// Memory the kernel reads or writes after submission that the `Op` does not
 /// hold itself. It lives in the slot's boxed [`Extra`], so it never moves while
@@ -159,7 +158,7 @@ pub(crate) fn prepare(
             file,
             offset,
             len,
-        } => splice::send_file(*fd, file.as_raw_fd(), *offset, *len, extra),
+        } => splice::send_file(*fd, *file, *offset, *len, extra),
         Op::ReadFixed { fd, offset, buf } => rw::read_fixed(*fd, file, *offset, buf, reg.buf_entry),
         Op::WriteFixed { fd, offset, buf } => {
             rw::write_fixed(*fd, file, *offset, buf, progress, reg.buf_entry)

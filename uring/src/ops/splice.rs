@@ -1,7 +1,10 @@
-//! `sendfile` as IORING_OP_SPLICE through a pipe the op owns: file → pipe,
-//! then pipe → socket until the pipe is empty, again until `len` bytes are
-//! out or the file ends. One op, one completion with the total; the state
-//! between the steps lives in the slot's scratch, and the pipe closes with it.
+//! `sendfile` as IORING_OP_SPLICE through a pipe: file → pipe, then pipe →
+//! socket until the pipe is empty, again until `len` bytes are out or the
+//! file ends. One op, one completion with the total; the state between the
+//! steps lives in the slot's scratch. The pipe is one of the driver's spares
+//! ([`Pipes`]), given back empty at the op's end, and the socket is made
+//! non-blocking once per fd (a mark in the driver's fd table), so a send_file
+//! makes no syscall of its own besides the ring's.
 //!
 //! The kernel runs each splice on an io-wq worker, where a linked timeout
 //! does not fire while the splice is blocked (measured on 6.18: a splice
@@ -17,19 +20,75 @@
 
 use super::{scratch, Extra, Scratch, Step};
 use io_uring::{opcode, squeue, types};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 
 /// The pipe's size asked for (the kernel's default is 64 KiB; the
 /// unprivileged ceiling, `/proc/sys/fs/pipe-max-size`, is 1 MiB by default).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
+/// Empty pipes a driver keeps for its next send_files.
+const KEEP_PIPES: usize = 16;
+
+/// One pipe: read end, write end, and its size.
+pub(crate) struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    size: u32,
+}
+
+impl Pipe {
+    /// A new pipe, as large as the kernel lets it be (up to [`PIPE_SIZE`]),
+    /// or the errno of making it.
+    fn new() -> Result<Pipe, i32> {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two fds pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EMFILE));
+        }
+        // SAFETY: two fresh fds that nothing else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on our own pipe; on failure the default size stays.
+        let mut n = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        if n <= 0 {
+            // SAFETY: as above.
+            n = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        }
+        let size = if n > 0 { n as u32 } else { 1 << 16 };
+        Ok(Pipe { r, w, size })
+    }
+}
+
+/// A driver's spare pipes: a send_file takes one (or makes one) at its
+/// start and gives it back at its end if it is empty, so a server sending
+/// files makes no pipe, and closes none, per request. Shared (`Rc`) between
+/// the driver and its send_files' states, which all live inside the driver.
+#[derive(Default)]
+pub(crate) struct Pipes {
+    free: RefCell<Vec<Pipe>>,
+}
+
+/// Makes `fd` non-blocking (a failure leaves it blocking: deadlines then
+/// end a send_file only between its steps).
+pub(crate) fn make_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on the op's fd, which the driver admitted.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
 /// The state of one `sendfile` between its steps.
 pub(crate) struct SpliceState {
-    /// The pipe (read end, write end), or the errno of making it.
-    pipe: Result<(OwnedFd, OwnedFd), i32>,
-    /// How much one file → pipe step moves at most (the pipe's size).
-    chunk: u32,
+    /// The pipe, or the errno of making it.
+    pipe: Result<Pipe, i32>,
+    /// Where the pipe goes back to at the end.
+    home: Rc<Pipes>,
     /// Bytes in the pipe, not yet sent.
     in_pipe: Cell<u32>,
     /// Bytes taken from the file so far.
@@ -39,50 +98,32 @@ pub(crate) struct SpliceState {
 }
 
 impl SpliceState {
-    /// The state of a new op that sends to `fd`, which is made non-blocking.
-    fn new(fd: RawFd) -> SpliceState {
-        // SAFETY: fcntl on the op's fd, which the driver admitted; a failure
-        // leaves it blocking (deadlines then end the op only between steps).
-        unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
-                libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-            }
-        }
-        let mut fds = [0; 2];
-        // SAFETY: fds has room for the two fds pipe2 writes.
-        let pipe = if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EMFILE))
-        } else {
-            // SAFETY: two fresh fds that nothing else owns.
-            Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-        };
-        let chunk = match &pipe {
-            Ok((_, w)) => {
-                // SAFETY: fcntl on our own pipe; on failure the default size stays.
-                let n = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-                // SAFETY: as above.
-                let n = if n > 0 {
-                    n
-                } else {
-                    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }
-                };
-                if n > 0 {
-                    n as u32
-                } else {
-                    1 << 16
-                }
-            }
-            Err(_) => 0,
-        };
+    /// The state of a new op, with a pipe from `home` (or a new one).
+    pub(crate) fn new(home: &Rc<Pipes>) -> SpliceState {
+        let spare = home.free.borrow_mut().pop();
         SpliceState {
-            pipe,
-            chunk,
+            pipe: spare.map_or_else(Pipe::new, Ok),
+            home: home.clone(),
             in_pipe: Cell::new(0),
             taken: Cell::new(0),
             to_socket: Cell::new(false),
+        }
+    }
+}
+
+impl Drop for SpliceState {
+    /// The op is over (its last step's CQE is in): an empty pipe goes back
+    /// to the driver's spares; one still holding bytes (the op ended early)
+    /// is closed, so no later op sends them.
+    fn drop(&mut self) {
+        if self.in_pipe.get() != 0 {
+            return;
+        }
+        if let Ok(p) = std::mem::replace(&mut self.pipe, Err(0)) {
+            let mut free = self.home.free.borrow_mut();
+            if free.len() < KEEP_PIPES {
+                free.push(p);
+            }
         }
     }
 }
@@ -99,12 +140,15 @@ pub(super) fn send_file(
 ) -> squeue::Entry {
     let s = scratch(extra);
     if !matches!(s, Scratch::Splice(_)) {
-        *s = Scratch::Splice(Box::new(SpliceState::new(fd)));
+        // The driver sets the state up before the first step (`start`);
+        // without it the op still works, with a pipe of its own.
+        make_nonblocking(fd);
+        *s = Scratch::Splice(Box::new(SpliceState::new(&Rc::default())));
     }
     let Scratch::Splice(st) = s else {
         unreachable!()
     };
-    let Ok((r, w)) = &st.pipe else {
+    let Ok(Pipe { r, w, size }) = &st.pipe else {
         return opcode::Nop::new().build();
     };
     let in_pipe = st.in_pipe.get();
@@ -124,7 +168,7 @@ pub(super) fn send_file(
         at as i64,
         types::Fd(w.as_raw_fd()),
         -1,
-        left.min(st.chunk as u64) as u32,
+        left.min(*size as u64) as u32,
     )
     .flags(libc::SPLICE_F_MOVE)
     .build()
