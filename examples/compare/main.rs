@@ -24,6 +24,7 @@ mod nop;
 #[cfg(feature = "peers")]
 mod peers;
 mod report;
+mod send_file;
 mod usage;
 
 use clap::{Parser, Subcommand};
@@ -54,7 +55,7 @@ fn is_net(w: &str) -> bool {
 /// Workloads run only when named (not part of `all`, so `--quick` stays
 /// short): `blocking`, echo p99 with blocking jobs running; `http-file`,
 /// static files against nginx (needs wrk; see http_file.rs).
-const EXTRA_WORKLOADS: [&str; 2] = ["blocking", http_file::WORKLOAD];
+const EXTRA_WORKLOADS: [&str; 3] = ["blocking", http_file::WORKLOAD, send_file::WORKLOAD];
 
 /// Compares ringport's backends (io_uring, aio, epoll, poll, select, sigio)
 /// with each other and with tokio, monoio and compio (built with
@@ -70,7 +71,8 @@ struct Cli {
     /// connections and 50 active + 1,000 idle; two points with --quick),
     /// http-hello (hyper, 4 KiB body, keep-alive, on ringport and tokio), or
     /// all; and, only when named, blocking (echo p99 while 1,000 × 10 ms
-    /// `spawn_blocking` jobs run) and http-file (static files against nginx).
+    /// `spawn_blocking` jobs run), http-file (static files against nginx) and
+    /// send-file (1 GiB to one connection: send_file against read + write).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workload: Vec<String>,
     /// Only rows whose backend/peer name contains one of these
@@ -136,6 +138,16 @@ enum Cmd {
         warmup_ms: u64,
         #[arg(long)]
         duration_ms: u64,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// The sink of `send-file` (run by the harness itself).
+    #[command(hide = true)]
+    SinkClient {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: u64,
         #[arg(long)]
         cpu: Option<usize>,
     },
@@ -610,6 +622,14 @@ fn plan_net(
                 p.job(w, &v, &format!("ringport/{b}"), net_model_of(b), move |c| {
                     net::run(net::ringport_server(b), &load(c))
                 });
+                // Multishot accept (and for echo, multishot recv into a
+                // buffer pool): native on io_uring, emulated on epoll.
+                if w != "echo-scale" && matches!(b, Backend::Uring | Backend::Epoll) {
+                    let name = format!("ringport/{b} multishot");
+                    p.job(w, &v, &name, net_model_of(b), move |c| {
+                        net::run(net::ringport_multishot_server(b), &load(c))
+                    });
+                }
                 // The same echo through the tokio-trait adapter (the
                 // ecosystem bridges' ratio).
                 #[cfg(feature = "tokio-io")]
@@ -696,6 +716,7 @@ fn baseline_of(workload: &str) -> &'static str {
         "file-randread" => BASELINES[1],
         "file-write" => BASELINES[2],
         http_file::WORKLOAD => http_file::BASELINE,
+        send_file::WORKLOAD => send_file::BASELINE,
         "http-hello" => HTTP_BASE,
         _ => BASELINES[3],
     }
@@ -741,6 +762,9 @@ fn median_run(mut runs: Vec<Measured>) -> Option<Measured> {
 }
 
 fn run_load_client(cmd: Cmd) -> io::Result<()> {
+    if let Cmd::SinkClient { port, bytes, cpu } = cmd {
+        return send_file::sink_main(port, bytes, cpu);
+    }
     let Cmd::LoadClient {
         port,
         mode,
@@ -751,7 +775,10 @@ fn run_load_client(cmd: Cmd) -> io::Result<()> {
         warmup_ms,
         duration_ms,
         cpu,
-    } = cmd;
+    } = cmd
+    else {
+        unreachable!("the sink client returned above")
+    };
     let mode = match mode.as_str() {
         "echo" => net::Mode::Echo,
         "accept" => net::Mode::Accept,
@@ -832,8 +859,21 @@ fn raise_nofile() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // 10,000 connections, twice over if a server's sockets outlive it
+    // briefly: ask for 65,536 (a privileged process may raise its hard
+    // limit; others get their hard limit).
+    const WANT: libc::rlim_t = 65_536;
     // SAFETY: rl is a valid rlimit for the kernel to fill and then read.
     unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_max < WANT {
+            let more = libc::rlimit {
+                rlim_cur: WANT,
+                rlim_max: WANT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &more) == 0 {
+                return;
+            }
+        }
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
             rl.rlim_cur = rl.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
@@ -891,6 +931,7 @@ fn suite(cli: Cli) -> io::Result<()> {
             "file-randread" => plan_randread(&mut plan, &avail, fio),
             "file-write" => plan_write(&mut plan, &avail),
             http_file::WORKLOAD => http_file::plan(&mut plan, &avail),
+            send_file::WORKLOAD => send_file::plan(&mut plan, &avail),
             // --quick keeps the two shapes the targets name.
             "echo" => plan_net(
                 &mut plan,
@@ -1127,6 +1168,9 @@ fn suite(cli: Cli) -> io::Result<()> {
         records.extend(plan.missing.iter().filter(|r| r.workload == *w).cloned());
         ctx.read_file = None;
         let _ = std::fs::remove_file(&ctx.write_path);
+        if *w == send_file::WORKLOAD {
+            send_file::cleanup();
+        }
     }
     if tty {
         eprintln!();
