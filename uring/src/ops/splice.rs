@@ -28,8 +28,10 @@ use std::rc::Rc;
 /// unprivileged ceiling, `/proc/sys/fs/pipe-max-size`, is 1 MiB by default).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
-/// Empty pipes a driver keeps for its next send_files.
-const KEEP_PIPES: usize = 16;
+/// Empty pipes a driver keeps for its next send_files: enough for 64
+/// send_files at once without making a pipe (128 fds; an empty pipe holds
+/// no pages). Beyond it, pipes are made and closed per op.
+const KEEP_PIPES: usize = 64;
 
 /// One pipe: read end, write end, and its size.
 pub(crate) struct Pipe {
