@@ -373,8 +373,9 @@ async fn receive(
             }
             Ok(None) => return Ok(false),
             Err(e) if ringport::bufpool::is_pool_exhausted(&e) => {
-                // Every buffer is being copied out right now: try again soon.
-                ringport::sleep(Duration::from_millis(1)).await?;
+                // Every buffer is being copied out right now: try again soon
+                // (boxed: a timer is large, and this path is rare).
+                Box::pin(ringport::sleep(Duration::from_millis(1))).await?;
             }
             Err(e) => return Err(e),
         }
@@ -454,9 +455,18 @@ pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<(
             // Between requests: a shutdown ends the wait, unless the next
             // request has begun (its bytes wait in the socket): that one is
             // still answered, with Connection: close.
+            // Boxed, as below: the task then holds a pointer to the wait,
+            // not the wait twice over (a future handed to another by value
+            // is laid out in both), which is most of an idle connection.
             match ctx
                 .shutdown
-                .run_until(receive(&conn, ctx, &watch, &mut pending, deadline))
+                .run_until(Box::pin(receive(
+                    &conn,
+                    ctx,
+                    &watch,
+                    &mut pending,
+                    deadline,
+                )))
                 .await
             {
                 Some(r) => r,
@@ -467,7 +477,7 @@ pub async fn serve(conn: TcpStream, peer: SocketAddr, ctx: &Ctx) -> io::Result<(
                 None => break,
             }
         } else {
-            receive(&conn, ctx, &watch, &mut pending, deadline).await
+            Box::pin(receive(&conn, ctx, &watch, &mut pending, deadline)).await
         };
         match got {
             Ok(false) => break,
