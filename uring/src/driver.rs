@@ -267,38 +267,35 @@ impl UringDriver {
     #[inline]
     fn issue(&mut self, key: usize) -> io::Result<()> {
         let mut reg = ops::Registered::default();
+        // One look at the op for everything registered for it (most ops,
+        // a nop among them, need none).
+        let mut pool = None;
+        let mut send_file = None;
         match &self.life.slot(key).op {
-            Some(Op::ReadFixed { buf, .. }) => {
-                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), false)
+            Some(Op::ReadFixed { fd, offset, buf } | Op::WriteFixed { fd, offset, buf }) => {
+                let write = matches!(self.life.slot(key).op, Some(Op::WriteFixed { .. }));
+                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), write);
+                if offset.at().is_some() {
+                    reg.file_slot = self.files.slot_for(&self.ring, *fd);
+                }
             }
-            Some(Op::WriteFixed { buf, .. }) => {
-                reg.buf_entry = self.fixed.entry_for(&self.ring, buf.registry(), true)
+            Some(Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. }) => {
+                if offset.at().is_some() {
+                    reg.file_slot = self.files.slot_for(&self.ring, *fd);
+                }
             }
+            Some(
+                Op::RecvPooled { pool: p, .. }
+                | Op::ReadPooled { pool: p, .. }
+                | Op::RecvMulti { pool: p, .. },
+            ) => pool = Some(p.clone()),
+            Some(Op::SendFile { fd, .. }) => send_file = Some(*fd),
             _ => {}
         }
-        if let Some(
-            Op::Read { fd, offset, .. }
-            | Op::Write { fd, offset, .. }
-            | Op::ReadFixed { fd, offset, .. }
-            | Op::WriteFixed { fd, offset, .. },
-        ) = &self.life.slot(key).op
-        {
-            if offset.at().is_some() {
-                reg.file_slot = self.files.slot_for(&self.ring, *fd);
-            }
+        if let Some(p) = pool {
+            reg.bgid = self.pool_group(&p)?;
         }
-        reg.bgid = match &self.life.slot(key).op {
-            Some(
-                Op::RecvPooled { pool, .. }
-                | Op::ReadPooled { pool, .. }
-                | Op::RecvMulti { pool, .. },
-            ) => {
-                let pool = pool.clone();
-                self.pool_group(&pool)?
-            }
-            _ => 0,
-        };
-        if let Some(Op::SendFile { fd, .. }) = self.life.slot(key).op {
+        if let Some(fd) = send_file {
             self.start_send_file(key, fd);
         }
         let ud = self.life.id_of(key).to_u64();
