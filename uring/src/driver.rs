@@ -279,10 +279,10 @@ impl UringDriver {
                     reg.file_slot = self.files.slot_for(&self.ring, *fd);
                 }
             }
-            Some(Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. }) => {
-                if offset.at().is_some() {
-                    reg.file_slot = self.files.slot_for(&self.ring, *fd);
-                }
+            Some(Op::Read { fd, offset, .. } | Op::Write { fd, offset, .. })
+                if offset.at().is_some() =>
+            {
+                reg.file_slot = self.files.slot_for(&self.ring, *fd);
             }
             Some(
                 Op::RecvPooled { pool: p, .. }
