@@ -224,13 +224,26 @@ impl<X> InFlight<X> {
 
     /// Sets the backend's mark `bit` on `fd` (for example "made
     /// non-blocking") and says whether it was set already. The marks last
-    /// until a close of `fd` through this table completes, so none outlives
-    /// the file it was made for. `fd` must be one an admitted op names.
+    /// until a close of `fd` through this table completes, or until an op
+    /// of this table (an accept, an open) gets the same number from the
+    /// kernel, so none outlives the file it was made for when fds are
+    /// closed through the driver. An fd closed behind the driver's back and
+    /// its number reused by a file made elsewhere (not by one of this
+    /// table's ops) keeps the old marks. `fd` must be one an admitted op
+    /// names.
     pub fn mark_fd(&mut self, fd: RawFd, bit: u8) -> bool {
         let st = self.fd_state(fd);
         let was = st.marks & bit != 0;
         st.marks |= bit;
         was
+    }
+
+    /// The kernel just handed out `fd` (an accept, an open): whatever the
+    /// table marked on that number belonged to a file closed without it.
+    fn fresh_fd(&mut self, fd: RawFd) {
+        if let Some(st) = self.fds.get_mut(fd as usize) {
+            st.marks = 0;
+        }
     }
 
     fn fd_state(&mut self, fd: RawFd) -> &mut FdState {
@@ -381,6 +394,13 @@ impl<X> InFlight<X> {
     /// Records one result of multishot op `key` (which goes on running) and
     /// announces it.
     pub fn shot(&mut self, key: usize, result: io::Result<usize>, buf: Option<PooledBuf>) {
+        let made = self.slots[key]
+            .op
+            .as_ref()
+            .and_then(|op| op.shot_made_fd(&result));
+        if let Some(fd) = made {
+            self.fresh_fd(fd);
+        }
         let slot = &mut self.slots[key];
         slot.shots
             .get_or_insert_with(Default::default)
@@ -518,6 +538,7 @@ impl<X> InFlight<X> {
             }
             r => r,
         };
+        let made = slot.op.as_ref().and_then(|op| op.made_fd(&result));
         let was = slot.stage;
         slot.stage = Stage::Done;
         slot.outcome = Some(result);
@@ -528,6 +549,9 @@ impl<X> InFlight<X> {
             token: slot.token,
         });
         self.done += 1;
+        if let Some(fd) = made {
+            self.fresh_fd(fd);
+        }
         if let Some(p) = pinned {
             let st = self.fd_state(p);
             st.ops = st.ops.saturating_sub(1);

@@ -193,6 +193,7 @@ macro_rules! conformance {
         $crate::case!($t, z4_send_file_to_gone_peer);
         $crate::case!($t, z5_ended_send_file_reports_bytes_out);
         $crate::case!($t, z6_close_of_a_send_files_file_waits_for_it);
+        $crate::case!($t, z7_cancelled_send_files_leave_nothing_behind);
         // Registered (fixed) buffers
         $crate::case!($t, fx1_fixed_reads_and_writes_match_std);
         $crate::case!($t, fx2_the_buffer_returns_to_the_registry_on_drop);

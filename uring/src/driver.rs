@@ -175,7 +175,7 @@ impl UringDriver {
             pools: Vec::new(),
             fixed,
             files: FileTable::new(b.register_files),
-            pipes: Rc::default(),
+            pipes: Rc::new(ops::splice::Pipes::new(b.spare_pipes)),
             flags_used,
         })
     }
@@ -377,6 +377,18 @@ impl UringDriver {
                 return;
             } else {
                 res
+            }
+        } else {
+            res
+        };
+        // The kernel's own restart codes (ERESTARTSYS and its kin, 512 to
+        // 516) come through from a worker interrupted by a cancel (a
+        // splice, seen on 6.18): they mean "interrupted", never a result.
+        let res = if (-516..=-512).contains(&res) {
+            if asked {
+                -libc::ECANCELED
+            } else {
+                -libc::EINTR
             }
         } else {
             res

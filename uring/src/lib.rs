@@ -40,6 +40,7 @@ pub struct UringBuilder {
     pub(crate) defer_taskrun: bool,
     pub(crate) fixed_buffers: bool,
     pub(crate) register_files: bool,
+    pub(crate) spare_pipes: usize,
 }
 
 impl Default for UringBuilder {
@@ -50,6 +51,7 @@ impl Default for UringBuilder {
             defer_taskrun: true,
             fixed_buffers: true,
             register_files: false,
+            spare_pipes: 64,
         }
     }
 }
@@ -86,6 +88,17 @@ impl UringBuilder {
     /// slot.
     pub fn register_files(mut self, on: bool) -> Self {
         self.register_files = on;
+        self
+    }
+    /// How many empty pipes the driver keeps for `send_file` (default 64):
+    /// with at least as many send_files at once as this, none makes or
+    /// closes a pipe. Each is sized to 1 MiB when made, which counts
+    /// against the user's pipe quota (`/proc/sys/fs/pipe-user-pages-soft`,
+    /// 64 MiB by default, for every process of the user) while it is kept;
+    /// past that quota new pipes are small and large send_files slow down.
+    /// Lower it for many rings in one unprivileged process; 0 keeps none.
+    pub fn send_file_pipes(mut self, n: usize) -> Self {
+        self.spare_pipes = n;
         self
     }
     /// Sets up the ring and probes it.

@@ -42,7 +42,10 @@ pub(crate) struct Extra {
 }
 
 // SAFETY: the raw pointers inside point into the op's own heap memory (its
-// buffers and boxes) or into this box, which travel with the op.
+// buffers and boxes) or into this box, which travel with the op. A
+// send_file's state holds an `Rc` of its driver's spare pipes: an `Extra`
+// lives only in its driver's slots (never in a completion), so every clone
+// of that `Rc` moves with the driver.
 unsafe impl Send for Extra {}
 
 pub(super) fn scratch(extra: &mut Option<Box<Extra>>) -> &mut Scratch {

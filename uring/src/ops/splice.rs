@@ -28,11 +28,6 @@ use std::rc::Rc;
 /// unprivileged ceiling, `/proc/sys/fs/pipe-max-size`, is 1 MiB by default).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
-/// Empty pipes a driver keeps for its next send_files: enough for 64
-/// send_files at once without making a pipe (128 fds; an empty pipe holds
-/// no pages). Beyond it, pipes are made and closed per op.
-const KEEP_PIPES: usize = 64;
-
 /// One pipe: read end, write end, and its size.
 pub(crate) struct Pipe {
     r: OwnedFd,
@@ -68,9 +63,21 @@ impl Pipe {
 /// start and gives it back at its end if it is empty, so a server sending
 /// files makes no pipe, and closes none, per request. Shared (`Rc`) between
 /// the driver and its send_files' states, which all live inside the driver.
-#[derive(Default)]
 pub(crate) struct Pipes {
     free: RefCell<Vec<Pipe>>,
+    /// How many it keeps (`UringBuilder::send_file_pipes`); beyond it,
+    /// pipes are made and closed per op.
+    keep: usize,
+}
+
+impl Pipes {
+    /// A pool that keeps up to `keep` empty pipes (two fds each).
+    pub(crate) fn new(keep: usize) -> Pipes {
+        Pipes {
+            free: RefCell::new(Vec::new()),
+            keep,
+        }
+    }
 }
 
 /// Makes `fd` non-blocking (a failure leaves it blocking: deadlines then
@@ -122,8 +129,20 @@ impl Drop for SpliceState {
             return;
         }
         if let Ok(p) = std::mem::replace(&mut self.pipe, Err(0)) {
+            // The count is exact (every step's result is applied before the
+            // op ends); test builds check it against the kernel's.
+            #[cfg(debug_assertions)]
+            {
+                let mut queued: libc::c_int = 0;
+                // SAFETY: FIONREAD on our own pipe writes one int we own.
+                let r = unsafe { libc::ioctl(p.r.as_raw_fd(), libc::FIONREAD, &mut queued) };
+                debug_assert!(
+                    r < 0 || queued == 0,
+                    "a pipe with {queued} bytes left was counted empty"
+                );
+            }
             let mut free = self.home.free.borrow_mut();
-            if free.len() < KEEP_PIPES {
+            if free.len() < self.home.keep {
                 free.push(p);
             }
         }
@@ -145,7 +164,7 @@ pub(super) fn send_file(
         // The driver sets the state up before the first step (`start`);
         // without it the op still works, with a pipe of its own.
         make_nonblocking(fd);
-        *s = Scratch::Splice(Box::new(SpliceState::new(&Rc::default())));
+        *s = Scratch::Splice(Box::new(SpliceState::new(&Rc::new(Pipes::new(0)))));
     }
     let Scratch::Splice(st) = s else {
         unreachable!()
@@ -203,10 +222,12 @@ pub(super) fn send_file_done(
         }
         return Step::Again;
     }
+    // Counted first, also when the op is to end now: bytes left in the pipe
+    // keep it from going back to the spares (its Drop closes it).
+    st.taken.set(st.taken.get() + n as u64);
+    st.in_pipe.set(st.in_pipe.get() + n as u32);
     if n == 0 || cancel_requested {
         return Step::Done(*progress);
     }
-    st.taken.set(st.taken.get() + n as u64);
-    st.in_pipe.set(st.in_pipe.get() + n as u32);
     Step::Again
 }
