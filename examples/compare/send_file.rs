@@ -134,7 +134,16 @@ fn run(b: Backend, path: Path) -> io::Result<Measured> {
     if let Some(c) = client_cpu {
         cmd.args(["--cpu", &c.to_string()]);
     }
-    let out = cmd.stderr(Stdio::inherit()).output()?;
+    let out = match cmd.stderr(Stdio::inherit()).output() {
+        Ok(o) => o,
+        Err(e) => {
+            // Let the server's accept end (its send then fails) before
+            // giving up, so its thread is not left behind.
+            let _ = std::net::TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+            let _ = server.join();
+            return Err(e);
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_self() - cpu0;
     let sent = server
