@@ -538,12 +538,16 @@ impl<X> InFlight<X> {
             }
             r => r,
         };
-        let made = slot.op.as_ref().and_then(|op| op.made_fd(&result));
+        // The fds besides the op's own that its end concerns: one it made,
+        // one it held (a send_file's file). Both are rare; one look.
+        let (made, pinned) = match &slot.op {
+            Some(op) => (op.made_fd(&result), op.pinned_fd()),
+            None => (None, None),
+        };
         let was = slot.stage;
         slot.stage = Stage::Done;
         slot.outcome = Some(result);
         let (fd, dir, is_close) = (slot.fd(), slot.dir, slot.is_close);
-        let pinned = slot.op.as_ref().and_then(Op::pinned_fd);
         self.ready.push(Ready {
             id,
             token: slot.token,

@@ -867,6 +867,7 @@ impl Op {
     /// The fd this op made, if it is one that makes an fd (accept, open) and
     /// it succeeded with `result`. A completion that will never be delivered
     /// must have this fd closed, or it leaks.
+    #[inline]
     pub fn made_fd(&self, result: &io::Result<usize>) -> Option<RawFd> {
         match (self, result) {
             (Op::OpenAt { .. } | Op::OpenAt2 { .. } | Op::Accept { .. }, Ok(fd)) => {
