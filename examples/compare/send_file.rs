@@ -8,7 +8,7 @@
 //! the server process's CPU per GB (`getrusage`, io_uring's kernel workers
 //! included), in the note; ops are MiB, so ops/s is MiB/s.
 
-use super::{Model, Plan};
+use super::Plan;
 use crate::measure::{add_note, allowed_cpus, cpu_self, pin_thread, Lat, Measured};
 use ringport::Backend;
 use std::io::{self, Read, Write};
@@ -41,11 +41,7 @@ pub fn plan(p: &mut Plan, avail: &[(Backend, Result<(), String>)]) {
         if !avail.iter().any(|(x, ok)| *x == b && ok.is_ok()) {
             continue;
         }
-        let model = if b == Backend::Uring {
-            Model::AsyncUring
-        } else {
-            Model::Multiplexing
-        };
+        let model = super::net_model_of(b);
         for (path, what) in [
             (Path::ReadWrite, "read + write"),
             (Path::SendFile, "send_file"),
